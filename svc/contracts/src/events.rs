@@ -1,0 +1,76 @@
+//! Events that cross services, in the envelope of DESIGN.md. Adding a field is compatible;
+//! removing or renaming one needs a new `version`.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Stream names, one per producer.
+pub mod streams {
+    pub const USERS: &str = "users.events";
+    pub const ORDERS: &str = "orders.events";
+    pub const PAYMENT: &str = "payment.events";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub source: String,
+    pub correlation_id: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// A payload type with its envelope name and version.
+pub trait Event: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+    const VERSION: u32 = 1;
+    const STREAM: &'static str;
+}
+
+impl Envelope {
+    pub fn wrap<E: Event>(event: &E, source: &str, correlation_id: Option<String>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind: E::TYPE.to_owned(),
+            version: E::VERSION,
+            occurred_at: Utc::now(),
+            source: source.to_owned(),
+            correlation_id,
+            data: serde_json::to_value(event).expect("events serialize to JSON"),
+        }
+    }
+
+    /// The payload, when this envelope carries an `E`.
+    pub fn open<E: Event>(&self) -> Option<Result<E, serde_json::Error>> {
+        (self.kind == E::TYPE).then(|| serde_json::from_value(self.data.clone()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    pub user_id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub phone: Option<String>,
+    pub verification_url: String,
+}
+impl Event for UserRegistered {
+    const TYPE: &'static str = "UserRegistered";
+    const STREAM: &'static str = streams::USERS;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PasswordResetRequested {
+    pub user_id: Uuid,
+    pub email: String,
+    pub reset_url: String,
+}
+impl Event for PasswordResetRequested {
+    const TYPE: &'static str = "PasswordResetRequested";
+    const STREAM: &'static str = streams::USERS;
+}

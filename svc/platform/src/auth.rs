@@ -1,0 +1,318 @@
+//! Identity: EdDSA access tokens signed by users, verified everywhere from a pinned key set.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use poem::Request;
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::Bearer;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::problem::Problem;
+
+pub const ISSUER: &str = "micromart-users";
+pub const AUDIENCE: &str = "micromart";
+
+/// What a role allows; services check these, never role names.
+pub mod authority {
+    pub const SHOP: &str = "shop";
+    pub const PRODUCT_WRITE: &str = "product:write";
+    pub const INVENTORY_WRITE: &str = "inventory:write";
+    pub const ORDER_MANAGE: &str = "order:manage";
+    pub const USER_MANAGE: &str = "user:manage";
+    pub const PAYMENT_REFUND: &str = "payment:refund";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Role {
+    Customer,
+    Manager,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Customer, Role::Manager, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "CUSTOMER",
+            Role::Manager => "MANAGER",
+            Role::Admin => "ADMIN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn authorities(self) -> &'static [&'static str] {
+        use authority::*;
+        match self {
+            Role::Customer => &[SHOP],
+            Role::Manager => &[SHOP, PRODUCT_WRITE, INVENTORY_WRITE, ORDER_MANAGE],
+            Role::Admin => &[
+                SHOP,
+                PRODUCT_WRITE,
+                INVENTORY_WRITE,
+                ORDER_MANAGE,
+                USER_MANAGE,
+                PAYMENT_REFUND,
+            ],
+        }
+    }
+}
+
+/// The authorities granted by a set of roles, deduplicated and sorted.
+pub fn authorities_of(roles: &[Role]) -> Vec<String> {
+    let mut all: Vec<String> = roles
+        .iter()
+        .flat_map(|r| r.authorities().iter().map(|a| (*a).to_owned()))
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid signing key: {0}")]
+    Key(String),
+    #[error("invalid key set: {0}")]
+    KeySet(String),
+    #[error("token rejected: {0}")]
+    Token(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+    pub jti: Uuid,
+    pub roles: Vec<String>,
+    pub authorities: Vec<String>,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub id: Uuid,
+    pub roles: Vec<String>,
+    pub authorities: Vec<String>,
+}
+
+impl Caller {
+    pub fn has(&self, authority: &str) -> bool {
+        self.authorities.iter().any(|a| a == authority)
+    }
+
+    /// 403 unless the caller holds `authority`.
+    pub fn require(&self, authority: &str) -> Result<(), Problem> {
+        if self.has(authority) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "this operation needs the `{authority}` authority"
+            )))
+        }
+    }
+}
+
+/// An Ed25519 private key in PKCS#8 PEM, with the key id derived from its public half.
+pub struct SigningKey {
+    pub kid: String,
+    encoding: EncodingKey,
+    public: [u8; 32],
+}
+
+impl SigningKey {
+    /// A fresh key, as PKCS#8 PEM (to be stored outside the repository).
+    pub fn generate_pem() -> String {
+        let mut seed = [0u8; 32];
+        rand::fill(&mut seed);
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        key.to_pkcs8_pem(Default::default())
+            .expect("an Ed25519 key encodes to PKCS#8")
+            .to_string()
+    }
+
+    pub fn from_pem(pem: &str) -> Result<Self, AuthError> {
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|e| AuthError::Key(e.to_string()))?;
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| AuthError::Key(e.to_string()))?;
+        let public = key.verifying_key().to_bytes();
+        let kid = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(public);
+            URL_SAFE_NO_PAD.encode(&digest[..12])
+        };
+        Ok(Self {
+            kid,
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            public,
+        })
+    }
+
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "alg": "EdDSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(self.public),
+        })
+    }
+
+    /// A JWKS document holding this key's public half.
+    pub fn jwks(&self) -> String {
+        serde_json::json!({ "keys": [self.jwk()] }).to_string()
+    }
+}
+
+/// Signs access tokens (users only).
+pub struct TokenIssuer {
+    key: SigningKey,
+    pub ttl: Duration,
+}
+
+impl TokenIssuer {
+    pub fn new(key: SigningKey, ttl: Duration) -> Self {
+        Self { key, ttl }
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    pub fn issue(&self, user: Uuid, roles: &[Role]) -> Result<String, AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            exp: now + self.ttl.as_secs() as i64,
+            nbf: now,
+            iat: now,
+            jti: Uuid::now_v7(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            authorities: authorities_of(roles),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key.encoding)
+            .map_err(|e| AuthError::Token(e.to_string()))
+    }
+}
+
+#[derive(Deserialize)]
+struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kid: String,
+    kty: String,
+    crv: Option<String>,
+    x: Option<String>,
+}
+
+/// Verifies access tokens against a pinned set of public keys, chosen by `kid` (RFC 8725):
+/// algorithm pinned to EdDSA, `exp`, `nbf`, `iss`, `aud` and `sub` required.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
+    validation: Validation,
+}
+
+impl JwtVerifier {
+    pub fn from_jwks(jwks: &str) -> Result<Self, AuthError> {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        let verifier = Self {
+            keys: Arc::default(),
+            validation,
+        };
+        verifier.replace_keys(jwks)?;
+        Ok(verifier)
+    }
+
+    /// Swaps in a new key set (rotation): tokens signed by removed keys stop verifying.
+    pub fn replace_keys(&self, jwks: &str) -> Result<(), AuthError> {
+        let set: JwkSet =
+            serde_json::from_str(jwks).map_err(|e| AuthError::KeySet(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in set.keys {
+            if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
+                return Err(AuthError::KeySet(format!(
+                    "key {} is not an Ed25519 key",
+                    jwk.kid
+                )));
+            }
+            let x = jwk
+                .x
+                .ok_or_else(|| AuthError::KeySet(format!("key {} has no x", jwk.kid)))?;
+            let key = DecodingKey::from_ed_components(&x)
+                .map_err(|e| AuthError::KeySet(e.to_string()))?;
+            keys.insert(jwk.kid, key);
+        }
+        if keys.is_empty() {
+            return Err(AuthError::KeySet("the key set is empty".into()));
+        }
+        *self.keys.write().expect("key lock poisoned") = keys;
+        Ok(())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Token(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Token("algorithm not allowed".into()));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Token("no kid".into()))?;
+        let keys = self.keys.read().expect("key lock poisoned");
+        let key = keys
+            .get(&kid)
+            .ok_or_else(|| AuthError::Token("unknown kid".into()))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| AuthError::Token(e.to_string()))?;
+        Ok(Caller {
+            id: data.claims.sub,
+            roles: data.claims.roles,
+            authorities: data.claims.authorities,
+        })
+    }
+}
+
+/// The bearer-token security scheme of every protected operation; yields the caller.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
+pub struct BearerAuth(pub Caller);
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
+    let verifier = req
+        .data::<JwtVerifier>()
+        .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
+    verifier.verify(&bearer.token).map_err(|e| {
+        tracing::debug!(error = %e, "bearer token rejected");
+        Problem::unauthorized("the access token is invalid or expired").into()
+    })
+}

@@ -1,0 +1,391 @@
+//! The stream consumer runner: one consumer group per consuming service, at-least-once
+//! delivery made exactly-once in effect by recording each event id in `processed_events`
+//! in the same transaction as the handler's effect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contracts::events::Envelope;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::{FromRedisValue, Value};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::redis::{Redis, RedisError};
+
+/// What a consuming service does with one event, inside the transaction that also records
+/// the event as processed. An error rolls both back; the entry is retried.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<redis::RedisError> for ConsumerError {
+    fn from(e: redis::RedisError) -> Self {
+        ConsumerError::Redis(e.into())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// The consumer group: the consuming service's name.
+    pub group: String,
+    /// This instance within the group.
+    pub consumer: String,
+    /// Stream names (without the Redis prefix).
+    pub streams: Vec<String>,
+    pub block: Duration,
+    pub batch: usize,
+    /// Entries pending longer than this are claimed from whichever consumer holds them.
+    pub claim_idle: Duration,
+    /// An entry delivered this many times goes to the dead-letter stream.
+    pub max_deliveries: usize,
+}
+
+impl ConsumerConfig {
+    pub fn new(group: &str, streams: &[&str]) -> Self {
+        Self {
+            group: group.to_owned(),
+            consumer: format!("{group}-{}", uuid::Uuid::new_v4()),
+            streams: streams.iter().map(|s| (*s).to_owned()).collect(),
+            block: Duration::from_secs(2),
+            batch: 50,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+        }
+    }
+}
+
+/// The dead-letter stream of a stream.
+pub fn dead_letter_stream(stream: &str) -> String {
+    format!("{stream}.dead")
+}
+
+pub struct Consumer {
+    pool: PgPool,
+    redis: Redis,
+    config: ConsumerConfig,
+    handler: Arc<dyn EventHandler>,
+}
+
+enum Outcome {
+    Applied,
+    Duplicate,
+    DeadLettered,
+    Failed,
+}
+
+impl Consumer {
+    pub fn new(pool: PgPool, redis: Redis, config: ConsumerConfig, handler: Arc<dyn EventHandler>) -> Self {
+        Self {
+            pool,
+            redis,
+            config,
+            handler,
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.config.streams.iter().map(|s| self.redis.key(s)).collect()
+    }
+
+    /// Creates the group on every stream (and the stream itself) if missing.
+    pub async fn ensure_groups(&self) -> Result<(), ConsumerError> {
+        let mut conn = self.redis.conn().await?;
+        for key in self.keys() {
+            let res: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(&self.config.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut *conn)
+                .await;
+            match res {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and handles entries until cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let res = tokio::select! {
+                r = self.run_connected(&shutdown) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match res {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(group = %self.config.group, error = %err, "consumer lost its connection; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn run_connected(&self, shutdown: &CancellationToken) -> Result<(), ConsumerError> {
+        self.ensure_groups().await?;
+        let mut conn = self.redis.blocking_conn().await?;
+        // Our own pending entries first: what a previous life of this consumer read but
+        // never acknowledged.
+        self.drain_pending(&mut conn).await?;
+        let mut last_claim = tokio::time::Instant::now();
+        while !shutdown.is_cancelled() {
+            if last_claim.elapsed() >= self.config.claim_idle / 2 {
+                self.claim_idle(&mut conn).await?;
+                last_claim = tokio::time::Instant::now();
+            }
+            let reply = self.read(&mut conn, ">", Some(self.config.block)).await?;
+            for key in reply.keys {
+                for entry in key.ids {
+                    self.process(&mut conn, &key.key, &entry, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles what is already waiting, then returns: for tests and for catch-up.
+    pub async fn run_until_idle(&self) -> Result<usize, ConsumerError> {
+        self.ensure_groups().await?;
+        let mut conn = self.redis.blocking_conn().await?;
+        let mut handled = self.drain_pending(&mut conn).await?;
+        loop {
+            let reply = self.read(&mut conn, ">", None).await?;
+            let entries: Vec<(String, StreamId)> = reply
+                .keys
+                .into_iter()
+                .flat_map(|k| {
+                    let key = k.key;
+                    k.ids.into_iter().map(move |id| (key.clone(), id))
+                })
+                .collect();
+            if entries.is_empty() {
+                return Ok(handled);
+            }
+            for (key, entry) in entries {
+                self.process(&mut conn, &key, &entry, false).await?;
+                handled += 1;
+            }
+        }
+    }
+
+    async fn drain_pending(&self, conn: &mut MultiplexedConnection) -> Result<usize, ConsumerError> {
+        let mut handled = 0;
+        let reply = self.read(conn, "0", None).await?;
+        for key in reply.keys {
+            for entry in key.ids {
+                self.process(conn, &key.key, &entry, true).await?;
+                handled += 1;
+            }
+        }
+        Ok(handled)
+    }
+
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<StreamReadReply, ConsumerError> {
+        let keys = self.keys();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(self.config.batch);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&keys);
+        for _ in &keys {
+            cmd.arg(from);
+        }
+        let value: Value = cmd.query_async(conn).await?;
+        if matches!(value, Value::Nil) {
+            return Ok(StreamReadReply { keys: vec![] });
+        }
+        StreamReadReply::from_redis_value(value)
+            .map_err(|e| ConsumerError::Redis(RedisError::Parse(e.to_string())))
+    }
+
+    async fn claim_idle(&self, conn: &mut MultiplexedConnection) -> Result<(), ConsumerError> {
+        for key in self.keys() {
+            let mut cursor = "0-0".to_owned();
+            loop {
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(&self.config.group)
+                    .arg(&self.config.consumer)
+                    .arg(self.config.claim_idle.as_millis() as u64)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(self.config.batch)
+                    .query_async(conn)
+                    .await?;
+                for entry in &reply.claimed {
+                    self.process(conn, &key, entry, true).await?;
+                }
+                if reply.next_stream_id == "0-0" {
+                    break;
+                }
+                cursor = reply.next_stream_id;
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliveries(&self, conn: &mut MultiplexedConnection, key: &str, id: &str) -> Result<usize, ConsumerError> {
+        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&self.config.group)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        Ok(reply.ids.first().map(|p| p.times_delivered).unwrap_or(0))
+    }
+
+    async fn ack(&self, conn: &mut MultiplexedConnection, key: &str, id: &str) -> Result<(), ConsumerError> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(key)
+            .arg(&self.config.group)
+            .arg(id)
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        entry: &StreamId,
+        reason: &str,
+    ) -> Result<(), ConsumerError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(dead_letter_stream(key)).arg("*");
+        let mut fields: Vec<(&String, &Value)> = entry.map.iter().collect();
+        fields.sort_by(|a, b| a.0.cmp(b.0));
+        for (field, value) in fields {
+            cmd.arg(field).arg(String::from_redis_value(value.clone()).unwrap_or_default());
+        }
+        cmd.arg("original_id")
+            .arg(&entry.id)
+            .arg("group")
+            .arg(&self.config.group)
+            .arg("reason")
+            .arg(reason);
+        let _: String = cmd.query_async(&mut *conn).await?;
+        self.ack(conn, key, &entry.id).await?;
+        metrics::counter!("stream_dead_letters_total", "group" => self.config.group.clone(), "stream" => key.to_owned())
+            .increment(1);
+        tracing::error!(group = %self.config.group, stream = key, entry = %entry.id, reason, "entry moved to the dead-letter stream");
+        Ok(())
+    }
+
+    async fn process(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        entry: &StreamId,
+        redelivered: bool,
+    ) -> Result<(), ConsumerError> {
+        let outcome = self.process_entry(conn, key, entry, redelivered).await?;
+        let label = match outcome {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Failed => "failed",
+        };
+        metrics::counter!("stream_entries_total", "group" => self.config.group.clone(), "outcome" => label).increment(1);
+        Ok(())
+    }
+
+    async fn process_entry(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        entry: &StreamId,
+        redelivered: bool,
+    ) -> Result<Outcome, ConsumerError> {
+        if redelivered && self.deliveries(conn, key, &entry.id).await? > self.config.max_deliveries {
+            self.dead_letter(conn, key, entry, "delivered too many times").await?;
+            return Ok(Outcome::DeadLettered);
+        }
+        let fields: HashMap<&str, String> = entry
+            .map
+            .iter()
+            .filter_map(|(k, v)| String::from_redis_value(v.clone()).ok().map(|s| (k.as_str(), s)))
+            .collect();
+        let envelope = match fields.get("envelope").map(|raw| serde_json::from_str::<Envelope>(raw)) {
+            Some(Ok(envelope)) => envelope,
+            Some(Err(e)) => {
+                self.dead_letter(conn, key, entry, &format!("unreadable envelope: {e}")).await?;
+                return Ok(Outcome::DeadLettered);
+            }
+            None => {
+                self.dead_letter(conn, key, entry, "no envelope field").await?;
+                return Ok(Outcome::DeadLettered);
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.config.group)
+        .bind(envelope.id)
+        .bind(&envelope.kind)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let outcome = if fresh {
+            match self.handler.handle(&mut tx, &envelope).await {
+                Ok(()) => Outcome::Applied,
+                Err(err) => {
+                    tx.rollback().await.ok();
+                    tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "handler failed; the entry will be retried");
+                    return Ok(Outcome::Failed);
+                }
+            }
+        } else {
+            Outcome::Duplicate
+        };
+        tx.commit().await?;
+        fail::fail_point!("consumer::after_commit_before_ack", |_| Ok(Outcome::Failed));
+        self.ack(conn, key, &entry.id).await?;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,157 @@
+//! The request context: request id, W3C traceparent, per-route metrics, access log, and
+//! the conversion of every error into problem+json inside the request's scope (so the
+//! problem's `instance` is the request id).
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use poem::http::HeaderValue;
+use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
+use poem_openapi::OperationId;
+
+use crate::problem::{Problem, into_problem_response};
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const TRACEPARENT: &str = "traceparent";
+
+tokio::task_local! {
+    static CURRENT: RequestInfo;
+}
+
+#[derive(Clone, Debug)]
+struct RequestInfo {
+    request_id: String,
+    traceparent: Option<String>,
+}
+
+/// The id of the request being served, if any.
+pub fn request_id() -> Option<String> {
+    CURRENT.try_with(|c| c.request_id.clone()).ok()
+}
+
+/// The W3C traceparent of the request being served, if any.
+pub fn traceparent() -> Option<String> {
+    CURRENT.try_with(|c| c.traceparent.clone()).ok().flatten()
+}
+
+/// Middleware that gives every request an id, limits the body, measures it and turns errors
+/// into problem+json.
+pub struct RequestContext {
+    service: &'static str,
+    max_body_bytes: usize,
+}
+
+impl RequestContext {
+    pub fn new(service: &'static str, max_body_bytes: usize) -> Self {
+        Self {
+            service,
+            max_body_bytes,
+        }
+    }
+}
+
+impl<E: Endpoint> Middleware<E> for RequestContext {
+    type Output = RequestContextEndpoint<E>;
+    fn transform(&self, inner: E) -> Self::Output {
+        RequestContextEndpoint {
+            inner,
+            service: self.service,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+pub struct RequestContextEndpoint<E> {
+    inner: E,
+    service: &'static str,
+    max_body_bytes: usize,
+}
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let started = Instant::now();
+        let request_id = req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_request_id(v))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let traceparent = req
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let method = req.method().to_string();
+        let info = RequestInfo {
+            request_id: request_id.clone(),
+            traceparent,
+        };
+        let max = self.max_body_bytes;
+        let resp = CURRENT
+            .scope(info, async move {
+                let declared = req
+                    .headers()
+                    .get(poem::http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok());
+                if declared.is_some_and(|n| n > max) {
+                    return Problem::payload_too_large(format!(
+                        "the request body is larger than the limit of {max} bytes"
+                    ))
+                    .into_response();
+                }
+                let body = limit_body(req.take_body(), max);
+                req.set_body(body);
+                match self.inner.call(req).await {
+                    Ok(resp) => resp.into_response(),
+                    Err(err) => {
+                        let operation = err.data::<OperationId>().copied();
+                        let mut resp = into_problem_response(err);
+                        if let Some(op) = operation {
+                            resp.set_data(op);
+                        }
+                        resp
+                    }
+                }
+            })
+            .await;
+        let mut resp = resp;
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert(REQUEST_ID, v);
+        }
+        let status = resp.status().as_u16().to_string();
+        let route = crate::metrics::route_label(&resp);
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::counter!("http_requests_total", "service" => self.service, "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).increment(1);
+        metrics::histogram!("http_request_duration_seconds", "service" => self.service, "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).record(elapsed);
+        tracing::info!(target: "access", service = self.service, request_id = %request_id, %method, %route, %status, elapsed_ms = elapsed * 1000.0);
+        Ok(resp)
+    }
+}
+
+/// A body that fails once it has produced more than `max` bytes, for chunked uploads that
+/// declare no length.
+fn limit_body(body: Body, max: usize) -> Body {
+    let mut seen = 0usize;
+    let stream = body.into_bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len();
+        if seen > max {
+            return Err(std::io::Error::other(format!(
+                "the request body is larger than the limit of {max} bytes"
+            )));
+        }
+        Ok(chunk)
+    });
+    Body::from_bytes_stream(stream)
+}

@@ -1,0 +1,18 @@
+//! The one cross-cutting crate: config, discovery, identity, errors, data, events, HTTP.
+
+pub mod auth;
+pub mod config;
+pub mod consul;
+pub mod consumer;
+pub mod context;
+pub mod db;
+pub mod discovery;
+pub mod metrics;
+pub mod outbox;
+pub mod problem;
+pub mod redis;
+pub mod runtime;
+pub mod telemetry;
+pub mod web;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,266 @@
+//! RFC 9457 problem details: the one error shape every service and the gateway answer with.
+
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::{IntoResponse, Response};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object};
+use serde::{Deserialize, Serialize};
+
+use crate::context;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The body of a problem response (RFC 9457).
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(rename = "Problem")]
+pub struct ProblemBody {
+    /// A URI reference naming the kind of problem.
+    #[serde(rename = "type")]
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What was wrong, in words a client developer can act on.
+    pub detail: String,
+    /// The request id of the failed request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// For validation errors: each field that was wrong.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// An error answered as `application/problem+json`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status}: {detail}")]
+pub struct Problem {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+    pub retry_after_seconds: Option<u64>,
+    pub allow: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after_seconds: None,
+            allow: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+    }
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+    pub fn gone(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "gone", detail)
+    }
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "precondition-failed", detail)
+    }
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", detail)
+    }
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            detail,
+        )
+    }
+    /// A well-formed request whose values are not acceptable, field by field.
+    pub fn invalid(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            errors,
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", detail)
+        }
+    }
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", detail)
+    }
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after_seconds: Some(retry_after_seconds),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
+        }
+    }
+    pub fn unavailable(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after_seconds: Some(retry_after_seconds),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "dependency-unavailable",
+                detail,
+            )
+        }
+    }
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "dependency-timeout", detail)
+    }
+
+    /// An unexpected failure: logged in full with the request id, answered without internals.
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, request_id = context::request_id().as_deref().unwrap_or("-"), "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an unexpected error occurred; quote the instance id when reporting it",
+        )
+    }
+
+    pub fn body(&self) -> ProblemBody {
+        ProblemBody {
+            kind: format!("https://micromart.dev/problems/{}", self.kind),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            instance: context::request_id(),
+            errors: self.errors.clone(),
+        }
+    }
+
+    /// Maps poem's own errors (bad JSON, wrong content type, unknown route, …) to a problem.
+    pub fn from_poem(err: &poem::Error) -> Self {
+        let status = err.status();
+        let detail = err.to_string();
+        match status {
+            StatusCode::BAD_REQUEST => Self::bad_request(detail),
+            StatusCode::UNAUTHORIZED => {
+                Self::unauthorized("a valid bearer access token is required")
+            }
+            StatusCode::NOT_FOUND => Self::not_found("no such resource"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Self::new(status, "method-not-allowed", "method not allowed here")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::unsupported_media_type(detail),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(detail),
+            s if s.is_client_error() => Self::new(s, "client-error", detail),
+            _ => Self::internal(detail),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut resp = Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(body);
+        if let Some(secs) = self.retry_after_seconds {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow.as_deref().and_then(|a| a.parse().ok()) {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
+        resp
+    }
+}
+
+impl poem::error::ResponseError for Problem {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+    fn as_response(&self) -> Response {
+        self.clone().into_response()
+    }
+}
+
+/// The statuses a handler's `Problem` may carry, as listed in the OpenAPI document.
+const DOCUMENTED: &[(u16, &str)] = &[
+    (400, "Malformed request"),
+    (401, "Missing, invalid or expired token"),
+    (403, "Not allowed for this caller"),
+    (404, "Not found"),
+    (409, "Conflict with the current state"),
+    (422, "Well-formed but invalid"),
+    (429, "Rate limited"),
+    (503, "A dependency is unavailable"),
+];
+
+impl ApiResponse for Problem {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: DOCUMENTED
+                .iter()
+                .map(|(status, description)| MetaResponse {
+                    description,
+                    status: Some(*status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: CONTENT_TYPE,
+                        schema: ProblemBody::schema_ref(),
+                    }],
+                    headers: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        ProblemBody::register(registry);
+    }
+}
+
+/// Every error leaving a service becomes problem+json, whoever raised it.
+pub fn into_problem_response(err: poem::Error) -> Response {
+    if let Some(problem) = err.downcast_ref::<Problem>() {
+        return problem.clone().into_response();
+    }
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    Problem::from_poem(&err).into_response()
+}
+
+pub type ApiResult<T> = Result<T, Problem>;
+
+impl From<sqlx::Error> for Problem {
+    fn from(err: sqlx::Error) -> Self {
+        Problem::internal(err)
+    }
+}

@@ -1,0 +1,105 @@
+//! Serving a service: bind (port 0 allowed), register with discovery, run until told to
+//! stop, then deregister before draining in-flight requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{IntoEndpoint, Server};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::{Discovery, DiscoveryError, Registration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+}
+
+/// A running HTTP server.
+pub struct Serving {
+    pub addr: SocketAddr,
+    pub registration: Registration,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Binds `bind`, registers `service` under `advertise` (the address peers reach it at) and
+/// serves `app` until `shutdown` is cancelled.
+pub async fn serve<E>(
+    service: &str,
+    app: E,
+    bind: &str,
+    advertise: &str,
+    discovery: Arc<dyn Discovery>,
+    shutdown: CancellationToken,
+) -> Result<Serving, ServeError>
+where
+    E: IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    let acceptor = TcpListener::bind(bind.to_owned())
+        .into_acceptor()
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: bind.to_owned(),
+            source,
+        })?;
+    let addr = acceptor
+        .local_addr()
+        .into_iter()
+        .find_map(|a| a.as_socket_addr().copied())
+        .expect("a TCP listener has a socket address");
+    let registration = Registration::new(service, advertise, addr.port());
+    discovery.register(&registration).await?;
+    let stop = shutdown.clone();
+    let id = registration.id.clone();
+    let endpoint = app.into_endpoint();
+    let task = tokio::spawn(async move {
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(
+                endpoint.map_to_response(),
+                async move {
+                    stop.cancelled().await;
+                    // Leave discovery first so that no new request is routed here.
+                    if let Err(e) = discovery.deregister(&id).await {
+                        tracing::warn!(error = %e, "deregistration failed");
+                    }
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+    });
+    Ok(Serving {
+        addr,
+        registration,
+        task,
+    })
+}
+
+use poem::EndpointExt as _;
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}

@@ -1,0 +1,14 @@
+//! Structured logs: JSON lines by default, human-readable with `LOG_FORMAT=pretty`.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let pretty = std::env::var("LOG_FORMAT").is_ok_and(|v| v == "pretty");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if pretty {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}

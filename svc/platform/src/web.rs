@@ -1,0 +1,126 @@
+//! What every service serves beside its API: `/health`, `/ready`, `/metrics`, `/docs`,
+//! `/openapi.json`, all behind the request context.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use poem::http::StatusCode;
+use poem::web::Json;
+use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Response, Route, handler};
+use poem_openapi::{OpenApi, OpenApiService};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::context::RequestContext;
+use crate::redis::Redis;
+
+/// One dependency that `/ready` asks.
+#[async_trait]
+pub trait ReadyCheck: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn check(&self) -> Result<(), String>;
+}
+
+#[async_trait]
+impl ReadyCheck for PgPool {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+    async fn check(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(self)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl ReadyCheck for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    async fn check(&self) -> Result<(), String> {
+        self.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+#[handler]
+fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "UP" }))
+}
+
+async fn ready(checks: &[Arc<dyn ReadyCheck>]) -> Response {
+    let mut all_up = true;
+    let mut report = serde_json::Map::new();
+    for check in checks {
+        let value = match tokio::time::timeout(std::time::Duration::from_secs(2), check.check()).await {
+            Ok(Ok(())) => json!({ "status": "UP" }),
+            Ok(Err(e)) => {
+                all_up = false;
+                json!({ "status": "DOWN", "error": e })
+            }
+            Err(_) => {
+                all_up = false;
+                json!({ "status": "DOWN", "error": "timed out" })
+            }
+        };
+        report.insert(check.name().to_owned(), value);
+    }
+    let status = if all_up { "UP" } else { "DOWN" };
+    Json(json!({ "status": status, "checks": report }))
+        .with_status(if all_up {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        })
+        .into_response()
+}
+
+#[handler]
+fn metrics_text() -> Response {
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::handle().render())
+}
+
+/// The limit on request bodies unless a service's config says otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The OpenAPI document of an API, as committed under `openapi/`.
+pub fn openapi_service<T: OpenApi>(api: T, title: &str) -> OpenApiService<T, ()> {
+    OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"))
+}
+
+/// Mounts `api` at the root with the operational routes beside it.
+pub fn routes<T: OpenApi + 'static>(
+    service: &'static str,
+    api: OpenApiService<T, ()>,
+    checks: Vec<Arc<dyn ReadyCheck>>,
+    max_body_bytes: usize,
+) -> impl Endpoint<Output = Response> {
+    let spec = api.spec();
+    let docs = api.swagger_ui();
+    let checks = Arc::new(checks);
+    Route::new()
+        .at("/health", health)
+        .at(
+            "/ready",
+            poem::endpoint::make(move |_| {
+                let checks = checks.clone();
+                async move { ready(&checks).await }
+            }),
+        )
+        .at("/metrics", metrics_text)
+        .nest("/docs", docs)
+        .at(
+            "/openapi.json",
+            poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            }),
+        )
+        .nest("/", api.into_endpoint())
+        .with(RequestContext::new(service, max_body_bytes))
+}
