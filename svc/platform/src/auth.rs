@@ -281,7 +281,8 @@ impl JwtVerifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Token(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Token(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Token("algorithm not allowed".into()));
         }

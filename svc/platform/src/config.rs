@@ -73,14 +73,16 @@ pub fn read_seed(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| seed_err(e.to_string()))?;
-    let entries: Vec<SeedEntry> = serde_json::from_str(&text).map_err(|e| seed_err(e.to_string()))?;
+    let entries: Vec<SeedEntry> =
+        serde_json::from_str(&text).map_err(|e| seed_err(e.to_string()))?;
     entries
         .into_iter()
         .map(|e| {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(&e.value)
                 .map_err(|err| seed_err(format!("{}: {err}", e.key)))?;
-            let value = String::from_utf8(bytes).map_err(|err| seed_err(format!("{}: {err}", e.key)))?;
+            let value =
+                String::from_utf8(bytes).map_err(|err| seed_err(format!("{}: {err}", e.key)))?;
             Ok((e.key, value))
         })
         .collect()
@@ -98,7 +100,13 @@ pub fn default_seed_path() -> PathBuf {
 /// `MICROMART_USERS_HTTP_PORT`.
 pub fn env_name(key: &str) -> String {
     key.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -129,7 +137,11 @@ impl LocalConfig {
         Self::build(BTreeMap::new(), None, None)
     }
 
-    fn build(seed: BTreeMap<String, String>, seed_path: Option<PathBuf>, modified: Option<SystemTime>) -> Self {
+    fn build(
+        seed: BTreeMap<String, String>,
+        seed_path: Option<PathBuf>,
+        modified: Option<SystemTime>,
+    ) -> Self {
         Self {
             state: Arc::new(RwLock::new(LocalState {
                 seed,
@@ -161,7 +173,12 @@ impl LocalConfig {
         keys.sort();
         keys.dedup();
         keys.into_iter()
-            .filter_map(|k| Self::lookup(&state, k).map(|value| KvPair { key: k.clone(), value }))
+            .filter_map(|k| {
+                Self::lookup(&state, k).map(|value| KvPair {
+                    key: k.clone(),
+                    value,
+                })
+            })
             .collect()
     }
 
@@ -171,7 +188,13 @@ impl LocalConfig {
             return Ok(false);
         };
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        if modified == self.state.read().expect("config lock poisoned").seed_modified {
+        if modified
+            == self
+                .state
+                .read()
+                .expect("config lock poisoned")
+                .seed_modified
+        {
             return Ok(false);
         }
         let seed = read_seed(path)?;
@@ -219,12 +242,20 @@ impl ConfigSource for LocalConfig {
         Ok(())
     }
 
-    async fn watch(&self, prefix: &str, index: u64, wait: Duration) -> Result<Watched, ConfigError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Watched, ConfigError> {
         let mut rx = self.index.subscribe();
         let before = self.snapshot(prefix);
         let current = *rx.borrow_and_update();
         if index == 0 || current > index {
-            return Ok(Watched { index: current, pairs: before });
+            return Ok(Watched {
+                index: current,
+                pairs: before,
+            });
         }
         let deadline = tokio::time::Instant::now() + wait;
         // Like Consul, only answer early when something under this prefix really changed.
@@ -234,12 +265,18 @@ impl ConfigSource for LocalConfig {
                     let now = self.snapshot(prefix);
                     let idx = *rx.borrow_and_update();
                     if now != before {
-                        return Ok(Watched { index: idx, pairs: now });
+                        return Ok(Watched {
+                            index: idx,
+                            pairs: now,
+                        });
                     }
                 }
                 _ => {
                     let idx = *rx.borrow();
-                    return Ok(Watched { index: idx.max(index), pairs: before });
+                    return Ok(Watched {
+                        index: idx.max(index),
+                        pairs: before,
+                    });
                 }
             }
         }
@@ -293,11 +330,13 @@ impl Settings {
         let raw = self.raw(key).ok_or_else(|| ConfigError::Missing {
             key: self.full_key(key),
         })?;
-        raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-            key: self.full_key(key),
-            value: raw.to_owned(),
-            reason: e.to_string(),
-        })
+        raw.trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                key: self.full_key(key),
+                value: raw.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     pub fn get_or<T: FromStr>(&self, key: &str, default: T) -> Result<T, ConfigError>

@@ -158,10 +158,7 @@ impl Discovery for Consul {
     async fn register(&self, r: &Registration) -> Result<(), DiscoveryError> {
         let check = AgentServiceCheckBuilder::default()
             .name(format!("{} health", r.service))
-            .http(format!(
-                "http://{}:{}{}",
-                r.address, r.port, r.health_path
-            ))
+            .http(format!("http://{}:{}{}", r.address, r.port, r.health_path))
             .interval(go_duration(r.check_interval))
             .timeout("2s")
             .deregister_critical_service_after(go_duration(r.deregister_after))

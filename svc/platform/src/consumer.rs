@@ -95,7 +95,13 @@ enum Outcome {
 }
 
 impl Consumer {
-    pub fn new(pool: PgPool, redis: Redis, config: ConsumerConfig, handler: Arc<dyn EventHandler>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        redis: Redis,
+        config: ConsumerConfig,
+        handler: Arc<dyn EventHandler>,
+    ) -> Self {
+        crate::metrics::handle();
         Self {
             pool,
             redis,
@@ -105,7 +111,11 @@ impl Consumer {
     }
 
     fn keys(&self) -> Vec<String> {
-        self.config.streams.iter().map(|s| self.redis.key(s)).collect()
+        self.config
+            .streams
+            .iter()
+            .map(|s| self.redis.key(s))
+            .collect()
     }
 
     /// Creates the group on every stream (and the stream itself) if missing.
@@ -177,6 +187,7 @@ impl Consumer {
     pub async fn run_until_idle(&self) -> Result<usize, ConsumerError> {
         self.ensure_groups().await?;
         let mut conn = self.redis.blocking_conn().await?;
+        self.claim_idle(&mut conn).await?;
         let mut handled = self.drain_pending(&mut conn).await?;
         loop {
             let reply = self.read(&mut conn, ">", None).await?;
@@ -198,7 +209,10 @@ impl Consumer {
         }
     }
 
-    async fn drain_pending(&self, conn: &mut MultiplexedConnection) -> Result<usize, ConsumerError> {
+    async fn drain_pending(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<usize, ConsumerError> {
         let mut handled = 0;
         let reply = self.read(conn, "0", None).await?;
         for key in reply.keys {
@@ -264,7 +278,12 @@ impl Consumer {
         Ok(())
     }
 
-    async fn deliveries(&self, conn: &mut MultiplexedConnection, key: &str, id: &str) -> Result<usize, ConsumerError> {
+    async fn deliveries(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        id: &str,
+    ) -> Result<usize, ConsumerError> {
         let reply: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(key)
             .arg(&self.config.group)
@@ -276,7 +295,12 @@ impl Consumer {
         Ok(reply.ids.first().map(|p| p.times_delivered).unwrap_or(0))
     }
 
-    async fn ack(&self, conn: &mut MultiplexedConnection, key: &str, id: &str) -> Result<(), ConsumerError> {
+    async fn ack(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        id: &str,
+    ) -> Result<(), ConsumerError> {
         let _: i64 = redis::cmd("XACK")
             .arg(key)
             .arg(&self.config.group)
@@ -298,7 +322,8 @@ impl Consumer {
         let mut fields: Vec<(&String, &Value)> = entry.map.iter().collect();
         fields.sort_by(|a, b| a.0.cmp(b.0));
         for (field, value) in fields {
-            cmd.arg(field).arg(String::from_redis_value(value.clone()).unwrap_or_default());
+            cmd.arg(field)
+                .arg(String::from_redis_value(value.clone()).unwrap_or_default());
         }
         cmd.arg("original_id")
             .arg(&entry.id)
@@ -339,23 +364,34 @@ impl Consumer {
         entry: &StreamId,
         redelivered: bool,
     ) -> Result<Outcome, ConsumerError> {
-        if redelivered && self.deliveries(conn, key, &entry.id).await? > self.config.max_deliveries {
-            self.dead_letter(conn, key, entry, "delivered too many times").await?;
+        if redelivered && self.deliveries(conn, key, &entry.id).await? > self.config.max_deliveries
+        {
+            self.dead_letter(conn, key, entry, "delivered too many times")
+                .await?;
             return Ok(Outcome::DeadLettered);
         }
         let fields: HashMap<&str, String> = entry
             .map
             .iter()
-            .filter_map(|(k, v)| String::from_redis_value(v.clone()).ok().map(|s| (k.as_str(), s)))
+            .filter_map(|(k, v)| {
+                String::from_redis_value(v.clone())
+                    .ok()
+                    .map(|s| (k.as_str(), s))
+            })
             .collect();
-        let envelope = match fields.get("envelope").map(|raw| serde_json::from_str::<Envelope>(raw)) {
+        let envelope = match fields
+            .get("envelope")
+            .map(|raw| serde_json::from_str::<Envelope>(raw))
+        {
             Some(Ok(envelope)) => envelope,
             Some(Err(e)) => {
-                self.dead_letter(conn, key, entry, &format!("unreadable envelope: {e}")).await?;
+                self.dead_letter(conn, key, entry, &format!("unreadable envelope: {e}"))
+                    .await?;
                 return Ok(Outcome::DeadLettered);
             }
             None => {
-                self.dead_letter(conn, key, entry, "no envelope field").await?;
+                self.dead_letter(conn, key, entry, "no envelope field")
+                    .await?;
                 return Ok(Outcome::DeadLettered);
             }
         };

@@ -30,7 +30,9 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         .ok_or_else(|| DbError::Url("the url names no database".into()))?
         .to_owned();
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(DbError::Url(format!("database name {name:?} must be [A-Za-z0-9_]")));
+        return Err(DbError::Url(format!(
+            "database name {name:?} must be [A-Za-z0-9_]"
+        )));
     }
     let mut admin = opts
         .clone()
@@ -38,14 +40,18 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         .connect()
         .await
         .map_err(DbError::Connect)?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await
-        .map_err(DbError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(DbError::Connect)?;
     if !exists {
         // The name was checked to be [A-Za-z0-9_] above.
-        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await {
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => {}
             // Two processes racing to create it: the loser finds it there.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
@@ -58,7 +64,11 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
 
 /// Connects (creating the database when missing) and applies the platform's and the
 /// service's migrations.
-pub async fn connect(url: &str, max_connections: u32, service_migrations: &Migrator) -> Result<PgPool, DbError> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    service_migrations: &Migrator,
+) -> Result<PgPool, DbError> {
     ensure_database(url).await?;
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)

@@ -1,6 +1,7 @@
 //! The one cross-cutting crate: config, discovery, identity, errors, data, events, HTTP.
 
 pub mod auth;
+pub mod boot;
 pub mod config;
 pub mod consul;
 pub mod consumer;
@@ -14,5 +15,8 @@ pub mod redis;
 pub mod runtime;
 pub mod telemetry;
 pub mod web;
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use tokio_util::sync::CancellationToken;

@@ -63,6 +63,7 @@ pub struct OutboxRelay {
 
 impl OutboxRelay {
     pub fn new(pool: PgPool, redis: Redis, service: &'static str) -> Self {
+        crate::metrics::handle();
         Self {
             pool,
             redis,
@@ -127,7 +128,8 @@ impl OutboxRelay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        metrics::counter!("outbox_sent_total", "service" => self.service).increment(ids.len() as u64);
+        metrics::counter!("outbox_sent_total", "service" => self.service)
+            .increment(ids.len() as u64);
         Ok(ids.len())
     }
 

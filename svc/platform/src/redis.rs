@@ -51,7 +51,10 @@ impl Redis {
     }
 
     pub async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        self.pool.get().await.map_err(|e| RedisError::Pool(e.to_string()))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| RedisError::Pool(e.to_string()))
     }
 
     /// A connection of its own with no response timeout: the pooled ones time a reply out

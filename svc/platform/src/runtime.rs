@@ -15,7 +15,10 @@ use crate::discovery::{Discovery, DiscoveryError, Registration};
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
 }
@@ -102,4 +105,46 @@ pub async fn termination_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.ok();
+}
+
+type Task = Box<dyn FnOnce(CancellationToken) -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// The tasks a service runs beside its HTTP app (relays, consumers, sweepers), started
+/// together and stopped by one token.
+#[derive(Default)]
+pub struct Background {
+    tasks: Vec<(&'static str, Task)>,
+}
+
+impl Background {
+    pub fn add<F, Fut>(&mut self, name: &'static str, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .push((name, Box::new(move |token| Box::pin(task(token)))));
+    }
+
+    pub fn extend(&mut self, other: Background) {
+        self.tasks.extend(other.tasks);
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.tasks.iter().map(|(n, _)| *n).collect()
+    }
+
+    pub fn spawn(self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+        self.tasks
+            .into_iter()
+            .map(|(name, task)| {
+                let token = shutdown.clone();
+                tokio::spawn(async move {
+                    tracing::debug!(task = name, "background task started");
+                    task(token).await;
+                    tracing::debug!(task = name, "background task stopped");
+                })
+            })
+            .collect()
+    }
 }

@@ -54,17 +54,18 @@ async fn ready(checks: &[Arc<dyn ReadyCheck>]) -> Response {
     let mut all_up = true;
     let mut report = serde_json::Map::new();
     for check in checks {
-        let value = match tokio::time::timeout(std::time::Duration::from_secs(2), check.check()).await {
-            Ok(Ok(())) => json!({ "status": "UP" }),
-            Ok(Err(e)) => {
-                all_up = false;
-                json!({ "status": "DOWN", "error": e })
-            }
-            Err(_) => {
-                all_up = false;
-                json!({ "status": "DOWN", "error": "timed out" })
-            }
-        };
+        let value =
+            match tokio::time::timeout(std::time::Duration::from_secs(2), check.check()).await {
+                Ok(Ok(())) => json!({ "status": "UP" }),
+                Ok(Err(e)) => {
+                    all_up = false;
+                    json!({ "status": "DOWN", "error": e })
+                }
+                Err(_) => {
+                    all_up = false;
+                    json!({ "status": "DOWN", "error": "timed out" })
+                }
+            };
         report.insert(check.name().to_owned(), value);
     }
     let status = if all_up { "UP" } else { "DOWN" };
@@ -99,6 +100,7 @@ pub fn routes<T: OpenApi + 'static>(
     checks: Vec<Arc<dyn ReadyCheck>>,
     max_body_bytes: usize,
 ) -> impl Endpoint<Output = Response> {
+    crate::metrics::handle();
     let spec = api.spec();
     let docs = api.swagger_ui();
     let checks = Arc::new(checks);

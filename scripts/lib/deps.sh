@@ -1,0 +1,70 @@
+# Sourced by scripts/up and scripts/test: installs (Debian packages) and starts what the shop
+# needs, whatever the machine already runs. Idempotent.
+set -euo pipefail
+
+MICROMART_HOME="${MICROMART_HOME:-$HOME/.local/share/micromart}"
+export MICROMART_HOME
+mkdir -p "$MICROMART_HOME"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_build_deps() {
+  # consulrs pulls reqwest 0.11 with native TLS: it links OpenSSL.
+  apt_install pkg-config libssl-dev gcc
+}
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    log "starting PostgreSQL $version"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+    pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
+  fi
+  # The shop's role: may create its databases; its password lives outside the repository.
+  local pwfile="$MICROMART_HOME/pgpassword"
+  if [ ! -s "$pwfile" ]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$pwfile")
+  fi
+  PGPASSWORD="$(cat "$pwfile")"
+  export PGPASSWORD
+  $SUDO runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'micromart') THEN
+    CREATE ROLE micromart LOGIN CREATEDB;
+  END IF;
+END \$\$;
+ALTER ROLE micromart LOGIN CREATEDB PASSWORD '$PGPASSWORD';
+SQL
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null; then apt_install redis-server; fi
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    mkdir -p "$MICROMART_HOME/redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir "$MICROMART_HOME/redis" --logfile "$MICROMART_HOME/redis/redis.log"
+    for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.25; done
+    redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
+  fi
+}

@@ -1,0 +1,93 @@
+//! How a service's main finds its config and discovery: Consul when `CONSUL_HTTP_ADDR` is
+//! set, the local seed files and an in-process registry otherwise.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::SigningKey;
+use crate::config::{ConfigError, ConfigSource, LocalConfig, default_seed_path};
+use crate::consul::Consul;
+use crate::discovery::{Discovery, DiscoveryError, LocalDiscovery};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where discovery and config come from.
+pub struct Environment {
+    pub config: Arc<dyn ConfigSource>,
+    pub discovery: Arc<dyn Discovery>,
+    pub local: bool,
+}
+
+impl Environment {
+    pub fn from_env() -> Result<Self, BootError> {
+        match Consul::from_env() {
+            Some(consul) => {
+                let consul = Arc::new(consul?);
+                Ok(Self {
+                    config: consul.clone(),
+                    discovery: consul,
+                    local: false,
+                })
+            }
+            None => Ok(Self::local(LocalConfig::from_seed(&default_seed_path())?)),
+        }
+    }
+
+    pub fn local(config: LocalConfig) -> Self {
+        config.spawn_file_watch(Duration::from_secs(2));
+        Self {
+            config: Arc::new(config),
+            discovery: Arc::new(LocalDiscovery::new()),
+            local: true,
+        }
+    }
+}
+
+/// Local state kept outside the repository (`MICROMART_HOME`, default
+/// `~/.local/share/micromart`).
+pub fn home() -> PathBuf {
+    std::env::var_os("MICROMART_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            base.join(".local/share/micromart")
+        })
+}
+
+/// The development signing key of a local run: generated at first start, kept under
+/// `home()` with owner-only permissions, never in the repository.
+pub fn dev_signing_key() -> Result<String, BootError> {
+    let path = home().join("keys/jwt-signing.pem");
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        return Ok(pem);
+    }
+    let dir = path.parent().expect("the key path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| BootError::Io(format!("{}: {e}", dir.display())))?;
+    let pem = SigningKey::generate_pem();
+    write_private(&path, &pem).map_err(|e| BootError::Io(format!("{}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated a development JWT signing key");
+    Ok(pem)
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(contents.as_bytes())
+}

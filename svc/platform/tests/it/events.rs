@@ -1,0 +1,299 @@
+//! The outbox relay and the consumer runner against real Postgres and Redis, with crashes
+//! injected at exact points (fail-rs failpoints).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contracts::events::{Envelope, UserRegistered};
+use platform::CancellationToken;
+use platform::consumer::{
+    Consumer, ConsumerConfig, EventHandler, HandlerError, dead_letter_stream,
+};
+use platform::outbox::{self, OutboxRelay};
+use platform::redis::Redis;
+use platform::testing::{self, TestDb};
+use sqlx::{PgConnection, PgPool};
+
+/// Failpoints are process-wide: tests that relay or consume take turns.
+static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Fixture {
+    _db: TestDb,
+    pool: PgPool,
+    redis: Redis,
+}
+
+async fn fixture() -> Fixture {
+    let db = TestDb::new("events");
+    let pool = platform::db::connect(
+        &db.url,
+        5,
+        &sqlx::migrate::Migrator::with_migrations(vec![]),
+    )
+    .await
+    .expect("Postgres must be running (scripts/test starts it)");
+    sqlx::query("CREATE TABLE effects (grp TEXT NOT NULL, event_id UUID NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let redis = Redis::connect(&testing::redis_url(), &testing::redis_prefix()).unwrap();
+    redis
+        .ping()
+        .await
+        .expect("Redis must be running (scripts/test starts it)");
+    Fixture {
+        _db: db,
+        pool,
+        redis,
+    }
+}
+
+/// Records one effect row per applied event.
+struct RecordEffect(String);
+
+#[async_trait]
+impl EventHandler for RecordEffect {
+    async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO effects (grp, event_id) VALUES ($1, $2)")
+            .bind(&self.0)
+            .bind(event.id)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+struct AlwaysFails;
+
+#[async_trait]
+impl EventHandler for AlwaysFails {
+    async fn handle(&self, _: &mut PgConnection, _: &Envelope) -> Result<(), HandlerError> {
+        Err(HandlerError::Failed("poison".into()))
+    }
+}
+
+fn registered(n: usize) -> UserRegistered {
+    UserRegistered {
+        user_id: uuid::Uuid::now_v7(),
+        email: format!("u{n}@example.com"),
+        name: "U".into(),
+        phone: None,
+        verification_url: "http://x/verify".into(),
+    }
+}
+
+async fn enqueue(pool: &PgPool, n: usize) -> Envelope {
+    let mut tx = pool.begin().await.unwrap();
+    let env = outbox::enqueue(&mut tx, &registered(n), "users", None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    env
+}
+
+fn consumer(f: &Fixture, group: &str, handler: Arc<dyn EventHandler>) -> Consumer {
+    let mut config = ConsumerConfig::new(group, &[contracts::events::streams::USERS]);
+    config.claim_idle = Duration::ZERO;
+    config.max_deliveries = 2;
+    Consumer::new(f.pool.clone(), f.redis.clone(), config, handler)
+}
+
+async fn effects(pool: &PgPool, group: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects WHERE grp = $1")
+        .bind(group)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn xlen(redis: &Redis, stream: &str) -> i64 {
+    let mut conn = redis.conn().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(redis.key(stream))
+        .query_async(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn pending(redis: &Redis, group: &str) -> i64 {
+    let mut conn = redis.conn().await.unwrap();
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(redis.key(contracts::events::streams::USERS))
+        .arg(group)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    match reply {
+        redis::Value::Array(v) => match &v[0] {
+            redis::Value::Int(n) => *n,
+            other => panic!("unexpected XPENDING count {other:?}"),
+        },
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_relay_crash_after_xadd_still_applies_each_event_once_per_consumer() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    let event = enqueue(&f.pool, 1).await;
+    // The service crashed right after commit: nothing was sent yet.
+    assert_eq!(xlen(&f.redis, "users.events").await, 0);
+
+    let relay = OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users");
+    fail::cfg("outbox::after_xadd_before_mark", "return").unwrap();
+    let crashed = relay.relay_once().await;
+    fail::remove("outbox::after_xadd_before_mark");
+    assert!(crashed.is_err(), "the injected crash interrupts the relay");
+    assert_eq!(
+        relay.unsent().await.unwrap(),
+        1,
+        "the row is not marked sent"
+    );
+
+    // The restarted relay sends it again: the stream now holds it twice.
+    let restarted = OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users");
+    assert_eq!(restarted.relay_once().await.unwrap(), 1);
+    assert_eq!(restarted.unsent().await.unwrap(), 0);
+    assert_eq!(xlen(&f.redis, "users.events").await, 2);
+
+    for group in ["notification", "audit"] {
+        let c = consumer(&f, group, Arc::new(RecordEffect(group.into())));
+        assert_eq!(
+            c.run_until_idle().await.unwrap(),
+            2,
+            "{group} reads both copies"
+        );
+        assert_eq!(
+            effects(&f.pool, group).await,
+            1,
+            "{group} applies the event once"
+        );
+        assert_eq!(
+            pending(&f.redis, group).await,
+            0,
+            "{group} acknowledged both copies"
+        );
+    }
+    let applied: uuid::Uuid = sqlx::query_scalar("SELECT event_id FROM effects LIMIT 1")
+        .fetch_one(&f.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, event.id);
+}
+
+#[tokio::test]
+async fn a_consumer_crash_after_commit_before_ack_is_redelivered_without_effect() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    enqueue(&f.pool, 1).await;
+    OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users")
+        .relay_once()
+        .await
+        .unwrap();
+
+    let first = consumer(&f, "orders", Arc::new(RecordEffect("orders".into())));
+    fail::cfg("consumer::after_commit_before_ack", "return").unwrap();
+    first.run_until_idle().await.unwrap();
+    fail::remove("consumer::after_commit_before_ack");
+    assert_eq!(
+        effects(&f.pool, "orders").await,
+        1,
+        "the effect was committed"
+    );
+    assert_eq!(
+        pending(&f.redis, "orders").await,
+        1,
+        "but never acknowledged"
+    );
+
+    // Another instance of the same service claims the entry and finds it processed.
+    let second = consumer(&f, "orders", Arc::new(RecordEffect("orders".into())));
+    second.run_until_idle().await.unwrap();
+    assert_eq!(
+        effects(&f.pool, "orders").await,
+        1,
+        "the redelivery changed nothing"
+    );
+    assert_eq!(pending(&f.redis, "orders").await, 0);
+}
+
+#[tokio::test]
+async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    enqueue(&f.pool, 1).await;
+    OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users")
+        .relay_once()
+        .await
+        .unwrap();
+    let c = consumer(&f, "poisoned", Arc::new(AlwaysFails));
+    for _ in 0..4 {
+        c.run_until_idle().await.unwrap();
+    }
+    assert_eq!(
+        pending(&f.redis, "poisoned").await,
+        0,
+        "the entry left the pending list"
+    );
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 1);
+    let rendered = platform::metrics::handle().render();
+    assert!(
+        rendered.contains("stream_dead_letters_total"),
+        "dead letters are counted"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_that_was_down_catches_up_on_everything_it_missed() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    let c = consumer(&f, "late", Arc::new(RecordEffect("late".into())));
+    c.ensure_groups().await.unwrap();
+    for n in 0..100 {
+        enqueue(&f.pool, n).await;
+    }
+    let relay = OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users");
+    while relay.relay_once().await.unwrap() > 0 {}
+    assert_eq!(c.run_until_idle().await.unwrap(), 100);
+    assert_eq!(effects(&f.pool, "late").await, 100);
+}
+
+#[tokio::test]
+async fn running_relay_and_blocking_consumer_deliver_within_seconds() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    let shutdown = CancellationToken::new();
+    let relay = OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users");
+    let mut config = ConsumerConfig::new("live", &[contracts::events::streams::USERS]);
+    config.block = Duration::from_secs(2);
+    let c = Consumer::new(
+        f.pool.clone(),
+        f.redis.clone(),
+        config,
+        Arc::new(RecordEffect("live".into())),
+    );
+    c.ensure_groups().await.unwrap();
+    let tasks = [
+        tokio::spawn(relay.clone().run(shutdown.clone())),
+        tokio::spawn(c.run(shutdown.clone())),
+    ];
+    // Longer than the pooled connections' 500 ms reply timeout: the blocking read survives it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    enqueue(&f.pool, 1).await;
+    relay.wake();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while effects(&f.pool, "live").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was not applied in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(effects(&f.pool, "live").await, 1);
+}

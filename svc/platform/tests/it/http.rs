@@ -1,0 +1,230 @@
+//! Every error a client can cause, raised by us or by poem, answers problem+json; the
+//! operational routes answer.
+
+use platform::auth::BearerAuth;
+use platform::problem::{ApiResult, Problem};
+use platform::testing::TestServer;
+use platform::web;
+use poem::EndpointExt;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde_json::Value;
+
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+struct Thing {
+    name: String,
+    count: u32,
+}
+
+struct Api;
+
+#[OpenApi]
+impl Api {
+    #[oai(path = "/things", method = "post", operation_id = "create_thing")]
+    async fn create(&self, body: Json<Thing>) -> ApiResult<Json<Value>> {
+        if body.0.count == 0 {
+            return Err(Problem::invalid(vec![platform::problem::FieldError::new(
+                "count",
+                "must be positive",
+            )]));
+        }
+        Ok(Json(serde_json::json!({ "name": body.0.name })))
+    }
+
+    #[oai(path = "/things/:id", method = "get", operation_id = "get_thing")]
+    async fn get(&self, _auth: BearerAuth, id: Path<uuid::Uuid>) -> ApiResult<Json<Value>> {
+        Err(Problem::not_found(format!("no thing {}", id.0)))
+    }
+}
+
+async fn server() -> TestServer {
+    let key =
+        platform::auth::SigningKey::from_pem(&platform::auth::SigningKey::generate_pem()).unwrap();
+    let verifier = platform::auth::JwtVerifier::from_jwks(&key.jwks()).unwrap();
+    let app = web::routes(
+        "things",
+        web::openapi_service(Api, "things"),
+        vec![],
+        1024 * 1024,
+    )
+    .data(verifier);
+    TestServer::start(app).await
+}
+
+async fn expect_problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().unwrap().starts_with("https://"));
+    assert!(!body["title"].as_str().unwrap().is_empty());
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    assert_eq!(
+        body["instance"],
+        request_id.as_str(),
+        "instance is the request id"
+    );
+    body
+}
+
+#[tokio::test]
+async fn client_mistakes_get_problem_json_with_the_right_status() {
+    let s = server().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/things", s.url());
+    let post = |body: &'static str, ct: &'static str| {
+        c.post(&url).header("content-type", ct).body(body).send()
+    };
+
+    let body = expect_problem(post("{not json", "application/json").await.unwrap(), 400).await;
+    assert!(body["detail"].as_str().unwrap().contains("parse"), "{body}");
+    expect_problem(
+        post(r#"{"name": "a", "count": "many"}"#, "application/json")
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    let body = expect_problem(
+        post(
+            r#"{"name": "a", "count": 1, "admin": true}"#,
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("admin"),
+        "names the unknown field: {body}"
+    );
+    expect_problem(
+        post(r#"{"name": "a", "count": 1}"#, "text/plain")
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    let body = expect_problem(
+        post(r#"{"name": "a", "count": 0}"#, "application/json")
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "count");
+
+    let huge = format!(
+        r#"{{"name": "{}", "count": 1}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let resp = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 413).await;
+
+    expect_problem(
+        c.get(format!("{}/nowhere", s.url())).send().await.unwrap(),
+        404,
+    )
+    .await;
+    expect_problem(
+        c.get(format!("{}/things/not-a-uuid", s.url()))
+            .bearer_auth("x")
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    expect_problem(
+        c.get(format!("{}/things/{}", s.url(), uuid::Uuid::nil()))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_id_is_kept_and_returned() {
+    let s = server().await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/nowhere", s.url()))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(resp, 404).await;
+    assert_eq!(body["instance"], "abc-123");
+}
+
+#[tokio::test]
+async fn operational_routes_answer() {
+    let s = server().await;
+    let c = reqwest::Client::new();
+    let health: Value = c
+        .get(format!("{}/health", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "UP");
+    let ready = c.get(format!("{}/ready", s.url())).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let spec: Value = c
+        .get(format!("{}/openapi.json", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        spec["paths"]["/things"]["post"]["operationId"],
+        "create_thing"
+    );
+    let docs = c
+        .get(format!("{}/docs", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(docs.contains("swagger"), "Swagger UI is served");
+    c.post(format!("{}/things", s.url()))
+        .json(&serde_json::json!({"name": "a", "count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let metrics = c
+        .get(format!("{}/metrics", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("http_requests_total")
+            && l.contains("route=\"create_thing\"")
+            && l.contains("status=\"200\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("http_request_duration_seconds_bucket"));
+}

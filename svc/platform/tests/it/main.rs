@@ -1,0 +1,6 @@
+//! The platform's black-box tests; one binary, modules by subject.
+
+mod consul;
+mod contract;
+mod events;
+mod http;
