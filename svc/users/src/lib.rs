@@ -128,6 +128,10 @@ impl Users {
         &self.pool
     }
 
+    pub fn redis_prefix(&self) -> &str {
+        self.redis.prefix()
+    }
+
     pub fn relay(&self) -> &OutboxRelay {
         &self.relay
     }

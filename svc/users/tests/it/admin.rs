@@ -1,0 +1,167 @@
+use serde_json::json;
+
+use crate::support::{ADMIN_EMAIL, Shop, problem};
+
+#[tokio::test]
+async fn a_customer_cannot_read_another_user_and_gets_403_on_admin_routes() {
+    let shop = Shop::start().await;
+    let (alice, alice_token) = shop.customer("alice").await;
+    let (bob, _) = shop.customer("bob").await;
+    let bob_id = bob["id"].as_str().unwrap();
+
+    problem(
+        shop.get(&format!("/api/v1/users/{bob_id}"))
+            .bearer_auth(&alice_token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    let own = shop
+        .get(&format!("/api/v1/users/{}", alice["id"].as_str().unwrap()))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    problem(
+        shop.get("/api/v1/users")
+            .bearer_auth(&alice_token)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    let promote = shop
+        .client
+        .put(shop.url(&format!(
+            "/api/v1/users/{}/roles",
+            alice["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&alice_token)
+        .json(&json!({"roles": ["ADMIN"]}))
+        .send()
+        .await
+        .unwrap();
+    problem(promote, 403).await;
+    let roles = shop
+        .get(&format!("/api/v1/users/{bob_id}"))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(roles.status(), 404);
+}
+
+#[tokio::test]
+async fn the_configured_admin_email_becomes_admin_only_after_verification() {
+    let shop = Shop::start().await;
+    shop.register(ADMIN_EMAIL, "admin password 1").await;
+    let unverified = shop.tokens(ADMIN_EMAIL, "admin password 1").await;
+    problem(
+        shop.get("/api/v1/users")
+            .bearer_auth(unverified["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_admin_lists_searches_and_sets_roles() {
+    let shop = Shop::start().await;
+    let admin = shop.admin().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let user = shop
+            .register(&format!("staff{n}@shop.example"), "correct horse battery")
+            .await;
+        ids.push(user["id"].as_str().unwrap().to_owned());
+    }
+    let page: serde_json::Value = shop
+        .get("/api/v1/users?email=shop.example&limit=3")
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest: serde_json::Value = shop
+        .get(&format!(
+            "/api/v1/users?email=shop.example&limit=3&cursor={cursor}"
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["items"].as_array().unwrap().len(), 2);
+    assert!(rest["next_cursor"].is_null());
+    problem(
+        shop.get("/api/v1/users?limit=101")
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+
+    let set = |roles: serde_json::Value| {
+        shop.client
+            .put(shop.url(&format!("/api/v1/users/{}/roles", ids[0])))
+            .bearer_auth(&admin)
+            .json(&json!({"roles": roles}))
+            .send()
+    };
+    let managed: serde_json::Value = set(json!(["MANAGER"])).await.unwrap().json().await.unwrap();
+    assert_eq!(managed["roles"], json!(["MANAGER"]));
+    problem(set(json!(["KING"])).await.unwrap(), 422).await;
+    problem(set(json!([])).await.unwrap(), 422).await;
+    let manager = shop
+        .tokens("staff0@shop.example", "correct horse battery")
+        .await;
+    let claims = decode_claims(manager["access_token"].as_str().unwrap());
+    assert_eq!(claims["roles"], json!(["MANAGER"]));
+    assert!(
+        claims["authorities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("product:write"))
+    );
+    assert!(
+        !claims["authorities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("user:manage"))
+    );
+    let missing = shop
+        .client
+        .put(shop.url(&format!("/api/v1/users/{}/roles", uuid::Uuid::now_v7())))
+        .bearer_auth(&admin)
+        .json(&json!({"roles": ["MANAGER"]}))
+        .send()
+        .await
+        .unwrap();
+    problem(missing, 404).await;
+}
+
+fn decode_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
