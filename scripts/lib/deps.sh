@@ -68,3 +68,17 @@ ensure_redis() {
     redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis did not start on 127.0.0.1:6379" >&2; exit 1; }
   fi
 }
+
+# Redocly CLI lints the committed OpenAPI documents (duplicate keys, missing operationIds,
+# invalid OpenAPI). 1.x runs on the Node.js 18 that Debian 12 ships.
+REDOCLY_VERSION="1.34.5"
+ensure_redocly() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  local dir="$MICROMART_HOME/tools/redocly-$REDOCLY_VERSION"
+  if [ ! -x "$dir/node_modules/.bin/redocly" ]; then
+    log "installing @redocly/cli $REDOCLY_VERSION"
+    mkdir -p "$dir"
+    npm install --prefix "$dir" --silent --no-audit --no-fund "@redocly/cli@$REDOCLY_VERSION" >/dev/null
+  fi
+  REDOCLY="$dir/node_modules/.bin/redocly"
+}

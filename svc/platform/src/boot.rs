@@ -80,7 +80,8 @@ pub fn dev_signing_key() -> Result<String, BootError> {
     Ok(pem)
 }
 
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+/// Writes a new file readable by its owner only.
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

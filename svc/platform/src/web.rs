@@ -90,7 +90,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The OpenAPI document of an API, as committed under `openapi/`.
 pub fn openapi_service<T: OpenApi>(api: T, title: &str) -> OpenApiService<T, ()> {
+    // A relative server: "Try it out" goes to whoever serves the document (the service
+    // itself, or the gateway that proxies it).
     OpenApiService::new(api, title, env!("CARGO_PKG_VERSION"))
+        .server("/")
+        .license(poem_openapi::LicenseObject::new("MIT"))
 }
 
 /// Mounts `api` at the root with the operational routes beside it.

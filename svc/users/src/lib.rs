@@ -1,6 +1,7 @@
 //! The users service: accounts, credentials and the tokens every other service trusts.
 
 mod api;
+pub mod demo;
 mod passwords;
 mod store;
 mod tokens;
