@@ -317,3 +317,69 @@ async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
         Problem::unauthorized("the access token is invalid or expired").into()
     })
 }
+
+/// The shared secret that internal routes require in `X-Internal-Token`.
+#[derive(Clone)]
+pub struct InternalToken(Arc<str>);
+
+impl InternalToken {
+    pub fn new(secret: &str) -> Self {
+        Self(Arc::from(secret))
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison, so that timing reveals nothing of the secret.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        !self.0.is_empty() && bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+pub const INTERNAL_TOKEN_HEADER: &str = "X-Internal-Token";
+
+/// Service-to-service calls: the internal credential from config.
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "X-Internal-Token",
+    key_in = "header",
+    checker = "check_internal"
+)]
+pub struct InternalAuth(pub ());
+
+async fn check_internal(req: &Request, key: poem_openapi::auth::ApiKey) -> poem::Result<()> {
+    let token = req
+        .data::<InternalToken>()
+        .ok_or_else(|| Problem::internal("no InternalToken in the app's data"))?;
+    if token.matches(&key.key) {
+        Ok(())
+    } else {
+        // Internal routes do not exist for outsiders.
+        Err(Problem::not_found("no such resource").into())
+    }
+}
+
+/// The caller of a public route that shows more to those who authenticate: `None` without
+/// an `Authorization` header, 401 with an invalid one.
+pub fn optional_caller(req: &Request) -> Result<Option<Caller>, Problem> {
+    let Some(header) = req.headers().get(poem::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Problem::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+    let verifier = req
+        .data::<JwtVerifier>()
+        .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
+    verifier
+        .verify(token)
+        .map(Some)
+        .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))
+}

@@ -8,11 +8,13 @@ pub mod consumer;
 pub mod context;
 pub mod db;
 pub mod discovery;
+pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod problem;
 pub mod redis;
 pub mod runtime;
+pub mod service;
 pub mod telemetry;
 pub mod web;
 

@@ -148,3 +148,33 @@ impl Background {
             .collect()
     }
 }
+
+/// A service binary's life after start: serve and register, run the background tasks, and
+/// on SIGTERM or Ctrl-C deregister, drain requests and stop the tasks (the outbox relay
+/// makes a last pass).
+pub async fn run_until_signal<E>(
+    service: &str,
+    app: E,
+    background: Background,
+    settings: &crate::config::Settings,
+    default_bind: &str,
+    discovery: Arc<dyn Discovery>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    E: IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    let bind: String = settings.get_or("http_bind", default_bind.to_owned())?;
+    let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
+    let shutdown = CancellationToken::new();
+    let tasks = background.spawn(&shutdown);
+    let serving = serve(service, app, &bind, &advertise, discovery, shutdown.clone()).await?;
+    tracing::info!(service, url = %serving.url(), "listening");
+    termination_signal().await;
+    shutdown.cancel();
+    serving.task.await??;
+    for task in tasks {
+        task.await.ok();
+    }
+    Ok(())
+}

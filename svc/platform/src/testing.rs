@@ -115,3 +115,105 @@ impl Drop for TestServer {
         self.task.abort();
     }
 }
+
+/// The internal credential the tests' services share.
+pub const INTERNAL_TOKEN: &str = "test-internal-token";
+
+/// A signing key of the tests' own, standing in for users: mints access tokens that the
+/// services under test verify with `jwks`.
+pub struct TestIdentity {
+    issuer: crate::auth::TokenIssuer,
+    pub jwks: String,
+}
+
+impl Default for TestIdentity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestIdentity {
+    pub fn new() -> Self {
+        let key = crate::auth::SigningKey::from_pem(&crate::auth::SigningKey::generate_pem())
+            .expect("a generated key parses");
+        let jwks = key.jwks();
+        Self {
+            issuer: crate::auth::TokenIssuer::new(key, std::time::Duration::from_secs(900)),
+            jwks,
+        }
+    }
+
+    /// An access token for `user` with `role`.
+    pub fn token(&self, user: uuid::Uuid, role: crate::auth::Role) -> String {
+        self.issuer.issue(user, &[role]).expect("a token signs")
+    }
+}
+
+/// A service's settings as the KV seed gives them, pointed at `db`, a fresh Redis prefix,
+/// the tests' identity and internal credential.
+pub async fn settings(
+    service: &str,
+    db: &TestDb,
+    identity: &TestIdentity,
+) -> crate::config::Settings {
+    let source = crate::config::LocalConfig::from_seed(&crate::config::default_seed_path())
+        .expect("the KV seed reads");
+    crate::config::Settings::load(&source, service)
+        .await
+        .expect("settings load")
+        .with("database_url", db.url.clone())
+        .with("redis_url", redis_url())
+        .with("redis_prefix", redis_prefix())
+        .with("jwt_public_keys", identity.jwks.clone())
+        .with("internal_token", INTERNAL_TOKEN)
+}
+
+/// Asserts a problem+json answer with `status`; returns its body.
+pub async fn expect_problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    let url = resp.url().clone();
+    let got = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(got, status, "status of {url}: {text}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "{url}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&text).expect("a JSON problem");
+    assert_eq!(body["status"], status);
+    assert!(
+        !body["detail"].as_str().unwrap_or("").is_empty(),
+        "a problem says what was wrong"
+    );
+    body
+}
+
+/// Fails the test unless the served OpenAPI document equals `openapi/<name>.json`;
+/// `UPDATE_OPENAPI=1` rewrites the file instead.
+pub fn assert_openapi_matches(name: &str, served: &serde_json::Value) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../openapi")
+        .join(format!("{name}.json"));
+    let rendered = serde_json::to_string_pretty(served).expect("JSON renders") + "\n";
+    if std::env::var("UPDATE_OPENAPI").is_ok() {
+        std::fs::write(&path, &rendered).expect("openapi/ is writable");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "openapi/{name}.json is out of date: run `UPDATE_OPENAPI=1 cargo test` and commit it"
+    );
+    for (path, item) in served["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            assert!(
+                op.get("operationId").is_some(),
+                "{method} {path} has an operationId"
+            );
+        }
+    }
+}

@@ -1,8 +1,7 @@
-//! The users service binary: config, serve, register, run until SIGTERM.
+//! The users service binary.
 
 use platform::boot::{self, Environment};
 use platform::config::Settings;
-use platform::{CancellationToken, runtime};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,27 +11,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if settings.raw("jwt_signing_key").is_none() && env.local {
         settings = settings.with("jwt_signing_key", boot::dev_signing_key()?);
     }
-    let config = users::UsersConfig::from_settings(&settings)?;
-    let bind: String = settings.get_or("http_bind", "0.0.0.0:0".to_owned())?;
-    let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
-    let (state, app) = users::app(config).await?;
-    let shutdown = CancellationToken::new();
-    let tasks = state.background().spawn(&shutdown);
-    let serving = runtime::serve(
+    let (state, app) = users::app(users::UsersConfig::from_settings(&settings)?).await?;
+    platform::runtime::run_until_signal(
         users::SERVICE,
         app,
-        &bind,
-        &advertise,
+        state.background(),
+        &settings,
+        "0.0.0.0:0",
         env.discovery,
-        shutdown.clone(),
     )
-    .await?;
-    tracing::info!(url = %serving.url(), "users listening");
-    runtime::termination_signal().await;
-    shutdown.cancel();
-    serving.task.await??;
-    for task in tasks {
-        task.await.ok();
-    }
-    Ok(())
+    .await
 }

@@ -1,0 +1,82 @@
+//! Bodies of the internal (service-to-service) routes.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::money::Money;
+
+/// `POST /internal/products/lookup`
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+pub struct ProductLookupRequest {
+    pub ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+pub struct ProductSummary {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price: Money,
+    pub active: bool,
+}
+
+/// Only the ids that exist; an unknown id is absent.
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct ProductLookupResponse {
+    pub products: Vec<ProductSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+pub struct StockLine {
+    pub product_id: Uuid,
+    pub quantity: i32,
+}
+
+/// `POST /internal/inventory/check`
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+pub struct StockCheckRequest {
+    pub lines: Vec<StockLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct StockCheckLine {
+    pub product_id: Uuid,
+    pub requested: i32,
+    pub available: i32,
+    pub sufficient: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct StockCheckResponse {
+    pub lines: Vec<StockCheckLine>,
+}
+
+/// `POST /internal/inventory/reservations`
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+pub struct ReservationRequest {
+    pub order_id: Uuid,
+    pub lines: Vec<StockLine>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct Reservation {
+    pub order_id: Uuid,
+    pub lines: Vec<StockLine>,
+    pub expires_at: DateTime<Utc>,
+    /// held, committed or released.
+    pub status: String,
+}
+
+/// `GET /internal/carts/{user_id}`
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct CartContents {
+    pub user_id: Uuid,
+    pub lines: Vec<StockLine>,
+}

@@ -1,0 +1,5 @@
+//! The inventory service, black-box, against its own database.
+
+mod reservations;
+mod stock;
+mod support;

@@ -1,0 +1,149 @@
+//! What every service but users connects to at start: its database, Redis, and the keys that
+//! verify access tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::{Endpoint, EndpointExt, Response};
+use poem_openapi::{OpenApi, OpenApiService};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+use crate::auth::{InternalToken, JwtVerifier};
+use crate::config::{ConfigError, Settings};
+use crate::discovery::Discovery;
+use crate::redis::Redis;
+use crate::web::{self, ReadyCheck};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Redis(#[from] crate::redis::RedisError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("the public keys cannot be fetched from users: {0}")]
+    Keys(String),
+}
+
+/// The settings every service shares.
+#[derive(Clone, Debug)]
+pub struct BaseConfig {
+    pub service: &'static str,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// JWKS of the access-token keys; empty means "ask users' /.well-known/jwks.json".
+    pub jwt_public_keys: String,
+    /// The shared secret of internal routes (`X-Internal-Token`).
+    pub internal_token: String,
+    pub max_body_bytes: usize,
+    /// Limit of every call to another service.
+    pub call_timeout: Duration,
+}
+
+impl BaseConfig {
+    pub fn from_settings(service: &'static str, s: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            service,
+            database_url: s.require("database_url")?,
+            database_max_connections: s.get_or("database_max_connections", 10)?,
+            redis_url: s.require("redis_url")?,
+            redis_prefix: s.get_or("redis_prefix", String::new())?,
+            jwt_public_keys: s.get_or("jwt_public_keys", String::new())?,
+            internal_token: s.require("internal_token")?,
+            max_body_bytes: s.get_or("max_body_bytes", web::DEFAULT_MAX_BODY_BYTES)?,
+            call_timeout: s.millis("call_timeout_ms", 2000)?,
+        })
+    }
+}
+
+/// Connections and identity shared by a service's handlers and tasks.
+#[derive(Clone)]
+pub struct Base {
+    pub service: &'static str,
+    pub pool: PgPool,
+    pub redis: Redis,
+    pub verifier: JwtVerifier,
+    pub internal_token: InternalToken,
+    pub config: Arc<BaseConfig>,
+}
+
+impl Base {
+    /// Connects to the database (creating it and applying migrations) and Redis, and loads
+    /// the token-verifying keys (from config, else from users through discovery).
+    pub async fn connect(
+        config: BaseConfig,
+        migrations: &Migrator,
+        discovery: Arc<dyn Discovery>,
+    ) -> Result<Self, StartError> {
+        let pool = crate::db::connect(
+            &config.database_url,
+            config.database_max_connections,
+            migrations,
+        )
+        .await?;
+        let redis = Redis::connect(&config.redis_url, &config.redis_prefix)?;
+        let jwks = if config.jwt_public_keys.trim().is_empty() {
+            fetch_jwks(discovery.as_ref(), config.call_timeout).await?
+        } else {
+            config.jwt_public_keys.clone()
+        };
+        Ok(Self {
+            service: config.service,
+            pool,
+            redis,
+            verifier: JwtVerifier::from_jwks(&jwks)?,
+            internal_token: InternalToken::new(&config.internal_token),
+            config: Arc::new(config),
+        })
+    }
+
+    /// The service's HTTP app: `api` plus the operational routes, with the verifier and the
+    /// internal credential available to the security schemes.
+    pub fn routes<T: OpenApi + 'static>(
+        &self,
+        api: OpenApiService<T, ()>,
+    ) -> impl Endpoint<Output = Response> + use<T> {
+        let checks: Vec<Arc<dyn ReadyCheck>> =
+            vec![Arc::new(self.pool.clone()), Arc::new(self.redis.clone())];
+        web::routes(self.service, api, checks, self.config.max_body_bytes)
+            .data(self.verifier.clone())
+            .data(self.internal_token.clone())
+    }
+}
+
+async fn fetch_jwks(discovery: &dyn Discovery, timeout: Duration) -> Result<String, StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let instances = discovery
+                .resolve("users")
+                .await
+                .map_err(|e| e.to_string())?;
+            let instance = instances.first().ok_or("no users instance is registered")?;
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let resp = client
+                .get(format!("{}/.well-known/jwks.json", instance.base_url()))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            resp.text().await.map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(jwks) => return Ok(jwks),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(StartError::Keys(e)),
+            Err(e) => {
+                tracing::info!(error = %e, "waiting for users to publish its keys");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
