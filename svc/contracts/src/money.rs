@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 
 /// An amount in minor units (cents) of an ISO 4217 currency; never floating point.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
 pub struct Money {
     /// Minor units, e.g. 1999 for 19.99.
     pub amount: i64,

@@ -174,12 +174,7 @@ impl InventoryApi {
             i64::from(limit) + 1,
         )
         .await?;
-        let next_cursor = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.product_id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = platform::web::next_page(&mut rows, limit, |r| r.product_id.to_string());
         Ok(Json(StockPage {
             items: rows.iter().map(|r| StockView::new(r, true)).collect(),
             next_cursor,

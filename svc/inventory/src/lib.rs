@@ -1,6 +1,7 @@
 //! The inventory service: stock per product, reservations per order, and the audit trail.
 
 mod api;
+pub mod demo;
 pub mod store;
 mod sweeper;
 

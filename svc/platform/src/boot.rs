@@ -42,6 +42,11 @@ impl Environment {
         }
     }
 
+    /// The settings of `service` from this environment's config.
+    pub async fn settings(&self, service: &str) -> Result<crate::config::Settings, ConfigError> {
+        crate::config::Settings::load(self.config.as_ref(), service).await
+    }
+
     pub fn local(config: LocalConfig) -> Self {
         config.spawn_file_watch(Duration::from_secs(2));
         Self {
@@ -65,19 +70,35 @@ pub fn home() -> PathBuf {
         })
 }
 
-/// The development signing key of a local run: generated at first start, kept under
-/// `home()` with owner-only permissions, never in the repository.
-pub fn dev_signing_key() -> Result<String, BootError> {
-    let path = home().join("keys/jwt-signing.pem");
-    if let Ok(pem) = std::fs::read_to_string(&path) {
-        return Ok(pem);
+/// A secret of a local run (the JWT signing key, the internal credential): generated at
+/// first start, kept under `home()/secrets` with owner-only permissions, never in the
+/// repository.
+pub fn local_secret(name: &str, generate: impl FnOnce() -> String) -> Result<String, BootError> {
+    let path = home().join("secrets").join(name);
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        return Ok(secret);
     }
-    let dir = path.parent().expect("the key path has a parent");
+    let dir = path.parent().expect("the secret path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| BootError::Io(format!("{}: {e}", dir.display())))?;
-    let pem = SigningKey::generate_pem();
-    write_private(&path, &pem).map_err(|e| BootError::Io(format!("{}: {e}", path.display())))?;
-    tracing::info!(path = %path.display(), "generated a development JWT signing key");
-    Ok(pem)
+    let secret = generate();
+    write_private(&path, &secret).map_err(|e| BootError::Io(format!("{}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated a local secret");
+    Ok(secret)
+}
+
+/// The development signing key of a local run.
+pub fn dev_signing_key() -> Result<String, BootError> {
+    local_secret("jwt-signing.pem", SigningKey::generate_pem)
+}
+
+/// The internal credential of a local run.
+pub fn dev_internal_token() -> Result<String, BootError> {
+    local_secret("internal-token", || {
+        use base64::Engine;
+        let mut bytes = [0u8; 32];
+        rand::fill(&mut bytes);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    })
 }
 
 /// Writes a new file readable by its owner only.
@@ -91,4 +112,12 @@ pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<
         opts.mode(0o600);
     }
     opts.open(path)?.write_all(contents.as_bytes())
+}
+
+/// Writes (or replaces) a file readable by its owner only.
+pub fn write_private_replacing(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, contents)?;
+    std::fs::rename(tmp, path)
 }

@@ -268,3 +268,26 @@ impl From<sqlx::Error> for Problem {
         Problem::internal(err)
     }
 }
+
+/// Field checks of one request, collected so that a client sees every problem at once.
+#[derive(Default)]
+pub struct Checks(Vec<FieldError>);
+
+impl Checks {
+    /// Records `problem` (a message) against `field` when there is one.
+    pub fn check(&mut self, field: &str, problem: Option<String>) -> &mut Self {
+        if let Some(message) = problem {
+            self.0.push(FieldError::new(field, message));
+        }
+        self
+    }
+
+    /// 422 naming every failed field, or Ok.
+    pub fn finish(&mut self) -> Result<(), Problem> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Problem::invalid(std::mem::take(&mut self.0)))
+        }
+    }
+}

@@ -130,3 +130,29 @@ pub fn routes<T: OpenApi + 'static>(
         .nest("/", api.into_endpoint())
         .with(RequestContext::new(service, max_body_bytes))
 }
+
+/// The page size of a list: `?limit=`, default 20, at most 100 (422 otherwise).
+pub fn page_limit(limit: Option<u32>) -> Result<u32, crate::problem::Problem> {
+    let limit = limit.unwrap_or(20);
+    if (1..=100).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(crate::problem::Problem::invalid(vec![
+            crate::problem::FieldError::new("limit", "must be 1 to 100"),
+        ]))
+    }
+}
+
+/// Cuts `rows` (fetched with `limit + 1`) to the page and names the cursor of the next page,
+/// the key of the page's last row, when there is one.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: u32,
+    key: impl FnOnce(&T) -> String,
+) -> Option<String> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(key)
+}

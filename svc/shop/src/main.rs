@@ -21,43 +21,146 @@ async fn main() -> Result<(), BoxError> {
     config
         .set("micromart/shared/jwt_public_keys", &key.jwks())
         .await?;
+    config
+        .set(
+            "micromart/shared/internal_token",
+            &boot::dev_internal_token()?,
+        )
+        .await?;
     let env = Environment::local(config);
     let shutdown = CancellationToken::new();
-    let mut urls: Vec<(String, String)> = Vec::new();
+    let mut running = Running::default();
 
-    // users
-    let settings = Settings::load(env.config.as_ref(), users::SERVICE).await?;
-    let (state, app) = users::app(users::UsersConfig::from_settings(&settings)?).await?;
-    let mut tasks = state.background().spawn(&shutdown);
-    let bind: String = settings.get_or("http_bind", "0.0.0.0:0".to_owned())?;
-    let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
-    let serving = runtime::serve(
-        users::SERVICE,
-        app,
-        &bind,
-        &advertise,
+    let settings = env.settings(users::SERVICE).await?;
+    let (users_state, app) = users::app(users::UsersConfig::from_settings(&settings)?).await?;
+    running
+        .start(
+            &env,
+            users::SERVICE,
+            app,
+            users_state.background(),
+            &settings,
+            "0.0.0.0:0",
+            &shutdown,
+        )
+        .await?;
+
+    let settings = env.settings(products::SERVICE).await?;
+    let (products_state, app) = products::app(
+        products::ProductsConfig::from_settings(&settings)?,
         env.discovery.clone(),
-        shutdown.clone(),
     )
     .await?;
-    urls.push((
-        users::SERVICE.into(),
-        format!("http://127.0.0.1:{}", serving.addr.port()),
-    ));
-    let demo = seed_demo_accounts(&state).await?;
-    let mut servers = vec![serving];
+    running
+        .start(
+            &env,
+            products::SERVICE,
+            app,
+            products_state.background(),
+            &settings,
+            "0.0.0.0:7016",
+            &shutdown,
+        )
+        .await?;
 
-    print_banner(&urls, &demo);
+    let settings = env.settings(inventory::SERVICE).await?;
+    let (inventory_state, app) = inventory::app(
+        inventory::InventoryConfig::from_settings(&settings)?,
+        env.discovery.clone(),
+    )
+    .await?;
+    running
+        .start(
+            &env,
+            inventory::SERVICE,
+            app,
+            inventory_state.background(),
+            &settings,
+            "0.0.0.0:7061",
+            &shutdown,
+        )
+        .await?;
+
+    let settings = env.settings(cart::SERVICE).await?;
+    let (cart_state, app) = cart::app(
+        cart::CartConfig::from_settings(&settings)?,
+        env.discovery.clone(),
+    )
+    .await?;
+    running
+        .start(
+            &env,
+            cart::SERVICE,
+            app,
+            cart_state.background(),
+            &settings,
+            "0.0.0.0:7041",
+            &shutdown,
+        )
+        .await?;
+
+    let demo = seed_demo_accounts(&users_state).await?;
+    let catalog = products::demo::seed_catalog(&products_state).await?;
+    let ids: Vec<uuid::Uuid> = catalog.iter().map(|(id, _)| *id).collect();
+    inventory::demo::seed_stock(&inventory_state, &ids).await?;
+
+    write_run_file(&running.urls, &demo)?;
+    print_banner(&running.urls, &demo, catalog.len());
     runtime::termination_signal().await;
     eprintln!("stopping…");
     shutdown.cancel();
-    for s in servers.drain(..) {
+    for s in running.servers.drain(..) {
         s.task.await.ok();
     }
-    for t in tasks.drain(..) {
+    for t in running.tasks.drain(..) {
         t.await.ok();
     }
     Ok(())
+}
+
+/// What the supervisor started.
+#[derive(Default)]
+struct Running {
+    urls: Vec<(String, String)>,
+    servers: Vec<runtime::Serving>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    #[allow(clippy::too_many_arguments)]
+    async fn start<E>(
+        &mut self,
+        env: &Environment,
+        service: &str,
+        app: E,
+        background: runtime::Background,
+        settings: &Settings,
+        default_bind: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BoxError>
+    where
+        E: poem::IntoEndpoint,
+        E::Endpoint: 'static,
+    {
+        let bind: String = settings.get_or("http_bind", default_bind.to_owned())?;
+        let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
+        self.tasks.extend(background.spawn(shutdown));
+        let serving = runtime::serve(
+            service,
+            app,
+            &bind,
+            &advertise,
+            env.discovery.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        self.urls.push((
+            service.to_owned(),
+            format!("http://127.0.0.1:{}", serving.addr.port()),
+        ));
+        self.servers.push(serving);
+        Ok(())
+    }
 }
 
 struct DemoAccount {
@@ -103,9 +206,9 @@ async fn seed_demo_accounts(state: &users::Users) -> Result<Vec<DemoAccount>, Bo
     Ok(accounts)
 }
 
-fn print_banner(urls: &[(String, String)], demo: &[DemoAccount]) {
+fn print_banner(urls: &[(String, String)], demo: &[DemoAccount], products: usize) {
     println!();
-    println!("MicroMart is running. Ctrl-C stops it.");
+    println!("MicroMart is running with a demo catalog of {products} products. Ctrl-C stops it.");
     println!();
     for (name, url) in urls {
         println!("  {name:<13} {url:<28} Swagger UI: {url}/docs");
@@ -130,4 +233,25 @@ fn print_banner(urls: &[(String, String)], demo: &[DemoAccount]) {
         );
     }
     println!();
+}
+
+/// `$MICROMART_HOME/shop.json`: where each service listens and the demo accounts, for
+/// scripts (`scripts/bench`) to read instead of parsing the banner.
+fn write_run_file(urls: &[(String, String)], demo: &[DemoAccount]) -> Result<(), BoxError> {
+    let services: serde_json::Map<String, serde_json::Value> = urls
+        .iter()
+        .map(|(name, url)| (name.clone(), url.clone().into()))
+        .collect();
+    let accounts: serde_json::Map<String, serde_json::Value> = demo
+        .iter()
+        .map(|a| {
+            (
+                a.role.to_lowercase(),
+                serde_json::json!({ "email": a.email, "password": a.password }),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!({ "services": services, "demo": accounts });
+    boot::write_private_replacing(&boot::home().join("shop.json"), &doc.to_string())?;
+    Ok(())
 }

@@ -13,8 +13,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
 use crate::store::{self, Purpose, UserRow};
-use crate::validate::{self, Checks};
+use crate::validate;
 use crate::{Users, passwords, tokens};
+use platform::problem::Checks;
 
 #[derive(Tags)]
 enum Tag {
@@ -152,8 +153,6 @@ enum NoContent {
     #[oai(status = 204)]
     Done,
 }
-
-const MAX_PAGE: u32 = 100;
 
 impl UsersApi {
     fn db(&self) -> &sqlx::PgPool {
@@ -627,21 +626,10 @@ impl UsersApi {
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<UserPage>> {
         auth.0.require(authority::USER_MANAGE)?;
-        let limit = limit.0.unwrap_or(20);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(Problem::invalid(vec![FieldError::new(
-                "limit",
-                format!("must be 1 to {MAX_PAGE}"),
-            )]));
-        }
+        let limit = platform::web::page_limit(limit.0)?;
         let search = email.0.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let mut rows = store::list_users(self.db(), search, cursor.0, i64::from(limit) + 1).await?;
-        let next_cursor = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|u| u.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = platform::web::next_page(&mut rows, limit, |u| u.id.to_string());
         Ok(Json(UserPage {
             items: rows.into_iter().map(User::from).collect(),
             next_cursor,

@@ -1,26 +1,4 @@
-//! Field checks for requests, collected so that a client sees every problem at once.
-
-use platform::problem::{FieldError, Problem};
-
-#[derive(Default)]
-pub struct Checks(Vec<FieldError>);
-
-impl Checks {
-    pub fn check(&mut self, field: &str, problem: Option<String>) -> &mut Self {
-        if let Some(message) = problem {
-            self.0.push(FieldError::new(field, message));
-        }
-        self
-    }
-
-    pub fn finish(&mut self) -> Result<(), Problem> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Problem::invalid(std::mem::take(&mut self.0)))
-        }
-    }
-}
+//! Field checks of this service's requests (collected by `platform::problem::Checks`).
 
 /// Lower-cased and trimmed, so that one mailbox is one account.
 pub fn normalise_email(email: &str) -> String {

@@ -1,0 +1,112 @@
+//! The cart service: one cart per customer, checked against inventory and priced by products.
+
+mod api;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use platform::CancellationToken;
+use platform::config::{ConfigError, Settings};
+use platform::discovery::Discovery;
+use platform::http::ServiceClient;
+use platform::runtime::Background;
+use platform::service::{Base, BaseConfig, StartError};
+use poem::{Endpoint, Response};
+use poem_openapi::OpenApiService;
+
+pub use api::CartApi;
+
+pub const SERVICE: &str = "cart";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone, Debug)]
+pub struct CartConfig {
+    pub base: BaseConfig,
+    /// Carts untouched this long are removed.
+    pub idle_after: Duration,
+    pub sweep_interval: Duration,
+}
+
+impl CartConfig {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            base: BaseConfig::from_settings(SERVICE, s)?,
+            idle_after: Duration::from_secs(s.get_or::<u64>("idle_cart_days", 30)? * 24 * 3600),
+            sweep_interval: s.seconds("idle_cart_sweep_seconds", 3600)?,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Cart {
+    pub(crate) base: Base,
+    pub(crate) products: ServiceClient,
+    pub(crate) inventory: ServiceClient,
+    pub(crate) config: Arc<CartConfig>,
+}
+
+impl Cart {
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.base.pool
+    }
+
+    pub fn app(&self) -> impl Endpoint<Output = Response> + use<> {
+        self.base.routes(openapi(self.clone()))
+    }
+
+    /// The idle-cart sweeper.
+    pub fn background(&self) -> Background {
+        let mut tasks = Background::default();
+        let state = self.clone();
+        tasks.add("idle cart sweeper", move |shutdown| state.sweep(shutdown));
+        tasks
+    }
+
+    /// Removes carts idle past the configured time; returns how many.
+    pub async fn remove_idle_carts(&self) -> Result<u64, sqlx::Error> {
+        store::delete_idle(&self.base.pool, self.config.idle_after.as_secs() as i64).await
+    }
+
+    async fn sweep(self, shutdown: CancellationToken) {
+        loop {
+            match self.remove_idle_carts().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "idle carts removed"),
+                Err(err) => tracing::warn!(error = %err, "idle cart sweep failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.sweep_interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+}
+
+pub fn openapi(state: Cart) -> OpenApiService<CartApi, ()> {
+    platform::web::openapi_service(CartApi { state }, "MicroMart cart")
+}
+
+pub async fn app(
+    config: CartConfig,
+    discovery: Arc<dyn Discovery>,
+) -> Result<(Cart, impl Endpoint<Output = Response>), StartError> {
+    let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery.clone()).await?;
+    let client = |service: &str| {
+        ServiceClient::new(
+            service,
+            discovery.clone(),
+            config.base.call_timeout,
+            &config.base.internal_token,
+        )
+    };
+    let cart = Cart {
+        products: client("products"),
+        inventory: client("inventory"),
+        base,
+        config: Arc::new(config),
+    };
+    let app = cart.app();
+    Ok((cart, app))
+}
