@@ -117,7 +117,11 @@ impl Base {
     }
 }
 
-async fn fetch_jwks(discovery: &dyn Discovery, timeout: Duration) -> Result<String, StartError> {
+/// The JWKS users publishes, found through discovery; waits up to 30 s for users to come up.
+pub async fn fetch_jwks(
+    discovery: &dyn Discovery,
+    timeout: Duration,
+) -> Result<String, StartError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = async {

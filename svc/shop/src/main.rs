@@ -99,6 +99,25 @@ async fn main() -> Result<(), BoxError> {
         )
         .await?;
 
+    let settings = env.settings(gateway::SERVICE).await?;
+    let (gateway_state, app) = gateway::app(
+        gateway::GatewayConfig::from_settings(&settings)?,
+        env.discovery.clone(),
+        env.config.clone(),
+    )
+    .await?;
+    running
+        .start(
+            &env,
+            gateway::SERVICE,
+            app,
+            gateway_state.background(),
+            &settings,
+            "0.0.0.0:7082",
+            &shutdown,
+        )
+        .await?;
+
     let demo = seed_demo_accounts(&users_state).await?;
     let catalog = products::demo::seed_catalog(&products_state).await?;
     let ids: Vec<uuid::Uuid> = catalog.iter().map(|(id, _)| *id).collect();

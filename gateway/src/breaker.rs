@@ -1,0 +1,311 @@
+//! The circuit breaker of one upstream, with Resilience4j's count-based semantics.
+//!
+//! A small state machine of our own rather than failsafe: failsafe has no count window and
+//! no limit on half-open calls (its first half-open success closes it and every caller is
+//! let through), so a composition would replace nearly all of its logic; and its clock is
+//! not ours to drive, while here every transition takes `now`, which lets the tests step
+//! through 10-second open periods without sleeping.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// How many of the latest calls are judged (the count window).
+    pub window: usize,
+    /// Opens when at least this share of the window failed (0.5 = 50%).
+    pub failure_rate: f64,
+    /// How long it stays open.
+    pub open_for: Duration,
+    /// How many trial calls half-open admits, judged together.
+    pub half_open_calls: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            window: 10,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(10),
+            half_open_calls: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateName {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl StateName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Closed => "closed",
+            StateName::Open => "open",
+            StateName::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the `gateway_breaker_state` gauge.
+    pub fn gauge(self) -> f64 {
+        match self {
+            StateName::Closed => 0.0,
+            StateName::Open => 1.0,
+            StateName::HalfOpen => 2.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        outcomes: VecDeque<bool>,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        admitted: usize,
+        outcomes: Vec<bool>,
+    },
+}
+
+/// Permission for one call; its outcome counts only in the state that granted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    generation: u64,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: State,
+    /// Bumped at every transition, so that late outcomes of an earlier state are ignored.
+    generation: u64,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            config,
+            state: State::Closed {
+                outcomes: VecDeque::new(),
+            },
+            generation: 0,
+        }
+    }
+
+    /// New numbers apply from the next transition on; the current state is kept.
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.config = config;
+    }
+
+    pub fn state(&self) -> StateName {
+        match self.state {
+            State::Closed { .. } => StateName::Closed,
+            State::Open { .. } => StateName::Open,
+            State::HalfOpen { .. } => StateName::HalfOpen,
+        }
+    }
+
+    fn transition(&mut self, state: State) {
+        self.state = state;
+        self.generation += 1;
+    }
+
+    /// A permit, or how long until calls are let through again.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<Permit, Duration> {
+        if let State::Open { until } = self.state {
+            if now < until {
+                return Err(until - now);
+            }
+            self.transition(State::HalfOpen {
+                admitted: 0,
+                outcomes: Vec::new(),
+            });
+        }
+        let generation = self.generation;
+        match &mut self.state {
+            State::Closed { .. } => Ok(Permit { generation }),
+            State::HalfOpen { admitted, .. } if *admitted < self.config.half_open_calls => {
+                *admitted += 1;
+                Ok(Permit { generation })
+            }
+            // Every trial is out; the verdict comes with their outcomes.
+            State::HalfOpen { .. } => Err(Duration::from_secs(1)),
+            State::Open { .. } => unreachable!("left above"),
+        }
+    }
+
+    fn too_many_failures(&self, outcomes: impl Iterator<Item = bool>, total: usize) -> bool {
+        let failures = outcomes.filter(|ok| !ok).count();
+        failures as f64 >= self.config.failure_rate * total as f64
+    }
+
+    /// Records the outcome of a permitted call.
+    pub fn record(&mut self, permit: Permit, success: bool, now: Instant) {
+        if permit.generation != self.generation {
+            return;
+        }
+        let window = self.config.window;
+        let trials = self.config.half_open_calls;
+        let verdict = match &mut self.state {
+            State::Closed { outcomes } => {
+                outcomes.push_back(success);
+                while outcomes.len() > window {
+                    outcomes.pop_front();
+                }
+                (outcomes.len() == window).then(|| outcomes.iter().copied().collect::<Vec<_>>())
+            }
+            State::HalfOpen { outcomes, .. } => {
+                outcomes.push(success);
+                (outcomes.len() == trials).then(|| outcomes.clone())
+            }
+            State::Open { .. } => None,
+        };
+        let Some(judged) = verdict else { return };
+        let total = judged.len();
+        if self.too_many_failures(judged.into_iter(), total) {
+            self.transition(State::Open {
+                until: now + self.config.open_for,
+            });
+        } else if self.state() == StateName::HalfOpen {
+            self.transition(State::Closed {
+                outcomes: VecDeque::new(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> (Breaker, Instant) {
+        (Breaker::new(BreakerConfig::default()), Instant::now())
+    }
+
+    fn calls(b: &mut Breaker, now: Instant, outcomes: &[bool]) {
+        for ok in outcomes {
+            let p = b.try_acquire(now).expect("a permit");
+            b.record(p, *ok, now);
+        }
+    }
+
+    const OK: bool = true;
+    const FAIL: bool = false;
+
+    #[test]
+    fn five_failures_of_ten_open_it() {
+        let (mut b, now) = breaker();
+        calls(&mut b, now, &[FAIL, OK, FAIL, OK, FAIL, OK, FAIL, OK, OK]);
+        assert_eq!(
+            b.state(),
+            StateName::Closed,
+            "nothing is judged before the 10th call"
+        );
+        calls(&mut b, now, &[FAIL]);
+        assert_eq!(b.state(), StateName::Open);
+        assert_eq!(b.try_acquire(now), Err(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn four_failures_of_ten_do_not() {
+        let (mut b, now) = breaker();
+        calls(
+            &mut b,
+            now,
+            &[OK, OK, OK, OK, OK, OK, FAIL, FAIL, FAIL, FAIL],
+        );
+        assert_eq!(b.state(), StateName::Closed);
+        // The window slides: the oldest success leaves as a fifth failure arrives.
+        calls(&mut b, now, &[FAIL]);
+        assert_eq!(b.state(), StateName::Open, "now 5 of the last 10");
+    }
+
+    fn opened() -> (Breaker, Instant) {
+        let (mut b, now) = breaker();
+        calls(&mut b, now, &[FAIL; 10]);
+        assert_eq!(b.state(), StateName::Open);
+        (b, now)
+    }
+
+    #[test]
+    fn after_the_open_period_exactly_three_trials_pass_and_a_fourth_is_rejected() {
+        let (mut b, now) = opened();
+        assert!(b.try_acquire(now + Duration::from_millis(9_999)).is_err());
+        let later = now + Duration::from_secs(10);
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        assert_eq!(b.state(), StateName::HalfOpen);
+        assert!(
+            b.try_acquire(later).is_err(),
+            "the fourth concurrent caller is rejected"
+        );
+        for p in trials {
+            b.record(p, OK, later);
+        }
+        assert_eq!(b.state(), StateName::Closed);
+    }
+
+    fn half_open_verdict(outcomes: [bool; 3]) -> StateName {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        for (p, ok) in trials.into_iter().zip(outcomes) {
+            b.record(p, ok, later);
+        }
+        b.state()
+    }
+
+    #[test]
+    fn three_successes_or_two_with_one_failure_close_it() {
+        assert_eq!(half_open_verdict([OK, OK, OK]), StateName::Closed);
+        assert_eq!(half_open_verdict([OK, FAIL, OK]), StateName::Closed);
+    }
+
+    #[test]
+    fn two_or_three_failures_of_the_trials_reopen_it_for_the_full_period() {
+        assert_eq!(half_open_verdict([FAIL, OK, FAIL]), StateName::Open);
+        assert_eq!(half_open_verdict([FAIL, FAIL, FAIL]), StateName::Open);
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        for p in trials {
+            b.record(p, FAIL, later);
+        }
+        assert_eq!(
+            b.try_acquire(later + Duration::from_secs(5)),
+            Err(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn a_closed_breaker_starts_a_fresh_window() {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        for p in trials {
+            b.record(p, OK, later);
+        }
+        calls(&mut b, later, &[FAIL; 9]);
+        assert_eq!(
+            b.state(),
+            StateName::Closed,
+            "the old failures are forgotten"
+        );
+    }
+
+    #[test]
+    fn late_outcomes_of_an_earlier_state_are_ignored() {
+        let (mut b, now) = breaker();
+        let slow = b.try_acquire(now).unwrap();
+        calls(&mut b, now, &[FAIL; 10]);
+        assert_eq!(b.state(), StateName::Open);
+        b.record(slow, OK, now);
+        assert_eq!(b.state(), StateName::Open);
+    }
+}

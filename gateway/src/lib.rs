@@ -1,0 +1,243 @@
+//! The gateway: one public address for the shop. Routes by path to a healthy instance found
+//! through discovery, with a circuit breaker and a time limit per upstream, CORS, edge JWT
+//! checks and per-client rate limits, all tunable at run time through config.
+
+pub mod breaker;
+mod docs;
+pub mod live;
+mod proxy;
+pub mod routes;
+mod upstreams;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use governor::DefaultKeyedRateLimiter;
+use platform::auth::JwtVerifier;
+use platform::config::{ConfigError, ConfigSource, Settings};
+use platform::context::RequestContext;
+use platform::discovery::Discovery;
+use platform::runtime::Background;
+use platform::service::StartError;
+use poem::{Endpoint, EndpointExt, Response, Route};
+
+use crate::breaker::{Breaker, Permit, StateName};
+use crate::live::Live;
+use crate::upstreams::Upstreams;
+
+pub const SERVICE: &str = "gateway";
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub live: Live,
+    /// JWKS of the access-token keys; empty means "ask users' /.well-known/jwks.json".
+    pub jwt_public_keys: String,
+    pub max_body_bytes: usize,
+    /// How long a discovery or config watch blocks before asking again.
+    pub watch_wait: Duration,
+}
+
+impl GatewayConfig {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            live: Live::from_settings(s)?,
+            jwt_public_keys: s.get_or("jwt_public_keys", String::new())?,
+            max_body_bytes: s.get_or("max_body_bytes", 1024 * 1024)?,
+            watch_wait: s.seconds("watch_wait_seconds", 30)?,
+        })
+    }
+}
+
+struct Inner {
+    breakers: Mutex<HashMap<&'static str, Breaker>>,
+    live: RwLock<Arc<Live>>,
+    limiter: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
+    verifier: JwtVerifier,
+    config: GatewayConfig,
+    source: Arc<dyn ConfigSource>,
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) http: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn connect(
+        config: GatewayConfig,
+        discovery: Arc<dyn Discovery>,
+        source: Arc<dyn ConfigSource>,
+    ) -> Result<Self, StartError> {
+        platform::metrics::handle();
+        let jwks = if config.jwt_public_keys.trim().is_empty() {
+            platform::service::fetch_jwks(discovery.as_ref(), Duration::from_secs(2)).await?
+        } else {
+            config.jwt_public_keys.clone()
+        };
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| StartError::Keys(e.to_string()))?;
+        let upstreams = Upstreams::new(discovery);
+        let breakers = routes::services()
+            .into_iter()
+            .map(|s| (s, Breaker::new(config.live.breaker)))
+            .collect();
+        let inner = Inner {
+            breakers: Mutex::new(breakers),
+            limiter: RwLock::new(config.live.limiter()),
+            live: RwLock::new(Arc::new(config.live.clone())),
+            verifier: JwtVerifier::from_jwks(&jwks)?,
+            config,
+            source,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            upstreams,
+            http,
+        })
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.inner.live.read().expect("live lock poisoned").clone()
+    }
+
+    pub(crate) fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<String>> {
+        self.inner
+            .limiter
+            .read()
+            .expect("limiter lock poisoned")
+            .clone()
+    }
+
+    /// Applies changed numbers: breakers keep their state, the limiter starts afresh when
+    /// its quota changed.
+    pub fn apply(&self, live: Live) {
+        let old = self.live();
+        if old.rate_per_second != live.rate_per_second || old.rate_burst != live.rate_burst {
+            *self.inner.limiter.write().expect("limiter lock poisoned") = live.limiter();
+        }
+        for breaker in self
+            .inner
+            .breakers
+            .lock()
+            .expect("breaker lock poisoned")
+            .values_mut()
+        {
+            breaker.reconfigure(live.breaker);
+        }
+        *self.inner.live.write().expect("live lock poisoned") = Arc::new(live);
+    }
+
+    pub(crate) fn acquire(&self, service: &'static str) -> Result<Permit, Duration> {
+        let mut breakers = self.inner.breakers.lock().expect("breaker lock poisoned");
+        let breaker = breakers
+            .get_mut(service)
+            .expect("every routed service has a breaker");
+        let before = breaker.state();
+        let res = breaker.try_acquire(tokio::time::Instant::now());
+        observe(service, before, breaker.state());
+        if res.is_err() {
+            metrics::counter!("gateway_breaker_rejected_total", "upstream" => service).increment(1);
+        }
+        res
+    }
+
+    pub(crate) fn record(&self, service: &'static str, permit: Permit, success: bool) {
+        let mut breakers = self.inner.breakers.lock().expect("breaker lock poisoned");
+        let breaker = breakers
+            .get_mut(service)
+            .expect("every routed service has a breaker");
+        let before = breaker.state();
+        breaker.record(permit, success, tokio::time::Instant::now());
+        observe(service, before, breaker.state());
+    }
+
+    pub fn breaker_state(&self, service: &str) -> Option<StateName> {
+        self.inner
+            .breakers
+            .lock()
+            .expect("breaker lock poisoned")
+            .get(service)
+            .map(Breaker::state)
+    }
+
+    /// The HTTP app: `/health`, `/ready`, `/metrics`, `/docs`, and everything else proxied.
+    pub fn app(&self) -> impl Endpoint<Output = Response> + use<> {
+        Route::new()
+            .at(
+                "/health",
+                poem::endpoint::make_sync(|_| poem::web::Json(serde_json::json!({"status": "UP"}))),
+            )
+            .at("/ready", docs::ready(self.clone()))
+            .at(
+                "/metrics",
+                poem::endpoint::make_sync(|_| {
+                    Response::builder()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(platform::metrics::handle().render())
+                }),
+            )
+            .nest("/docs", docs::swagger(self.clone()))
+            .at("/openapi/:service", docs::document(self.clone()))
+            .at(
+                "/*path",
+                proxy::Proxy {
+                    gateway: self.clone(),
+                },
+            )
+            .data(self.inner.verifier.clone())
+            .with(RequestContext::new(
+                SERVICE,
+                self.inner.config.max_body_bytes,
+            ))
+    }
+
+    /// Discovery watches for every upstream and the live-config watch.
+    pub fn background(&self) -> Background {
+        let mut tasks = Background::default();
+        let wait = self.inner.config.watch_wait;
+        for service in routes::services() {
+            let upstreams = self.upstreams.clone();
+            tasks.add("upstream watch", move |shutdown| {
+                upstreams.follow(service, wait, shutdown)
+            });
+        }
+        let gateway = self.clone();
+        let source = self.inner.source.clone();
+        tasks.add("config watch", move |shutdown| {
+            live::follow(gateway, source, wait, shutdown)
+        });
+        tasks
+    }
+}
+
+fn observe(service: &'static str, before: StateName, after: StateName) {
+    if before != after {
+        tracing::warn!(
+            upstream = service,
+            from = before.as_str(),
+            to = after.as_str(),
+            "circuit breaker changed state"
+        );
+        metrics::counter!("gateway_breaker_transitions_total", "upstream" => service, "to" => after.as_str()).increment(1);
+    }
+    metrics::gauge!("gateway_breaker_state", "upstream" => service).set(after.gauge());
+}
+
+pub async fn app(
+    config: GatewayConfig,
+    discovery: Arc<dyn Discovery>,
+    source: Arc<dyn ConfigSource>,
+) -> Result<(Gateway, impl Endpoint<Output = Response>), StartError> {
+    let gateway = Gateway::connect(config, discovery, source).await?;
+    let app = gateway.app();
+    Ok((gateway, app))
+}

@@ -1,0 +1,136 @@
+//! The numbers operators may change in Consul KV while the gateway runs: breaker, timeout,
+//! CORS and rate limit. A watch re-reads them and applies them without a restart.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use platform::CancellationToken;
+use platform::config::{ConfigError, ConfigSource, ROOT, Settings};
+
+use crate::Gateway;
+use crate::breaker::BreakerConfig;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    pub breaker: BreakerConfig,
+    pub upstream_timeout: Duration,
+    /// Origins allowed by CORS, exactly as browsers send them.
+    pub cors_origins: Vec<String>,
+    /// Requests per second each client may make, and the burst above it.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+}
+
+impl Live {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        let origins: String =
+            s.get_or("cors_allowed_origins", "http://localhost:3000".to_owned())?;
+        let rate_percent: u32 = s.get_or("breaker_failure_rate_percent", 50)?;
+        let invalid = |key: &str, value: String, reason: &str| ConfigError::Invalid {
+            key: format!("{ROOT}/gateway/{key}"),
+            value,
+            reason: reason.to_owned(),
+        };
+        if !(1..=100).contains(&rate_percent) {
+            return Err(invalid(
+                "breaker_failure_rate_percent",
+                rate_percent.to_string(),
+                "must be 1 to 100",
+            ));
+        }
+        let live = Self {
+            breaker: BreakerConfig {
+                window: s.get_or("breaker_window", 10)?,
+                failure_rate: f64::from(rate_percent) / 100.0,
+                open_for: s.millis("breaker_open_ms", 10_000)?,
+                half_open_calls: s.get_or("breaker_half_open_calls", 3)?,
+            },
+            upstream_timeout: s.millis("upstream_timeout_ms", 5_000)?,
+            cors_origins: origins
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            rate_per_second: s.get_or("rate_limit_per_second", 50)?,
+            rate_burst: s.get_or("rate_limit_burst", 100)?,
+        };
+        if live.breaker.window == 0 || live.breaker.half_open_calls == 0 {
+            return Err(invalid(
+                "breaker_window",
+                live.breaker.window.to_string(),
+                "window and half-open calls must be positive",
+            ));
+        }
+        if live.cors_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "cors_allowed_origins",
+                origins,
+                "list origins; a wildcard cannot go with credentials",
+            ));
+        }
+        if live.rate_per_second == 0 || live.rate_burst == 0 {
+            return Err(invalid(
+                "rate_limit_per_second",
+                live.rate_per_second.to_string(),
+                "rate and burst must be positive",
+            ));
+        }
+        Ok(live)
+    }
+
+    pub fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<String>> {
+        let per_second = NonZeroU32::new(self.rate_per_second).expect("checked positive");
+        let burst = NonZeroU32::new(self.rate_burst).expect("checked positive");
+        Arc::new(RateLimiter::keyed(
+            Quota::per_second(per_second).allow_burst(burst),
+        ))
+    }
+}
+
+/// Follows `micromart/shared/` and `micromart/gateway/` and applies each change.
+pub async fn follow(
+    gateway: Gateway,
+    source: Arc<dyn ConfigSource>,
+    wait: Duration,
+    shutdown: CancellationToken,
+) {
+    let prefix = format!("{ROOT}/gateway/");
+    let mut index = 0;
+    loop {
+        let watched = tokio::select! {
+            w = source.watch(&prefix, index, wait) => w,
+            _ = shutdown.cancelled() => return,
+        };
+        match watched {
+            Ok(w) => {
+                let changed = index != 0 && w.index != index;
+                index = w.index;
+                if !changed {
+                    continue;
+                }
+                match Settings::load(source.as_ref(), "gateway")
+                    .await
+                    .and_then(|s| Live::from_settings(&s))
+                {
+                    Ok(live) => {
+                        tracing::info!(?live, "gateway configuration changed");
+                        gateway.apply(live);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "ignoring an invalid gateway configuration")
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "config watch failed; retrying");
+                index = 0;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The gateway binary.
+
+use platform::boot::Environment;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    platform::telemetry::init();
+    let env = Environment::from_env()?;
+    let settings = env.settings(gateway::SERVICE).await?;
+    let config = gateway::GatewayConfig::from_settings(&settings)?;
+    let (state, app) = gateway::app(config, env.discovery.clone(), env.config.clone()).await?;
+    platform::runtime::run_until_signal(
+        gateway::SERVICE,
+        app,
+        state.background(),
+        &settings,
+        "0.0.0.0:7082",
+        env.discovery,
+    )
+    .await
+}

@@ -1,0 +1,80 @@
+//! Which service answers a path, and which requests need no token.
+
+use poem::http::Method;
+
+/// Path prefix → service, longest prefixes first where they overlap.
+const ROUTES: &[(&str, &str)] = &[
+    ("/api/v1/users", "users"),
+    ("/.well-known/jwks.json", "users"),
+    ("/api/v1/products", "products"),
+    ("/api/v1/inventory", "inventory"),
+    ("/api/v1/cart", "cart"),
+    ("/api/v1/orders", "orders"),
+    ("/api/v1/payments", "payment"),
+    ("/pay", "payment"),
+    ("/api/v1/notifications", "notification"),
+];
+
+/// Every service the gateway routes to.
+pub fn services() -> Vec<&'static str> {
+    let mut all: Vec<&str> = ROUTES.iter().map(|(_, s)| *s).collect();
+    all.dedup();
+    all
+}
+
+/// The service for `path`: a prefix matches the whole path or up to a `/`.
+pub fn service_for(path: &str) -> Option<&'static str> {
+    ROUTES.iter().find_map(|(prefix, service)| {
+        let rest = path.strip_prefix(prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(*service)
+    })
+}
+
+/// Requests that need no access token (SPEC.md, "Gateway").
+pub fn is_public(method: &Method, path: &str) -> bool {
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    match path {
+        "/api/v1/users/register"
+        | "/api/v1/users/login"
+        | "/api/v1/users/token/refresh"
+        | "/api/v1/users/password-reset"
+        | "/api/v1/users/password-reset/confirm"
+        | "/api/v1/payments/webhook" => post,
+        "/api/v1/users/verify" | "/.well-known/jwks.json" => get,
+        _ if path == "/pay" || path.starts_with("/pay/") => get || post,
+        _ if path == "/api/v1/products" || path.starts_with("/api/v1/products/") => get,
+        // Availability of one product; the low-stock list is for managers.
+        _ if path.starts_with("/api/v1/inventory/") => get && path != "/api/v1/inventory/low-stock",
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert_eq!(service_for("/api/v1/users/login"), Some("users"));
+        assert_eq!(service_for("/api/v1/users"), Some("users"));
+        assert_eq!(service_for("/api/v1/usersx"), None);
+        assert_eq!(service_for("/pay/abc"), Some("payment"));
+        assert_eq!(service_for("/payroll"), None);
+        assert_eq!(service_for("/internal/carts/1"), None);
+        assert_eq!(service_for("/api/v1/cart/items/1"), Some("cart"));
+    }
+
+    #[test]
+    fn only_the_listed_reads_and_forms_are_public() {
+        assert!(is_public(&Method::POST, "/api/v1/users/login"));
+        assert!(!is_public(&Method::GET, "/api/v1/users/me"));
+        assert!(is_public(&Method::GET, "/api/v1/products/categories"));
+        assert!(!is_public(&Method::POST, "/api/v1/products"));
+        assert!(is_public(&Method::GET, "/api/v1/inventory/0193"));
+        assert!(!is_public(&Method::GET, "/api/v1/inventory/low-stock"));
+        assert!(!is_public(&Method::PUT, "/api/v1/inventory/0193"));
+        assert!(is_public(&Method::POST, "/pay/session"));
+        assert!(!is_public(&Method::GET, "/api/v1/cart"));
+    }
+}

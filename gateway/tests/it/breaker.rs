@@ -1,0 +1,147 @@
+//! The breaker through the gateway, against a controllable upstream.
+
+use std::time::{Duration, Instant};
+
+use platform::testing::expect_problem;
+
+use crate::support::{Edge, Upstream};
+
+async fn calls(edge: &Edge, upstream: &Upstream, statuses: &[u16]) {
+    for status in statuses {
+        upstream.answer(*status);
+        let resp = edge.get("/api/v1/products").await;
+        assert_eq!(
+            resp.status().as_u16(),
+            *status,
+            "passed through while closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_upstream() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(
+        &edge,
+        &products,
+        &[500, 200, 503, 200, 500, 200, 502, 200, 200, 500],
+    )
+    .await;
+    assert_eq!(products.hits(), 10);
+    products.answer(200);
+    let resp = edge.get("/api/v1/products").await;
+    assert!(resp.headers().contains_key("retry-after"));
+    let body = expect_problem(resp, 503).await;
+    assert!(body["detail"].as_str().unwrap().contains("products"));
+    assert_eq!(
+        products.hits(),
+        10,
+        "an open breaker does not call the upstream"
+    );
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "open"
+    );
+    let metrics = edge
+        .client
+        .get(edge.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_breaker_transitions_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(
+        &edge,
+        &products,
+        &[500, 500, 500, 500, 200, 200, 200, 200, 200, 200],
+    )
+    .await;
+    calls(&edge, &products, &[404; 12]).await;
+    calls(&edge, &products, &[400, 401, 403, 409, 422, 429]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "closed"
+    );
+}
+
+#[tokio::test]
+async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_successes_close_it() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(&edge, &products, &[500; 10]).await;
+    tokio::time::sleep(Duration::from_millis(450)).await; // breaker_open_ms = 400 in tests
+    products.answer(200);
+    products.delay(Duration::from_millis(150));
+    let trials = (0..3).map(|_| edge.get("/api/v1/products"));
+    let fourth = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        edge.get("/api/v1/products").await
+    };
+    let (trials, fourth) = tokio::join!(futures::future::join_all(trials), fourth);
+    assert!(
+        trials.iter().all(|r| r.status() == 200),
+        "three trials pass"
+    );
+    expect_problem(fourth, 503).await;
+    assert_eq!(products.hits(), 13);
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "closed"
+    );
+}
+
+#[tokio::test]
+async fn two_failed_trials_reopen_it() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(&edge, &products, &[500; 10]).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    calls(&edge, &products, &[500, 200, 500]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "open"
+    );
+    expect_problem(edge.get("/api/v1/products").await, 503).await;
+    assert_eq!(products.hits(), 13);
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_gets_504_at_the_time_limit_and_counts_as_a_failure() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    products.delay(Duration::from_secs(5));
+    for _ in 0..5 {
+        let started = Instant::now();
+        let resp = edge.get("/api/v1/products").await;
+        let elapsed = started.elapsed();
+        expect_problem(resp, 504).await;
+        assert!(
+            elapsed >= Duration::from_millis(290) && elapsed < Duration::from_millis(1500),
+            "{elapsed:?}"
+        );
+    }
+    products.delay(Duration::ZERO);
+    calls(&edge, &products, &[200; 5]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "open",
+        "5 timeouts of 10 opened it"
+    );
+}

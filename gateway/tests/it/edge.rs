@@ -1,0 +1,313 @@
+//! What the gateway decides itself: tokens, CORS, rate limits, body size, live config.
+
+use std::time::Duration;
+
+use base64::Engine;
+use platform::testing::expect_problem;
+
+use crate::support::{Edge, Upstream};
+
+#[tokio::test]
+async fn missing_forged_expired_and_unsigned_tokens_are_401_before_any_service() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let url = edge.url("/api/v1/cart");
+    expect_problem(edge.client.get(&url).send().await.unwrap(), 401).await;
+    let forged = platform::testing::TestIdentity::new()
+        .token(uuid::Uuid::now_v7(), platform::auth::Role::Admin);
+    expect_problem(
+        edge.client
+            .get(&url)
+            .bearer_auth(forged)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    let good = edge.token();
+    let payload = good.split('.').nth(1).unwrap();
+    let none =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    expect_problem(
+        edge.client
+            .get(&url)
+            .bearer_auth(format!("{none}.{payload}."))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    let mut claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["exp"] = (chrono_now() - 60).into();
+    let tampered = format!(
+        "{}.{}.{}",
+        good.split('.').next().unwrap(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string()),
+        good.split('.').nth(2).unwrap()
+    );
+    expect_problem(
+        edge.client
+            .get(&url)
+            .bearer_auth(tampered)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_eq!(cart.hits(), 0, "no request reached the service");
+    assert_eq!(
+        edge.client
+            .get(&url)
+            .bearer_auth(good)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn public_routes_need_no_token() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    assert_eq!(
+        edge.client
+            .get(edge.url("/api/v1/products/abc"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    expect_problem(
+        edge.client
+            .post(edge.url("/api/v1/products"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cors_answers_allowed_origins_only_and_preflights_at_the_gateway() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let allowed = edge
+        .client
+        .get(edge.url("/api/v1/cart"))
+        .bearer_auth(edge.token())
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let denied = edge
+        .client
+        .get(edge.url("/api/v1/cart"))
+        .bearer_auth(edge.token())
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!denied.headers().contains_key("access-control-allow-origin"));
+    let hits = cart.hits();
+    let preflight = edge
+        .client
+        .request(reqwest::Method::OPTIONS, edge.url("/api/v1/cart"))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "PUT")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(
+        preflight.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PUT")
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let refused = edge
+        .client
+        .request(reqwest::Method::OPTIONS, edge.url("/api/v1/cart"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(refused, 403).await;
+    assert_eq!(cart.hits(), hits, "preflights are answered at the gateway");
+}
+
+#[tokio::test]
+async fn a_changed_cors_origin_applies_without_a_restart() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    use platform::config::ConfigSource;
+    edge.config
+        .set(
+            "micromart/gateway/cors_allowed_origins",
+            "https://shop.example",
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = edge
+            .client
+            .get(edge.url("/api/v1/cart"))
+            .bearer_auth(edge.token())
+            .header("origin", "https://shop.example")
+            .send()
+            .await
+            .unwrap();
+        if resp
+            .headers()
+            .get("access-control-allow-origin")
+            .is_some_and(|v| v == "https://shop.example")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new origin was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        edge.gateway.live().cors_origins,
+        vec!["https://shop.example".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let mut edge = Edge::start(&[("rate_limit_per_second", "1"), ("rate_limit_burst", "3")]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let token = edge.token();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let resp = edge
+            .client
+            .get(edge.url("/api/v1/cart"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+            expect_problem(resp, 429).await;
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let other = edge
+        .client
+        .get(edge.url("/api/v1/cart"))
+        .bearer_auth(edge.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "limits are per client");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_at_the_gateway() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let resp = edge
+        .client
+        .put(edge.url("/api/v1/cart/items/x"))
+        .bearer_auth(edge.token())
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 413).await;
+    assert_eq!(cart.hits(), 0);
+}
+
+#[tokio::test]
+async fn docs_list_every_service_document() {
+    let mut edge = Edge::start(&[]).await;
+    let users = Upstream::new();
+    edge.add("users", &users).await;
+    let page = edge
+        .client
+        .get(edge.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for service in [
+        "users",
+        "products",
+        "inventory",
+        "cart",
+        "orders",
+        "payment",
+        "notification",
+    ] {
+        assert!(
+            page.contains(&format!("/openapi/{service}.json")),
+            "{service} is listed"
+        );
+    }
+    let doc = edge
+        .client
+        .get(edge.url("/openapi/users.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doc.status(), 200);
+    assert_eq!(users.hits(), 1, "the document comes from the service");
+    expect_problem(
+        edge.client
+            .get(edge.url("/openapi/nothing.json"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+}

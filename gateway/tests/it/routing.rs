@@ -1,0 +1,90 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use platform::testing::expect_problem;
+use serde_json::Value;
+
+use crate::support::{Edge, Upstream};
+
+#[tokio::test]
+async fn two_instances_share_the_load_and_a_stopped_one_gets_no_more_traffic() {
+    let mut edge = Edge::start(&[]).await;
+    let (a, b) = (Upstream::new(), Upstream::new());
+    let first = edge.add("cart", &a).await;
+    edge.add("cart", &b).await;
+    for _ in 0..20 {
+        assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (10, 10), "round-robin");
+    edge.kill(first);
+    edge.wait_for_instances("cart", 1).await;
+    for _ in 0..10 {
+        assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (10, 20));
+}
+
+#[tokio::test]
+async fn unknown_and_internal_routes_are_404_and_reach_no_service() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    expect_problem(edge.get("/nowhere").await, 404).await;
+    expect_problem(edge.get("/internal/carts/123").await, 404).await;
+    expect_problem(edge.get("/api/v1/cartography").await, 404).await;
+    assert_eq!(cart.hits(), 0);
+    expect_problem(edge.get("/api/v1/orders").await, 503).await;
+}
+
+#[tokio::test]
+async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_ones() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let resp = edge
+        .client
+        .get(edge.url("/api/v1/cart/items?x=1"))
+        .bearer_auth(edge.token())
+        .header("x-request-id", "req-42")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    assert!(
+        !resp.headers().contains_key("x-secret"),
+        "hop-by-hop response headers are dropped"
+    );
+    let echoed: Value = resp.json().await.unwrap();
+    let headers: HashMap<String, String> =
+        serde_json::from_value(echoed["headers"].clone()).unwrap();
+    assert_eq!(echoed["path"], "/api/v1/cart/items?x=1");
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert!(headers.contains_key("x-forwarded-host"));
+    assert!(headers["traceparent"].starts_with("00-"));
+    assert!(
+        headers.contains_key("authorization"),
+        "services check the token again"
+    );
+    assert!(!headers.contains_key("x-drop-me"));
+}
+
+#[tokio::test]
+async fn users_on_an_os_chosen_port_is_reached_through_discovery() {
+    let mut edge = Edge::start(&[]).await;
+    let users = Upstream::new();
+    edge.add("users", &users).await;
+    let resp = edge
+        .client
+        .post(edge.url("/api/v1/users/login"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(users.hits(), 1);
+    let _ = Duration::ZERO;
+}

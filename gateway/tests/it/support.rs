@@ -1,0 +1,228 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use platform::CancellationToken;
+use platform::auth::Role;
+use platform::config::{ConfigSource, LocalConfig, default_seed_path};
+use platform::discovery::{Discovery, LocalDiscovery};
+use platform::runtime::{Serving, serve};
+use platform::testing::{TestIdentity, TestServer};
+use poem::{Request, Response};
+use uuid::Uuid;
+
+/// An upstream whose answers the test controls: status, delay; it counts its hits and
+/// echoes the headers it received.
+#[derive(Clone, Default)]
+pub struct Upstream {
+    pub hits: Arc<AtomicUsize>,
+    pub status: Arc<AtomicU16>,
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        let u = Self::default();
+        u.status.store(200, Ordering::SeqCst);
+        u
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn endpoint(&self) -> impl poem::Endpoint<Output = Response> + use<> {
+        let this = self.clone();
+        poem::Route::new()
+            .at("/health", poem::endpoint::make_sync(|_| "ok"))
+            .at(
+                "/*path",
+                poem::endpoint::make(move |req: Request| {
+                    let this = this.clone();
+                    async move {
+                        this.hits.fetch_add(1, Ordering::SeqCst);
+                        let delay = this.delay_ms.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        let headers: serde_json::Map<String, serde_json::Value> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                            .collect();
+                        let body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers });
+                        Response::builder()
+                            .status(poem::http::StatusCode::from_u16(this.status.load(Ordering::SeqCst)).unwrap())
+                            .content_type("application/json")
+                            .header("connection", "x-secret")
+                            .header("x-secret", "hop")
+                            .body(body.to_string())
+                    }
+                }),
+            )
+    }
+}
+
+pub struct Edge {
+    pub gateway: gateway::Gateway,
+    pub server: TestServer,
+    pub discovery: Arc<LocalDiscovery>,
+    pub config: LocalConfig,
+    pub identity: TestIdentity,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    instances: Vec<(Serving, CancellationToken)>,
+    registered: std::collections::HashMap<String, usize>,
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for (_, stop) in &self.instances {
+            stop.cancel();
+        }
+    }
+}
+
+impl Edge {
+    /// A gateway with short breaker and timeout periods (so that tests need not wait 10 s),
+    /// `tweak`ed further by the test.
+    pub async fn start(overrides: &[(&str, &str)]) -> Self {
+        let identity = TestIdentity::new();
+        let config = LocalConfig::from_seed(&default_seed_path()).unwrap();
+        config
+            .set("micromart/gateway/jwt_public_keys", &identity.jwks)
+            .await
+            .unwrap();
+        config
+            .set("micromart/gateway/breaker_open_ms", "400")
+            .await
+            .unwrap();
+        config
+            .set("micromart/gateway/upstream_timeout_ms", "300")
+            .await
+            .unwrap();
+        config
+            .set("micromart/gateway/watch_wait_seconds", "1")
+            .await
+            .unwrap();
+        config
+            .set("micromart/gateway/rate_limit_per_second", "10000")
+            .await
+            .unwrap();
+        config
+            .set("micromart/gateway/rate_limit_burst", "10000")
+            .await
+            .unwrap();
+        for (k, v) in overrides {
+            config
+                .set(&format!("micromart/gateway/{k}"), v)
+                .await
+                .unwrap();
+        }
+        let discovery = Arc::new(LocalDiscovery::new());
+        let source: Arc<dyn ConfigSource> = Arc::new(config.clone());
+        let settings = platform::config::Settings::load(source.as_ref(), "gateway")
+            .await
+            .unwrap();
+        let (gw, app) = gateway::app(
+            gateway::GatewayConfig::from_settings(&settings).unwrap(),
+            discovery.clone(),
+            source,
+        )
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        gw.background().spawn(&stop);
+        let server = TestServer::start(app).await;
+        Self {
+            gateway: gw,
+            server,
+            discovery,
+            config,
+            identity,
+            client: reqwest::Client::new(),
+            stop,
+            instances: Vec::new(),
+            registered: Default::default(),
+        }
+    }
+
+    /// Serves `upstream` as an instance of `service`, registered in discovery; returns its index.
+    pub async fn add(&mut self, service: &str, upstream: &Upstream) -> usize {
+        let stop = CancellationToken::new();
+        let d: Arc<dyn Discovery> = self.discovery.clone();
+        let serving = serve(
+            service,
+            upstream.endpoint(),
+            "127.0.0.1:0",
+            "127.0.0.1",
+            d,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        self.instances.push((serving, stop));
+        let known = self.registered.entry(service.to_owned()).or_default();
+        *known += 1;
+        let n = *known;
+        self.wait_for_instances(service, n).await;
+        self.instances.len() - 1
+    }
+
+    pub async fn ready(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_for_instances(&self, service: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = self.ready().await;
+            if ready["upstreams"][service]["instances"] == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not see {n} instances of {service}: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops instance `i` the way a shutdown does: it leaves discovery, then stops.
+    pub fn kill(&self, i: usize) {
+        self.instances[i].1.cancel();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url())
+    }
+
+    pub fn token(&self) -> String {
+        self.identity.token(Uuid::now_v7(), Role::Customer)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .unwrap()
+    }
+}
