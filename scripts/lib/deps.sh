@@ -69,6 +69,20 @@ ensure_redis() {
   fi
 }
 
+# The notification tests send real SMTP to Python's aiosmtpd.
+ensure_aiosmtpd() {
+  if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install python3 python3-pip
+  fi
+  if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+    log "installing aiosmtpd"
+    # Debian's own Python refuses pip outside a venv (PEP 668): then into the user's site.
+    python3 -m pip install --quiet aiosmtpd 2>/dev/null \
+      || python3 -m pip install --quiet --user --break-system-packages aiosmtpd
+    python3 -c "import aiosmtpd" || { echo "aiosmtpd could not be installed" >&2; exit 1; }
+  fi
+}
+
 # Redocly CLI lints the committed OpenAPI documents (duplicate keys, missing operationIds,
 # invalid OpenAPI). 1.x runs on the Node.js 18 that Debian 12 ships.
 REDOCLY_VERSION="1.34.5"

@@ -1,6 +1,7 @@
 //! The cart service: one cart per customer, checked against inventory and priced by products.
 
 mod api;
+mod events;
 pub mod store;
 
 use std::sync::Arc;
@@ -56,9 +57,26 @@ impl Cart {
         self.base.routes(openapi(self.clone()))
     }
 
-    /// The idle-cart sweeper.
+    /// The consumer of `payment.events`.
+    pub fn consumer(&self) -> platform::consumer::Consumer {
+        platform::consumer::Consumer::new(
+            self.base.pool.clone(),
+            self.base.redis.clone(),
+            platform::consumer::ConsumerConfig::new(
+                SERVICE,
+                &[contracts::events::streams::PAYMENT],
+            ),
+            Arc::new(events::PaidOrders),
+        )
+    }
+
+    /// The idle-cart sweeper and the event consumer.
     pub fn background(&self) -> Background {
         let mut tasks = Background::default();
+        let consumer = self.consumer();
+        tasks.add("payment.events consumer", move |shutdown| {
+            consumer.run(shutdown)
+        });
         let state = self.clone();
         tasks.add("idle cart sweeper", move |shutdown| state.sweep(shutdown));
         tasks

@@ -74,3 +74,68 @@ impl Event for PasswordResetRequested {
     const TYPE: &'static str = "PasswordResetRequested";
     const STREAM: &'static str = streams::USERS;
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub product_id: Uuid,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub reason: String,
+}
+impl Event for OrderCancelled {
+    const TYPE: &'static str = "OrderCancelled";
+    const STREAM: &'static str = streams::ORDERS;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentSucceeded {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: crate::money::Money,
+    pub lines: Vec<OrderLine>,
+}
+impl Event for PaymentSucceeded {
+    const TYPE: &'static str = "PaymentSucceeded";
+    const STREAM: &'static str = streams::PAYMENT;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub reason: String,
+}
+impl Event for PaymentFailed {
+    const TYPE: &'static str = "PaymentFailed";
+    const STREAM: &'static str = streams::PAYMENT;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentExpired {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+}
+impl Event for PaymentExpired {
+    const TYPE: &'static str = "PaymentExpired";
+    const STREAM: &'static str = streams::PAYMENT;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: crate::money::Money,
+}
+impl Event for PaymentRefunded {
+    const TYPE: &'static str = "PaymentRefunded";
+    const STREAM: &'static str = streams::PAYMENT;
+}

@@ -80,3 +80,21 @@ pub struct CartContents {
     pub user_id: Uuid,
     pub lines: Vec<StockLine>,
 }
+
+/// `POST /internal/payments/sessions`: one session per order (idempotent).
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+pub struct PaymentSessionRequest {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: Money,
+    /// What was ordered, carried to `PaymentSucceeded` for inventory and cart.
+    pub lines: Vec<StockLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct PaymentSession {
+    pub session_id: Uuid,
+    pub payment_url: String,
+    pub expires_at: DateTime<Utc>,
+}

@@ -2,6 +2,7 @@
 
 mod api;
 pub mod demo;
+mod events;
 pub mod store;
 mod sweeper;
 
@@ -58,9 +59,24 @@ impl Inventory {
         self.base.routes(openapi(self.clone()))
     }
 
-    /// The reservation sweeper.
+    /// The consumer of `payment.events` and `orders.events`.
+    pub fn consumer(&self) -> platform::consumer::Consumer {
+        use contracts::events::streams;
+        platform::consumer::Consumer::new(
+            self.base.pool.clone(),
+            self.base.redis.clone(),
+            platform::consumer::ConsumerConfig::new(SERVICE, &[streams::PAYMENT, streams::ORDERS]),
+            Arc::new(events::StockEvents),
+        )
+    }
+
+    /// The reservation sweeper and the event consumer.
     pub fn background(&self) -> Background {
         let mut tasks = Background::default();
+        let consumer = self.consumer();
+        tasks.add("stock events consumer", move |shutdown| {
+            consumer.run(shutdown)
+        });
         let sweeper = sweeper::Sweeper::new(self.clone());
         tasks.add("reservation sweeper", move |shutdown| sweeper.run(shutdown));
         tasks

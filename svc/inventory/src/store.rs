@@ -364,3 +364,43 @@ pub async fn expired_reservations(
     .fetch_all(tx)
     .await
 }
+
+/// Puts a refunded order's goods back on hand, once: the reservation moves from committed to
+/// restocked.
+pub async fn restock(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE reservations SET status = 'restocked', updated_at = now() WHERE order_id = $1 AND status = 'committed'",
+    )
+    .bind(order)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 0 {
+        return Ok(false);
+    }
+    let lines: Vec<(Uuid, i32)> =
+        sqlx::query_as("SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id")
+            .bind(order)
+            .fetch_all(&mut *tx)
+            .await?;
+    for (product, quantity) in lines {
+        sqlx::query(
+            "UPDATE stock SET on_hand = on_hand + $2, updated_at = now() WHERE product_id = $1",
+        )
+        .bind(product)
+        .bind(quantity)
+        .execute(&mut *tx)
+        .await?;
+        record_movement(
+            tx,
+            product,
+            quantity,
+            0,
+            "refund restock",
+            Some(order),
+            None,
+        )
+        .await?;
+    }
+    Ok(true)
+}

@@ -93,7 +93,12 @@ pub fn dev_signing_key() -> Result<String, BootError> {
 
 /// The internal credential of a local run.
 pub fn dev_internal_token() -> Result<String, BootError> {
-    local_secret("internal-token", || {
+    dev_random_secret("internal-token")
+}
+
+/// A random 256-bit secret of a local run, kept as `name`.
+pub fn dev_random_secret(name: &str) -> Result<String, BootError> {
+    local_secret(name, || {
         use base64::Engine;
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);

@@ -7,6 +7,7 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, IntoEndpoint, Server};
 
 pub mod consul_double;
+pub mod smtp;
 
 /// Where tests reach Postgres: `MICROMART_TEST_DATABASE_URL` (a server URL without a
 /// database), default the local server as `scripts/test` sets it up.
@@ -124,6 +125,8 @@ pub const INTERNAL_TOKEN: &str = "test-internal-token";
 pub struct TestIdentity {
     issuer: crate::auth::TokenIssuer,
     pub jwks: String,
+    /// The private key, for a users service under test to sign with.
+    pub signing_pem: String,
 }
 
 impl Default for TestIdentity {
@@ -134,12 +137,13 @@ impl Default for TestIdentity {
 
 impl TestIdentity {
     pub fn new() -> Self {
-        let key = crate::auth::SigningKey::from_pem(&crate::auth::SigningKey::generate_pem())
-            .expect("a generated key parses");
+        let signing_pem = crate::auth::SigningKey::generate_pem();
+        let key = crate::auth::SigningKey::from_pem(&signing_pem).expect("a generated key parses");
         let jwks = key.jwks();
         Self {
             issuer: crate::auth::TokenIssuer::new(key, std::time::Duration::from_secs(900)),
             jwks,
+            signing_pem,
         }
     }
 

@@ -99,6 +99,60 @@ async fn main() -> Result<(), BoxError> {
         )
         .await?;
 
+    let settings = env.settings(orders::SERVICE).await?;
+    let (orders_state, app) = orders::app(
+        orders::OrdersConfig::from_settings(&settings)?,
+        env.discovery.clone(),
+    )
+    .await?;
+    running
+        .start(
+            &env,
+            orders::SERVICE,
+            app,
+            orders_state.background(),
+            &settings,
+            "0.0.0.0:7063",
+            &shutdown,
+        )
+        .await?;
+
+    let settings = env.settings(payment::SERVICE).await?;
+    let (payment_state, app) = payment::app(
+        payment::PaymentConfig::from_settings(&settings)?,
+        env.discovery.clone(),
+    )
+    .await?;
+    running
+        .start(
+            &env,
+            payment::SERVICE,
+            app,
+            payment_state.background(),
+            &settings,
+            "0.0.0.0:7007",
+            &shutdown,
+        )
+        .await?;
+
+    let settings = env.settings(notification::SERVICE).await?;
+    let (notification_state, app) = notification::app(
+        notification::NotificationConfig::from_settings(&settings)?,
+        env.discovery.clone(),
+    )
+    .await?;
+    running
+        .start(
+            &env,
+            notification::SERVICE,
+            app,
+            notification_state.background(),
+            &settings,
+            "0.0.0.0:7050",
+            &shutdown,
+        )
+        .await?;
+
     let settings = env.settings(gateway::SERVICE).await?;
     let (gateway_state, app) = gateway::app(
         gateway::GatewayConfig::from_settings(&settings)?,

@@ -1,0 +1,282 @@
+//! What notification consumes and what it says for each event. The handler runs inside the
+//! consumer's transaction and only queues rows (and keeps contacts): nothing is sent here,
+//! so a rolled-back transaction never leaves a sent message behind. The sender sends later.
+
+use async_trait::async_trait;
+use contracts::events::{
+    Envelope, Event, OrderCancelled, PasswordResetRequested, PaymentExpired, PaymentFailed,
+    PaymentRefunded, PaymentSucceeded, UserRegistered,
+};
+use contracts::money::Money;
+use platform::consumer::{EventHandler, HandlerError};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::channel::{Medium, Message};
+use crate::store::{self, Contact};
+
+/// The consumer group and what it reads.
+pub const GROUP: &str = "notification";
+pub const STREAMS: [&str; 3] = [
+    contracts::events::streams::USERS,
+    contracts::events::streams::PAYMENT,
+    contracts::events::streams::ORDERS,
+];
+
+/// Why a message was recorded as failed without an attempt.
+pub const NO_CONTACT: &str = "no contact for user";
+
+/// The events notification acts on.
+enum Incoming {
+    Registered(UserRegistered),
+    ResetRequested(PasswordResetRequested),
+    Paid(PaymentSucceeded),
+    PaymentFailed(PaymentFailed),
+    PaymentExpired(PaymentExpired),
+    Refunded(PaymentRefunded),
+    Cancelled(OrderCancelled),
+}
+
+fn open<E: Event>(event: &Envelope) -> Option<Result<E, HandlerError>> {
+    event.open::<E>().map(|r| {
+        r.map_err(|e| {
+            HandlerError::Failed(format!(
+                "{} {} has an unreadable payload: {e}",
+                event.kind, event.id
+            ))
+        })
+    })
+}
+
+impl Incoming {
+    /// `None` for event types notification does not act on.
+    fn parse(event: &Envelope) -> Result<Option<Self>, HandlerError> {
+        let parsed = if let Some(e) = open(event) {
+            e.map(Incoming::Registered)
+        } else if let Some(e) = open(event) {
+            e.map(Incoming::ResetRequested)
+        } else if let Some(e) = open(event) {
+            e.map(Incoming::Paid)
+        } else if let Some(e) = open(event) {
+            e.map(Incoming::PaymentFailed)
+        } else if let Some(e) = open(event) {
+            e.map(Incoming::PaymentExpired)
+        } else if let Some(e) = open(event) {
+            e.map(Incoming::Refunded)
+        } else if let Some(e) = open(event) {
+            e.map(Incoming::Cancelled)
+        } else {
+            return Ok(None);
+        };
+        parsed.map(Some)
+    }
+
+    fn user_id(&self) -> Uuid {
+        match self {
+            Incoming::Registered(e) => e.user_id,
+            Incoming::ResetRequested(e) => e.user_id,
+            Incoming::Paid(e) => e.user_id,
+            Incoming::PaymentFailed(e) => e.user_id,
+            Incoming::PaymentExpired(e) => e.user_id,
+            Incoming::Refunded(e) => e.user_id,
+            Incoming::Cancelled(e) => e.user_id,
+        }
+    }
+}
+
+/// What one event says to its user: an email, and for some events an SMS.
+struct Notice {
+    /// The address the event itself names (users' events); otherwise the contact's.
+    address: Option<String>,
+    subject: String,
+    body: String,
+    sms: Option<String>,
+}
+
+/// Queues the notifications of each event.
+pub struct Notifier {
+    /// Base of links in messages (the gateway).
+    pub shop_base_url: String,
+}
+
+fn greeting(contact: Option<&Contact>) -> String {
+    match contact {
+        Some(c) if !c.name.trim().is_empty() => format!("Hello {},", c.name.trim()),
+        _ => "Hello,".to_owned(),
+    }
+}
+
+/// Minor units as a decimal amount with its currency: 1999 EUR → "19.99 EUR".
+pub fn format_money(money: &Money) -> String {
+    const ZERO_DECIMALS: &[&str] = &[
+        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV",
+        "XAF", "XOF", "XPF",
+    ];
+    if ZERO_DECIMALS.contains(&money.currency.as_str()) {
+        return format!("{} {}", money.amount, money.currency);
+    }
+    let sign = if money.amount < 0 { "-" } else { "" };
+    let abs = money.amount.unsigned_abs();
+    format!("{sign}{}.{:02} {}", abs / 100, abs % 100, money.currency)
+}
+
+fn short(id: Uuid) -> String {
+    id.simple().to_string()[..8].to_owned()
+}
+
+impl Notifier {
+    fn order_url(&self, order_id: Uuid) -> String {
+        format!(
+            "{}/api/v1/orders/{order_id}",
+            self.shop_base_url.trim_end_matches('/')
+        )
+    }
+
+    fn compose(&self, incoming: &Incoming, contact: Option<&Contact>) -> Notice {
+        let hello = greeting(contact);
+        let sign_off = "\n\nMicroMart";
+        match incoming {
+            Incoming::Registered(e) => Notice {
+                address: Some(e.email.clone()),
+                subject: "Welcome to MicroMart: please confirm your email".into(),
+                body: format!(
+                    "Hello {},\n\nwelcome to MicroMart. Please confirm your email address by opening this link:\n\n{}\n\nIf you did not register, ignore this email.{sign_off}",
+                    e.name.trim(),
+                    e.verification_url
+                ),
+                sms: None,
+            },
+            Incoming::ResetRequested(e) => Notice {
+                address: Some(e.email.clone()),
+                subject: "Reset your MicroMart password".into(),
+                body: format!(
+                    "{hello}\n\nsomeone asked to reset the password of your MicroMart account. To choose a new password, open this link:\n\n{}\n\nThe link works once and expires soon. If it was not you, ignore this email: your password stays as it is.{sign_off}",
+                    e.reset_url
+                ),
+                sms: None,
+            },
+            Incoming::Paid(e) => {
+                let items: i32 = e.lines.iter().map(|l| l.quantity).sum();
+                Notice {
+                    address: None,
+                    subject: format!("Your MicroMart order {} is confirmed", short(e.order_id)),
+                    body: format!(
+                        "{hello}\n\nthank you for your order. We received your payment of {} for {items} item(s).\n\nOrder: {}\nDetails: {}{sign_off}",
+                        format_money(&e.amount),
+                        e.order_id,
+                        self.order_url(e.order_id)
+                    ),
+                    sms: Some(format!(
+                        "MicroMart: order {} confirmed, {} paid. Thank you!",
+                        short(e.order_id),
+                        format_money(&e.amount)
+                    )),
+                }
+            }
+            Incoming::PaymentFailed(e) => Notice {
+                address: None,
+                subject: format!("Payment for MicroMart order {} failed", short(e.order_id)),
+                body: format!(
+                    "{hello}\n\nthe payment for your order {} did not go through: {}.\nThe order was cancelled and nothing was charged. You are welcome to try again.{sign_off}",
+                    e.order_id, e.reason
+                ),
+                sms: None,
+            },
+            Incoming::PaymentExpired(e) => Notice {
+                address: None,
+                subject: format!("Your MicroMart order {} expired", short(e.order_id)),
+                body: format!(
+                    "{hello}\n\nwe did not receive a payment for your order {} in time, so it was cancelled and nothing was charged.{sign_off}",
+                    e.order_id
+                ),
+                sms: None,
+            },
+            Incoming::Refunded(e) => Notice {
+                address: None,
+                subject: format!("Refund for MicroMart order {}", short(e.order_id)),
+                body: format!(
+                    "{hello}\n\nwe refunded {} for your order {}. Depending on your bank it can take a few days to show.\n\nDetails: {}{sign_off}",
+                    format_money(&e.amount),
+                    e.order_id,
+                    self.order_url(e.order_id)
+                ),
+                sms: None,
+            },
+            Incoming::Cancelled(e) => Notice {
+                address: None,
+                subject: format!("Your MicroMart order {} was cancelled", short(e.order_id)),
+                body: format!(
+                    "{hello}\n\nyour order {} was cancelled ({}). Nothing was charged.{sign_off}",
+                    e.order_id, e.reason
+                ),
+                sms: None,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for Notifier {
+    async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        let Some(incoming) = Incoming::parse(event)? else {
+            return Ok(());
+        };
+        let user_id = incoming.user_id();
+        if let Incoming::Registered(e) = &incoming {
+            store::upsert_contact(
+                tx,
+                &Contact {
+                    user_id: e.user_id,
+                    email: e.email.clone(),
+                    name: e.name.clone(),
+                    phone: e.phone.clone().filter(|p| !p.trim().is_empty()),
+                },
+            )
+            .await?;
+        }
+        let contact = store::contact(&mut *tx, user_id).await?;
+        let notice = self.compose(&incoming, contact.as_ref());
+        let address = notice
+            .address
+            .clone()
+            .or_else(|| contact.as_ref().map(|c| c.email.clone()));
+        let email = Message {
+            medium: Medium::Email,
+            recipient: address.clone().unwrap_or_default(),
+            subject: notice.subject.clone(),
+            body: notice.body,
+        };
+        if address.is_some() {
+            store::queue(tx, event.id, &event.kind, user_id, &email).await?;
+        } else {
+            tracing::warn!(event = %event.id, kind = %event.kind, user = %user_id, "no contact is known for the user; the email is recorded as failed");
+            store::record_unsendable(tx, event.id, &event.kind, user_id, &email, NO_CONTACT)
+                .await?;
+        }
+        if let (Some(text), Some(phone)) =
+            (notice.sms, contact.as_ref().and_then(|c| c.phone.clone()))
+        {
+            let sms = Message {
+                medium: Medium::Sms,
+                recipient: phone,
+                subject: notice.subject,
+                body: text,
+            };
+            store::queue(tx, event.id, &event.kind, user_id, &sms).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_is_written_in_major_units_with_its_currency() {
+        assert_eq!(format_money(&Money::new(1999, "EUR")), "19.99 EUR");
+        assert_eq!(format_money(&Money::new(5, "USD")), "0.05 USD");
+        assert_eq!(format_money(&Money::new(1200, "JPY")), "1200 JPY");
+        assert_eq!(format_money(&Money::new(-250, "EUR")), "-2.50 EUR");
+    }
+}

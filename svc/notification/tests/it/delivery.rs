@@ -1,0 +1,337 @@
+//! Events in, messages out: what each event sends, and that each is sent once.
+
+use std::time::Duration;
+
+use contracts::events::{
+    OrderCancelled, OrderLine, PasswordResetRequested, PaymentExpired, PaymentFailed,
+    PaymentRefunded, PaymentSucceeded, streams,
+};
+use contracts::money::Money;
+use platform::CancellationToken;
+use uuid::Uuid;
+
+use crate::support::{Options, Service, SmsProvider, SmtpServer, registered};
+
+fn paid(user_id: Uuid, amount: i64) -> PaymentSucceeded {
+    PaymentSucceeded {
+        payment_id: Uuid::now_v7(),
+        order_id: Uuid::now_v7(),
+        user_id,
+        amount: Money::new(amount, "EUR"),
+        lines: vec![
+            OrderLine {
+                product_id: Uuid::now_v7(),
+                quantity: 2,
+            },
+            OrderLine {
+                product_id: Uuid::now_v7(),
+                quantity: 1,
+            },
+        ],
+    }
+}
+
+#[tokio::test]
+async fn a_registered_user_gets_exactly_one_welcome_email_with_the_verification_link() {
+    let smtp = SmtpServer::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        ..Options::default()
+    })
+    .await;
+    // The service as it runs in production: its consumer and sender in the background.
+    let shutdown = CancellationToken::new();
+    let tasks = svc.notification.background().spawn(&shutdown);
+    let user = registered("Alice", None);
+    svc.producer.publish(&user).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while svc
+        .rows_of(user.user_id)
+        .await
+        .first()
+        .is_none_or(|r| r.status != "sent")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the welcome email was not sent: {:?}",
+            svc.rows_of(user.user_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give a second send, if there were one, time to arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "exactly one email: {mails:?}");
+    let mail = &mails[0];
+    assert_eq!(mail["rcpt_tos"], serde_json::json!([user.email]));
+    assert_eq!(mail["mail_from"], "shop@micromart.local");
+    assert!(
+        mail["subject"].as_str().unwrap().contains("Welcome"),
+        "{mail}"
+    );
+    let body = mail["body"].as_str().unwrap();
+    assert!(body.contains(&user.verification_url), "{body}");
+    assert!(body.contains("Alice"), "{body}");
+    let rows = svc.rows_of(user.user_id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].channel, "email");
+    assert_eq!(rows[0].attempts, 1);
+    assert_eq!(rows[0].sent_via.as_deref(), Some("smtp"));
+}
+
+#[tokio::test]
+async fn a_paid_order_sends_one_confirmation_email_and_one_sms_when_the_customer_has_a_phone() {
+    let smtp = SmtpServer::start().await;
+    let sms = SmsProvider::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        sms_url: Some(sms.url()),
+        ..Options::default()
+    })
+    .await;
+    let with_phone = registered("Bob", Some("+4915112345678"));
+    let without_phone = registered("Carol", None);
+    svc.producer.publish(&with_phone).await;
+    svc.producer.publish(&without_phone).await;
+    let bobs = paid(with_phone.user_id, 1999);
+    let carols = paid(without_phone.user_id, 500);
+    svc.producer.publish(&bobs).await;
+    svc.producer.publish(&carols).await;
+
+    assert_eq!(svc.consume().await, 4);
+    // Two welcome emails, two confirmations, one SMS.
+    assert_eq!(svc.send_due().await, 5);
+
+    let to_bob = smtp.messages_to(&with_phone.email);
+    assert_eq!(to_bob.len(), 2, "welcome and confirmation: {to_bob:?}");
+    let confirmation = to_bob
+        .iter()
+        .find(|m| m["subject"].as_str().unwrap().contains("confirmed"))
+        .expect("an order confirmation email");
+    let body = confirmation["body"].as_str().unwrap();
+    assert!(body.contains("19.99 EUR"), "{body}");
+    assert!(body.contains(&bobs.order_id.to_string()), "{body}");
+    assert!(body.contains("3 item(s)"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "https://shop.example.test/api/v1/orders/{}",
+            bobs.order_id
+        )),
+        "{body}"
+    );
+
+    let texts = sms.received();
+    assert_eq!(
+        texts.len(),
+        1,
+        "one SMS, for the customer with a phone: {texts:?}"
+    );
+    assert_eq!(texts[0]["to"], "+4915112345678");
+    let text = texts[0]["body"].as_str().unwrap();
+    assert!(text.contains("19.99 EUR"), "{text}");
+    assert!(
+        text.contains(&bobs.order_id.simple().to_string()[..8]),
+        "{text}"
+    );
+
+    let to_carol = smtp.messages_to(&without_phone.email);
+    assert_eq!(to_carol.len(), 2, "{to_carol:?}");
+    assert!(
+        to_carol
+            .iter()
+            .any(|m| m["body"].as_str().unwrap().contains("5.00 EUR"))
+    );
+    let carol_rows = svc.rows_of(without_phone.user_id).await;
+    assert!(
+        carol_rows.iter().all(|r| r.channel == "email"),
+        "{carol_rows:?}"
+    );
+    let bob_rows = svc.rows_of(with_phone.user_id).await;
+    let sms_row = bob_rows.iter().find(|r| r.channel == "sms").unwrap();
+    assert_eq!(sms_row.status, "sent");
+    assert_eq!(sms_row.sent_via.as_deref(), Some("http"));
+    assert_eq!(sms_row.recipient, "+4915112345678");
+
+    // Nothing is left to send.
+    assert_eq!(svc.send_due().await, 0);
+    assert_eq!(smtp.messages().len(), 4);
+    assert_eq!(sms.received().len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_event_delivered_twice_sends_one_email() {
+    let smtp = SmtpServer::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        ..Options::default()
+    })
+    .await;
+    let user = registered("Dave", None);
+    let envelope = svc.producer.publish(&user).await;
+    // The relay sent it twice (a crash between XADD and marking the row sent).
+    svc.producer.redeliver(&envelope, streams::USERS).await;
+
+    assert_eq!(svc.consume().await, 2, "both stream entries are read");
+    assert_eq!(svc.send_due().await, 1);
+    // And once more after it was sent.
+    svc.producer.redeliver(&envelope, streams::USERS).await;
+    assert_eq!(svc.consume().await, 1);
+    assert_eq!(svc.send_due().await, 0);
+
+    assert_eq!(
+        smtp.messages_to(&user.email).len(),
+        1,
+        "{:?}",
+        smtp.messages()
+    );
+    assert_eq!(smtp.messages().len(), 1);
+    assert_eq!(svc.rows_of(user.user_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn every_payment_and_order_outcome_and_a_password_reset_email_the_customer_once() {
+    let smtp = SmtpServer::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        ..Options::default()
+    })
+    .await;
+    let user = registered("Erin", Some("+33612345678"));
+    svc.producer.publish(&user).await;
+    let order = Uuid::now_v7();
+    let reset = PasswordResetRequested {
+        user_id: user.user_id,
+        email: user.email.clone(),
+        reset_url: format!(
+            "https://shop.example.test/reset?token={}",
+            Uuid::new_v4().simple()
+        ),
+    };
+    svc.producer.publish(&reset).await;
+    svc.producer
+        .publish(&PaymentFailed {
+            payment_id: Uuid::now_v7(),
+            order_id: order,
+            user_id: user.user_id,
+            reason: "card declined".into(),
+        })
+        .await;
+    svc.producer
+        .publish(&PaymentExpired {
+            payment_id: Uuid::now_v7(),
+            order_id: order,
+            user_id: user.user_id,
+        })
+        .await;
+    svc.producer
+        .publish(&PaymentRefunded {
+            payment_id: Uuid::now_v7(),
+            order_id: order,
+            user_id: user.user_id,
+            amount: Money::new(4250, "EUR"),
+        })
+        .await;
+    svc.producer
+        .publish(&OrderCancelled {
+            order_id: order,
+            user_id: user.user_id,
+            reason: "cancelled by the customer".into(),
+        })
+        .await;
+
+    assert_eq!(svc.consume().await, 6);
+    assert_eq!(svc.send_due().await, 6, "one email per event, no SMS");
+    let mails = smtp.messages_to(&user.email);
+    assert_eq!(mails.len(), 6, "{mails:?}");
+    let find = |needle: &str| {
+        mails
+            .iter()
+            .find(|m| m["subject"].as_str().unwrap().contains(needle))
+            .unwrap_or_else(|| panic!("an email about {needle:?}: {mails:?}"))["body"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(find("Reset your").contains(&reset.reset_url));
+    assert!(find("failed").contains("card declined"));
+    assert!(find("expired").contains(&order.to_string()));
+    assert!(find("Refund").contains("42.50 EUR"));
+    assert!(find("was cancelled").contains("cancelled by the customer"));
+    assert!(find("Refund").starts_with("Hello Erin,"));
+    let rows = svc.rows_of(user.user_id).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.channel == "email" && r.status == "sent"),
+        "{rows:?}"
+    );
+    let kinds: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "UserRegistered",
+            "PasswordResetRequested",
+            "PaymentFailed",
+            "PaymentExpired",
+            "PaymentRefunded",
+            "OrderCancelled"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn events_notification_does_not_act_on_are_acknowledged_without_effect() {
+    let svc = Service::start(Options::default()).await;
+    let envelope = serde_json::json!({
+        "id": Uuid::now_v7(),
+        "type": "StockAdjusted",
+        "version": 1,
+        "occurred_at": "2025-01-01T00:00:00Z",
+        "source": "inventory",
+        "correlation_id": null,
+        "data": {"product_id": Uuid::now_v7(), "delta": 3},
+    });
+    svc.producer
+        .xadd(
+            streams::ORDERS,
+            envelope["id"].as_str().unwrap(),
+            "StockAdjusted",
+            &envelope.to_string(),
+        )
+        .await;
+    assert_eq!(svc.consume().await, 1);
+    assert_eq!(svc.consume().await, 0, "acknowledged, not pending");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(svc.notification.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    let processed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_events WHERE event_type = 'StockAdjusted'",
+    )
+    .fetch_one(svc.notification.pool())
+    .await
+    .unwrap();
+    assert_eq!(processed, 1);
+}
+
+#[tokio::test]
+async fn without_an_smtp_server_or_sms_provider_messages_are_logged_and_recorded_as_sent() {
+    let svc = Service::start(Options::default()).await;
+    let user = registered("Frank", Some("+4917000000000"));
+    svc.producer.publish(&user).await;
+    svc.producer.publish(&paid(user.user_id, 100)).await;
+    assert_eq!(svc.consume().await, 2);
+    assert_eq!(svc.send_due().await, 3);
+    let rows = svc.rows_of(user.user_id).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row.status, "sent");
+        assert_eq!(row.sent_via.as_deref(), Some("log"));
+    }
+}

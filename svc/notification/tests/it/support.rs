@@ -1,0 +1,262 @@
+use std::sync::{Arc, Mutex};
+
+use contracts::events::{Envelope, Event, UserRegistered};
+use notification::{Notification, NotificationConfig};
+use platform::auth::Role;
+use platform::discovery::LocalDiscovery;
+use platform::outbox::{self, OutboxRelay};
+use platform::redis::Redis;
+use platform::testing::{self, TestDb, TestIdentity, TestServer};
+use reqwest::{Client, Response};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use platform::testing::smtp::{SmtpServer, free_port};
+
+/// The SMS provider: records each `POST /sms` body.
+pub struct SmsProvider {
+    pub server: TestServer,
+    pub received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl SmsProvider {
+    pub async fn start() -> Self {
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let sink = received.clone();
+        let app = poem::Route::new().at(
+            "/sms",
+            poem::post(poem::endpoint::make(move |mut req: poem::Request| {
+                let sink = sink.clone();
+                async move {
+                    let body: Value = req.take_body().into_json().await.unwrap();
+                    sink.lock().unwrap().push(body);
+                    poem::Response::builder()
+                        .status(poem::http::StatusCode::ACCEPTED)
+                        .finish()
+                }
+            })),
+        );
+        Self {
+            server: TestServer::start(app).await,
+            received,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/sms", self.server.url())
+    }
+
+    pub fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A producing service as far as notification can tell: its own outbox, relayed into the
+/// Redis prefix the service under test reads.
+pub struct Producer {
+    _db: TestDb,
+    pool: PgPool,
+    relay: OutboxRelay,
+    redis: Redis,
+}
+
+impl Producer {
+    pub async fn new(redis_prefix: &str) -> Self {
+        let db = TestDb::new("producer");
+        let pool = platform::db::connect(
+            &db.url,
+            3,
+            &sqlx::migrate::Migrator::with_migrations(vec![]),
+        )
+        .await
+        .expect("Postgres must be running");
+        let redis = Redis::connect(&testing::redis_url(), redis_prefix).unwrap();
+        let relay = OutboxRelay::new(pool.clone(), redis.clone(), "producer");
+        Self {
+            _db: db,
+            pool,
+            relay,
+            redis,
+        }
+    }
+
+    /// Writes `event` to the outbox and relays it to its stream.
+    pub async fn publish<E: Event>(&self, event: &E) -> Envelope {
+        let mut tx = self.pool.begin().await.unwrap();
+        let envelope = outbox::enqueue(&mut tx, event, "producer", None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(self.relay.relay_once().await.unwrap(), 1);
+        envelope
+    }
+
+    /// Adds the stream entry of an already relayed event once more, as a relay that
+    /// crashed between XADD and marking the row sent does.
+    pub async fn redeliver(&self, envelope: &Envelope, stream: &str) {
+        let payload: String = sqlx::query_scalar("SELECT payload::text FROM outbox WHERE id = $1")
+            .bind(envelope.id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        self.xadd(stream, &envelope.id.to_string(), &envelope.kind, &payload)
+            .await;
+    }
+
+    /// An entry in the relay's field format.
+    pub async fn xadd(&self, stream: &str, id: &str, kind: &str, envelope: &str) {
+        let mut conn = self.redis.conn().await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(self.redis.key(stream))
+            .arg("*")
+            .arg("id")
+            .arg(id)
+            .arg("type")
+            .arg(kind)
+            .arg("envelope")
+            .arg(envelope)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// The notification service on port 0 with its own database and Redis prefix, sending to
+/// `smtp_port` and the SMS provider (when given).
+pub struct Service {
+    pub notification: Notification,
+    pub server: TestServer,
+    pub producer: Producer,
+    pub client: Client,
+    pub identity: TestIdentity,
+    _db: TestDb,
+}
+
+pub struct Options {
+    /// None: no SMTP server configured (emails are logged).
+    pub smtp_port: Option<u16>,
+    pub sms_url: Option<String>,
+    pub retry_base_delay_ms: u64,
+    pub max_attempts: i32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            smtp_port: None,
+            sms_url: None,
+            retry_base_delay_ms: 50,
+            max_attempts: 5,
+        }
+    }
+}
+
+impl Service {
+    pub async fn start(options: Options) -> Self {
+        let db = TestDb::new("notification");
+        let identity = TestIdentity::new();
+        let mut settings = testing::settings(notification::SERVICE, &db, &identity)
+            .await
+            .with(
+                "retry_base_delay_ms",
+                options.retry_base_delay_ms.to_string(),
+            )
+            .with("max_attempts", options.max_attempts.to_string())
+            .with("send_interval_ms", "50")
+            .with("shop_base_url", "https://shop.example.test");
+        if let Some(port) = options.smtp_port {
+            settings = settings
+                .with("smtp_host", "127.0.0.1")
+                .with("smtp_port", port.to_string());
+        }
+        if let Some(url) = options.sms_url {
+            settings = settings.with("sms_url", url);
+        }
+        let config = NotificationConfig::from_settings(&settings).unwrap();
+        let (notification, app) = notification::app(config, Arc::new(LocalDiscovery::new()))
+            .await
+            .expect("notification starts (Postgres and Redis must be running)");
+        let producer = Producer::new(notification.redis().prefix()).await;
+        Self {
+            notification,
+            server: TestServer::start(app).await,
+            producer,
+            client: Client::new(),
+            identity,
+            _db: db,
+        }
+    }
+
+    /// Handles every event waiting in the streams; returns how many entries were handled.
+    pub async fn consume(&self) -> usize {
+        self.notification
+            .consumer()
+            .run_until_idle()
+            .await
+            .expect("the consumer reads the streams")
+    }
+
+    pub async fn send_due(&self) -> usize {
+        self.notification.send_due().await.unwrap()
+    }
+
+    pub fn token(&self, user: Uuid, role: Role) -> String {
+        self.identity.token(user, role)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.server.url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let resp = self.get(path, token).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The stored notifications of `user`, oldest first: (channel, status, attempts).
+    pub async fn rows_of(&self, user: Uuid) -> Vec<Row> {
+        sqlx::query_as(
+            "SELECT channel, status, attempts, recipient, last_error, sent_via, event_type
+             FROM notifications WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(self.notification.pool())
+        .await
+        .unwrap()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Row {
+    pub channel: String,
+    pub status: String,
+    pub attempts: i32,
+    pub recipient: String,
+    pub last_error: Option<String>,
+    pub sent_via: Option<String>,
+    pub event_type: String,
+}
+
+/// A UserRegistered of a fresh user.
+pub fn registered(name: &str, phone: Option<&str>) -> UserRegistered {
+    let user_id = Uuid::now_v7();
+    UserRegistered {
+        user_id,
+        email: format!("{name}.{}@example.com", user_id.simple()),
+        name: name.to_owned(),
+        phone: phone.map(str::to_owned),
+        verification_url: format!(
+            "https://shop.example.test/api/v1/users/verify?token={}",
+            Uuid::new_v4().simple()
+        ),
+    }
+}

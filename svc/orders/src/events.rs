@@ -1,0 +1,57 @@
+//! What orders does with the payment events: each moves a PENDING (or PAID) order once;
+//! a replay, or an event for an order that already moved on, leaves it as it is.
+
+use async_trait::async_trait;
+use contracts::events::{
+    Envelope, PaymentExpired, PaymentFailed, PaymentRefunded, PaymentSucceeded,
+};
+use platform::consumer::{EventHandler, HandlerError};
+use sqlx::PgConnection;
+
+use crate::store;
+
+pub struct PaymentEvents;
+
+fn payload<E: contracts::events::Event>(event: &Envelope) -> Option<Result<E, HandlerError>> {
+    event
+        .open::<E>()
+        .map(|r| r.map_err(|e| HandlerError::Failed(e.to_string())))
+}
+
+#[async_trait]
+impl EventHandler for PaymentEvents {
+    async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        if let Some(e) = payload::<PaymentSucceeded>(event) {
+            store::transition(tx, e?.order_id, &["PENDING"], "PAID", "payment succeeded").await?;
+        } else if let Some(e) = payload::<PaymentFailed>(event) {
+            let e = e?;
+            store::transition(
+                tx,
+                e.order_id,
+                &["PENDING"],
+                "CANCELLED",
+                &format!("payment failed: {}", e.reason),
+            )
+            .await?;
+        } else if let Some(e) = payload::<PaymentExpired>(event) {
+            store::transition(
+                tx,
+                e?.order_id,
+                &["PENDING"],
+                "CANCELLED",
+                "payment expired",
+            )
+            .await?;
+        } else if let Some(e) = payload::<PaymentRefunded>(event) {
+            store::transition(
+                tx,
+                e?.order_id,
+                &["PAID", "SHIPPED", "DELIVERED"],
+                "REFUNDED",
+                "payment refunded",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

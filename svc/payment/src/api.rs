@@ -1,0 +1,407 @@
+//! The payment API: sessions (internal), the hosted payment page, the provider webhook,
+//! billing history and refunds.
+
+use chrono::{DateTime, Utc};
+use contracts::internal::{PaymentSession, PaymentSessionRequest};
+use contracts::money::Money;
+use platform::auth::{BearerAuth, InternalAuth, authority};
+use platform::problem::{ApiResult, Checks, Problem};
+use poem::Request;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::{Form, Html, Json, PlainText};
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::Payment;
+use crate::page;
+use crate::provider::{self, Card, ProviderEvent};
+use crate::store::{self, Applied, PaymentRow, Refund};
+
+#[derive(Tags)]
+enum Tag {
+    /// Billing history and refunds
+    Payments,
+    /// The hosted payment page
+    Page,
+    /// The provider's callbacks
+    Webhook,
+    /// Service-to-service calls
+    Internal,
+}
+
+pub struct PaymentApi {
+    pub(crate) state: Payment,
+}
+
+#[derive(Debug, Object)]
+struct PaymentView {
+    id: Uuid,
+    order_id: Uuid,
+    amount: Money,
+    /// succeeded, failed or refunded.
+    status: String,
+    card_brand: Option<String>,
+    card_last4: Option<String>,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    refunded_at: Option<DateTime<Utc>>,
+}
+
+impl From<PaymentRow> for PaymentView {
+    fn from(p: PaymentRow) -> Self {
+        Self {
+            id: p.id,
+            order_id: p.order_id,
+            amount: Money::new(p.amount, &p.currency),
+            status: p.status,
+            card_brand: p.card_brand,
+            card_last4: p.card_last4,
+            failure_reason: p.failure_reason,
+            created_at: p.created_at,
+            refunded_at: p.refunded_at,
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+struct PaymentPage {
+    items: Vec<PaymentView>,
+    next_cursor: Option<String>,
+}
+
+/// The hosted form's fields.
+#[derive(Debug, Object, Deserialize)]
+pub struct CardForm {
+    card_number: String,
+    expiry: String,
+    cvc: String,
+    name: String,
+}
+
+#[derive(ApiResponse)]
+enum SessionResponse {
+    /// The session was opened.
+    #[oai(status = 201)]
+    Created(Json<PaymentSession>),
+    /// The order already had this session.
+    #[oai(status = 200)]
+    Existing(Json<PaymentSession>),
+}
+
+#[derive(ApiResponse)]
+enum PageResponse {
+    /// The page.
+    #[oai(status = 200)]
+    Page(Html<String>),
+    /// No such session.
+    #[oai(status = 404)]
+    NotFound(Html<String>),
+    /// The session can no longer be paid.
+    #[oai(status = 410)]
+    Gone(Html<String>),
+}
+
+#[derive(ApiResponse)]
+enum PayResponse {
+    /// Paid or declined: see the result page.
+    #[oai(status = 303)]
+    SeeOther(#[oai(header = "Location")] String),
+    /// No such session.
+    #[oai(status = 404)]
+    NotFound(Html<String>),
+    /// The session can no longer be paid.
+    #[oai(status = 410)]
+    Gone(Html<String>),
+    /// The card was not accepted on the form.
+    #[oai(status = 422)]
+    Invalid(Html<String>),
+}
+
+impl PaymentApi {
+    fn session_view(&self, s: &store::SessionRow) -> PaymentSession {
+        PaymentSession {
+            session_id: s.id,
+            payment_url: format!(
+                "{}/pay/{}",
+                self.state.config.public_base_url.trim_end_matches('/'),
+                s.id
+            ),
+            expires_at: s.expires_at,
+        }
+    }
+}
+
+#[OpenApi]
+impl PaymentApi {
+    /// Open the payment session of an order (one per order; a repeat returns it).
+    #[oai(
+        path = "/internal/payments/sessions",
+        method = "post",
+        operation_id = "open_payment_session",
+        tag = "Tag::Internal"
+    )]
+    async fn open_session(
+        &self,
+        _auth: InternalAuth,
+        body: Json<PaymentSessionRequest>,
+    ) -> ApiResult<SessionResponse> {
+        let req = body.0;
+        let mut checks = Checks::default();
+        checks
+            .check(
+                "amount.amount",
+                (req.amount.amount <= 0).then(|| "must be positive".to_owned()),
+            )
+            .check(
+                "amount.currency",
+                (!Money::valid_currency(&req.amount.currency))
+                    .then(|| "must be an ISO 4217 code".to_owned()),
+            )
+            .check(
+                "lines",
+                req.lines.is_empty().then(|| "must not be empty".to_owned()),
+            );
+        checks.finish()?;
+        let expires_at = Utc::now() + self.state.config.session_ttl;
+        let mut tx = self.state.base.pool.begin().await?;
+        let (session, created) = store::open_session(
+            &mut tx,
+            req.order_id,
+            req.user_id,
+            &req.amount,
+            &req.lines,
+            expires_at,
+        )
+        .await?;
+        tx.commit().await?;
+        if session.user_id != req.user_id || session.amount != req.amount.amount {
+            return Err(Problem::conflict(
+                "this order already has a session for another customer or amount",
+            ));
+        }
+        let view = self.session_view(&session);
+        Ok(if created {
+            SessionResponse::Created(Json(view))
+        } else {
+            SessionResponse::Existing(Json(view))
+        })
+    }
+
+    /// The hosted payment page of a session.
+    #[oai(
+        path = "/pay/:session_id",
+        method = "get",
+        operation_id = "payment_page",
+        tag = "Tag::Page"
+    )]
+    async fn page(&self, session_id: Path<Uuid>) -> ApiResult<PageResponse> {
+        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
+            return Ok(PageResponse::NotFound(Html(page::message(
+                "Unknown payment",
+                "There is no such payment session.",
+            ))));
+        };
+        if session.status != "open" || session.expires_at <= Utc::now() {
+            return Ok(PageResponse::Gone(Html(page::closed(&session))));
+        }
+        Ok(PageResponse::Page(Html(page::form(&session, None))))
+    }
+
+    /// Pay a session with a card; redirects to the result page. Paying twice charges once.
+    #[oai(
+        path = "/pay/:session_id",
+        method = "post",
+        operation_id = "pay",
+        tag = "Tag::Page"
+    )]
+    async fn pay(&self, session_id: Path<Uuid>, form: Form<CardForm>) -> ApiResult<PayResponse> {
+        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
+            return Ok(PayResponse::NotFound(Html(page::message(
+                "Unknown payment",
+                "There is no such payment session.",
+            ))));
+        };
+        if session.status != "open" || session.expires_at <= Utc::now() {
+            return Ok(PayResponse::Gone(Html(page::closed(&session))));
+        }
+        let card = Card {
+            number: &form.0.card_number,
+        };
+        let form_errors = page::check_form(&form.0.expiry, &form.0.cvc, &form.0.name);
+        let event = match (self.state.provider.charge(session.id, &card), form_errors) {
+            (Ok(event), None) => event,
+            (Err(e), _) => {
+                return Ok(PayResponse::Invalid(Html(page::form(
+                    &session,
+                    Some(&e.to_string()),
+                ))));
+            }
+            (_, Some(e)) => return Ok(PayResponse::Invalid(Html(page::form(&session, Some(&e))))),
+        };
+        // The sandbox reports through the same signed path a real provider calls.
+        let body = serde_json::to_vec(&event).map_err(Problem::internal)?;
+        let signature = provider::sign(
+            &self.state.config.webhook_secret,
+            Utc::now().timestamp(),
+            &body,
+        );
+        self.state.receive_webhook(&signature, &body).await?;
+        Ok(PayResponse::SeeOther(format!("/pay/{}/result", session.id)))
+    }
+
+    /// Where the form leads: paid, declined, or still being processed.
+    #[oai(
+        path = "/pay/:session_id/result",
+        method = "get",
+        operation_id = "payment_result",
+        tag = "Tag::Page"
+    )]
+    async fn result(&self, session_id: Path<Uuid>) -> ApiResult<PageResponse> {
+        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
+            return Ok(PageResponse::NotFound(Html(page::message(
+                "Unknown payment",
+                "There is no such payment session.",
+            ))));
+        };
+        let payment = store::payment_of_session(&self.state.base.pool, session.id).await?;
+        Ok(PageResponse::Page(Html(page::result(
+            &session,
+            payment.as_ref(),
+        ))))
+    }
+
+    /// The provider's result callback, signed with HMAC-SHA256 (`Payment-Signature: t=…,v1=…`).
+    #[oai(
+        path = "/api/v1/payments/webhook",
+        method = "post",
+        operation_id = "payment_webhook",
+        tag = "Tag::Webhook"
+    )]
+    async fn webhook(
+        &self,
+        req: &Request,
+        body: PlainText<String>,
+    ) -> ApiResult<PlainText<String>> {
+        let signature = req
+            .headers()
+            .get(provider::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "the {} header is missing",
+                    provider::SIGNATURE_HEADER
+                ))
+            })?;
+        let applied = self
+            .state
+            .receive_webhook(signature, body.0.as_bytes())
+            .await?;
+        Ok(PlainText(format!("{applied:?}")))
+    }
+
+    /// The caller's billing history, newest first; an admin may ask for one order's payments.
+    #[oai(
+        path = "/api/v1/payments",
+        method = "get",
+        operation_id = "list_payments",
+        tag = "Tag::Payments"
+    )]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        order_id: Query<Option<Uuid>>,
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<Uuid>>,
+    ) -> ApiResult<Json<PaymentPage>> {
+        let limit = platform::web::page_limit(limit.0)?;
+        let user = if auth.0.has(authority::PAYMENT_REFUND) {
+            None
+        } else {
+            Some(auth.0.id)
+        };
+        let mut rows = store::list_payments(
+            &self.state.base.pool,
+            user,
+            order_id.0,
+            cursor.0,
+            i64::from(limit) + 1,
+        )
+        .await?;
+        let next_cursor = platform::web::next_page(&mut rows, limit, |p| p.id.to_string());
+        Ok(Json(PaymentPage {
+            items: rows.into_iter().map(PaymentView::from).collect(),
+            next_cursor,
+        }))
+    }
+
+    /// One payment: the caller's own (another customer's is 404), or any for an admin.
+    #[oai(
+        path = "/api/v1/payments/:id",
+        method = "get",
+        operation_id = "get_payment",
+        tag = "Tag::Payments"
+    )]
+    async fn get(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<Json<PaymentView>> {
+        match store::payment(&self.state.base.pool, id.0).await? {
+            Some(p) if p.user_id == auth.0.id || auth.0.has(authority::PAYMENT_REFUND) => {
+                Ok(Json(p.into()))
+            }
+            _ => Err(Problem::not_found("no such payment")),
+        }
+    }
+
+    /// Refund a succeeded payment in full (admin); emits `PaymentRefunded`.
+    #[oai(
+        path = "/api/v1/payments/:id/refund",
+        method = "post",
+        operation_id = "refund_payment",
+        tag = "Tag::Payments"
+    )]
+    async fn refund(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<Json<PaymentView>> {
+        auth.0.require(authority::PAYMENT_REFUND)?;
+        let mut tx = self.state.base.pool.begin().await?;
+        match store::refund(&mut tx, id.0).await? {
+            Refund::Done(row) => {
+                tx.commit().await?;
+                self.state.relay.wake();
+                Ok(Json(row.into()))
+            }
+            Refund::NotRefundable(status) => Err(Problem::conflict(format!(
+                "a {status} payment cannot be refunded"
+            ))),
+            Refund::Missing => Err(Problem::not_found("no such payment")),
+        }
+    }
+}
+
+impl Payment {
+    /// Verifies and applies a provider callback.
+    pub async fn receive_webhook(&self, signature: &str, body: &[u8]) -> Result<Applied, Problem> {
+        provider::verify(
+            &self.config.webhook_secret,
+            signature,
+            body,
+            Utc::now().timestamp(),
+        )
+        .map_err(|e| Problem::bad_request(format!("webhook refused: {e}")))?;
+        let event: ProviderEvent = serde_json::from_slice(body)
+            .map_err(|e| Problem::bad_request(format!("webhook body unreadable: {e}")))?;
+        if event.kind != "payment.succeeded" && event.kind != "payment.failed" {
+            return Err(Problem::unprocessable(format!(
+                "unknown event type {:?}",
+                event.kind
+            )));
+        }
+        let mut tx = self.base.pool.begin().await?;
+        let applied = store::apply_provider_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        if applied == Applied::Recorded {
+            self.relay.wake();
+        }
+        if applied == Applied::UnknownSession {
+            return Err(Problem::not_found("no such payment session"));
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,154 @@
+//! The payment service: one session per order, a hosted payment page, a provider behind a
+//! trait reporting through a signed webhook, and the payment events every other service acts on.
+
+mod api;
+mod page;
+pub mod provider;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use contracts::events::{Envelope, OrderCancelled, streams};
+use platform::CancellationToken;
+use platform::config::{ConfigError, Settings};
+use platform::consumer::{Consumer, ConsumerConfig, EventHandler, HandlerError};
+use platform::discovery::Discovery;
+use platform::outbox::OutboxRelay;
+use platform::runtime::Background;
+use platform::service::{Base, BaseConfig, StartError};
+use poem::{Endpoint, Response};
+use poem_openapi::OpenApiService;
+use sqlx::PgConnection;
+
+pub use api::PaymentApi;
+
+pub const SERVICE: &str = "payment";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone, Debug)]
+pub struct PaymentConfig {
+    pub base: BaseConfig,
+    /// How long a session can be paid.
+    pub session_ttl: Duration,
+    pub sweep_interval: Duration,
+    /// The HMAC secret of provider callbacks (a secret: from config, never the seed).
+    pub webhook_secret: String,
+    /// Where payment links point (the gateway).
+    pub public_base_url: String,
+}
+
+impl PaymentConfig {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            base: BaseConfig::from_settings(SERVICE, s)?,
+            session_ttl: s.seconds("session_ttl_seconds", 900)?,
+            sweep_interval: s.millis("session_sweep_interval_ms", 5000)?,
+            webhook_secret: s.require("webhook_secret")?,
+            public_base_url: s.get_or("public_base_url", "http://localhost:7082".to_owned())?,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Payment {
+    pub(crate) base: Base,
+    pub(crate) relay: OutboxRelay,
+    pub(crate) provider: Arc<dyn provider::PaymentProvider>,
+    pub(crate) config: Arc<PaymentConfig>,
+}
+
+impl Payment {
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.base.pool
+    }
+
+    pub fn relay(&self) -> &OutboxRelay {
+        &self.relay
+    }
+
+    pub fn app(&self) -> impl Endpoint<Output = Response> + use<> {
+        self.base.routes(openapi(self.clone()))
+    }
+
+    /// Expires unpaid sessions (each with `PaymentExpired`); returns how many.
+    pub async fn expire_sessions(&self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.base.pool.begin().await?;
+        let n = store::expire_sessions(&mut tx, 100).await?;
+        tx.commit().await?;
+        if n > 0 {
+            self.relay.wake();
+        }
+        Ok(n)
+    }
+
+    async fn sweep(self, shutdown: CancellationToken) {
+        loop {
+            if let Err(err) = self.expire_sessions().await {
+                tracing::warn!(error = %err, "session expiry sweep failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.sweep_interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// The consumer of `orders.events` (a cancelled order's session closes).
+    pub fn consumer(&self) -> Consumer {
+        Consumer::new(
+            self.base.pool.clone(),
+            self.base.redis.clone(),
+            ConsumerConfig::new(SERVICE, &[streams::ORDERS]),
+            Arc::new(OrderEvents),
+        )
+    }
+
+    /// The outbox relay, the session-expiry sweeper and the order-event consumer.
+    pub fn background(&self) -> Background {
+        let mut tasks = Background::default();
+        let relay = self.relay.clone();
+        tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
+        let sweeper = self.clone();
+        tasks.add("session expiry", move |shutdown| sweeper.sweep(shutdown));
+        let consumer = self.consumer();
+        tasks.add("orders.events consumer", move |shutdown| {
+            consumer.run(shutdown)
+        });
+        tasks
+    }
+}
+
+struct OrderEvents;
+
+#[async_trait]
+impl EventHandler for OrderEvents {
+    async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        if let Some(cancelled) = event.open::<OrderCancelled>() {
+            let cancelled = cancelled.map_err(|e| HandlerError::Failed(e.to_string()))?;
+            store::cancel_session_of_order(tx, cancelled.order_id).await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn openapi(state: Payment) -> OpenApiService<PaymentApi, ()> {
+    platform::web::openapi_service(PaymentApi { state }, "MicroMart payment")
+}
+
+pub async fn app(
+    config: PaymentConfig,
+    discovery: Arc<dyn Discovery>,
+) -> Result<(Payment, impl Endpoint<Output = Response>), StartError> {
+    let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery).await?;
+    let payment = Payment {
+        relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE),
+        base,
+        provider: Arc::new(provider::SandboxProvider),
+        config: Arc::new(config),
+    };
+    let app = payment.app();
+    Ok((payment, app))
+}

@@ -1,0 +1,311 @@
+//! The payment database, and the one place a session's result is applied.
+
+use chrono::{DateTime, Utc};
+use contracts::events::{
+    OrderLine, PaymentExpired, PaymentFailed, PaymentRefunded, PaymentSucceeded,
+};
+use contracts::internal::StockLine;
+use contracts::money::Money;
+use platform::outbox;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::SERVICE;
+use crate::provider::ProviderEvent;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub lines: sqlx::types::Json<Vec<StockLine>>,
+    pub status: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+const SESSION_COLUMNS: &str = "id, order_id, user_id, amount, currency, lines, status, expires_at";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PaymentRow {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub card_brand: Option<String>,
+    pub card_last4: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub refunded_at: Option<DateTime<Utc>>,
+}
+
+const PAYMENT_COLUMNS: &str = "id, session_id, order_id, user_id, amount, currency, status, card_brand, card_last4, failure_reason, created_at, refunded_at";
+
+/// The order's session, created on first request (one per order).
+pub async fn open_session(
+    tx: &mut PgConnection,
+    order: Uuid,
+    user: Uuid,
+    amount: &Money,
+    lines: &[StockLine],
+    expires_at: DateTime<Utc>,
+) -> Result<(SessionRow, bool), sqlx::Error> {
+    let created = sqlx::query(
+        "INSERT INTO sessions (id, order_id, user_id, amount, currency, lines, status, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'open', $7) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(order)
+    .bind(user)
+    .bind(amount.amount)
+    .bind(&amount.currency)
+    .bind(sqlx::types::Json(lines))
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE order_id = $1"
+    )))
+    .bind(order)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((row, created))
+}
+
+pub async fn session(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<SessionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+async fn session_for_update(
+    tx: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(tx)
+    .await
+}
+
+pub async fn payment(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn payment_of_session(
+    db: impl PgExecutor<'_>,
+    session: Uuid,
+) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE session_id = $1"
+    )))
+    .bind(session)
+    .fetch_optional(db)
+    .await
+}
+
+/// Payments newest first: the user's, or (with `user` None) everyone's, optionally of one order.
+pub async fn list_payments(
+    db: impl PgExecutor<'_>,
+    user: Option<Uuid>,
+    order: Option<Uuid>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments
+         WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::uuid IS NULL OR order_id = $2)
+           AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(user)
+    .bind(order)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Applied {
+    /// The result was recorded and its event written.
+    Recorded,
+    /// The session was no longer open (paid, failed, expired or cancelled): nothing changed.
+    NotOpen(String),
+    UnknownSession,
+    /// The callback id was seen before: nothing changed.
+    Replay,
+}
+
+/// Applies a provider callback: at most one charge per session, whatever arrives twice.
+pub async fn apply_provider_event(
+    tx: &mut PgConnection,
+    event: &ProviderEvent,
+) -> Result<Applied, sqlx::Error> {
+    let fresh = sqlx::query("INSERT INTO webhook_events (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(&event.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if !fresh {
+        return Ok(Applied::Replay);
+    }
+    let Some(session) = session_for_update(tx, event.session_id).await? else {
+        return Ok(Applied::UnknownSession);
+    };
+    if session.status != "open" {
+        return Ok(Applied::NotOpen(session.status));
+    }
+    let succeeded = event.kind == "payment.succeeded";
+    let payment_id = Uuid::now_v7();
+    let status = if succeeded { "succeeded" } else { "failed" };
+    sqlx::query(
+        "INSERT INTO payments (id, session_id, order_id, user_id, amount, currency, status, card_brand, card_last4, failure_reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(payment_id)
+    .bind(session.id)
+    .bind(session.order_id)
+    .bind(session.user_id)
+    .bind(session.amount)
+    .bind(&session.currency)
+    .bind(status)
+    .bind(&event.card_brand)
+    .bind(&event.card_last4)
+    .bind(&event.reason)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE sessions SET status = $2 WHERE id = $1")
+        .bind(session.id)
+        .bind(status)
+        .execute(&mut *tx)
+        .await?;
+    if succeeded {
+        let event = PaymentSucceeded {
+            payment_id,
+            order_id: session.order_id,
+            user_id: session.user_id,
+            amount: Money::new(session.amount, &session.currency),
+            lines: session
+                .lines
+                .0
+                .iter()
+                .map(|l| OrderLine {
+                    product_id: l.product_id,
+                    quantity: l.quantity,
+                })
+                .collect(),
+        };
+        outbox::enqueue(
+            &mut *tx,
+            &event,
+            SERVICE,
+            Some(session.order_id.to_string()),
+        )
+        .await?;
+    } else {
+        let event = PaymentFailed {
+            payment_id,
+            order_id: session.order_id,
+            user_id: session.user_id,
+            reason: event
+                .reason
+                .clone()
+                .unwrap_or_else(|| "payment failed".into()),
+        };
+        outbox::enqueue(
+            &mut *tx,
+            &event,
+            SERVICE,
+            Some(session.order_id.to_string()),
+        )
+        .await?;
+    }
+    Ok(Applied::Recorded)
+}
+
+/// Expires open sessions past their time, each with a `PaymentExpired`; returns how many.
+pub async fn expire_sessions(tx: &mut PgConnection, limit: i64) -> Result<usize, sqlx::Error> {
+    let expired: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE sessions SET status = 'expired'
+         WHERE id IN (SELECT id FROM sessions WHERE status = 'open' AND expires_at < now()
+                      ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, order_id, user_id",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (session, order, user) in &expired {
+        let event = PaymentExpired {
+            payment_id: *session,
+            order_id: *order,
+            user_id: *user,
+        };
+        outbox::enqueue(&mut *tx, &event, SERVICE, Some(order.to_string())).await?;
+    }
+    Ok(expired.len())
+}
+
+/// Closes the order's session when the customer cancelled it, so it can no longer be paid.
+pub async fn cancel_session_of_order(
+    tx: &mut PgConnection,
+    order: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sessions SET status = 'cancelled' WHERE order_id = $1 AND status = 'open'")
+        .bind(order)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+pub enum Refund {
+    Done(PaymentRow),
+    NotRefundable(String),
+    Missing,
+}
+
+pub async fn refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Error> {
+    let Some(row): Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(Refund::Missing);
+    };
+    if row.status != "succeeded" {
+        return Ok(Refund::NotRefundable(row.status));
+    }
+    let row: PaymentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE payments SET status = 'refunded', refunded_at = now() WHERE id = $1 RETURNING {PAYMENT_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = PaymentRefunded {
+        payment_id: row.id,
+        order_id: row.order_id,
+        user_id: row.user_id,
+        amount: Money::new(row.amount, &row.currency),
+    };
+    outbox::enqueue(&mut *tx, &event, SERVICE, Some(row.order_id.to_string())).await?;
+    Ok(Refund::Done(row))
+}

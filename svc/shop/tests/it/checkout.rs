@@ -1,0 +1,376 @@
+use reqwest::Method;
+use serde_json::Value;
+use uuid::Uuid;
+
+use platform::testing::expect_problem;
+
+use crate::support::Saga;
+
+async fn order_status(saga: &Saga, token: &str, id: &str) -> String {
+    saga.order(token, id).await["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
+    let saga = Saga::start().await;
+    let (email, alice) = saga.registered_customer("alice").await;
+    let mug = saga.product(1250, 5).await;
+    saga.add_to_cart(&alice, mug, 2).await;
+    let resp = saga.checkout(&alice, "key-1").await;
+    assert_eq!(resp.status(), 201);
+    let placed: Value = resp.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(placed["order"]["status"], "PENDING");
+    assert_eq!(
+        placed["order"]["total"]["amount"], 2500,
+        "priced from products"
+    );
+    let stock = saga.stock(mug).await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(5), Some(2))
+    );
+
+    let replay: Value = saga.checkout(&alice, "key-1").await.json().await.unwrap();
+    assert_eq!(
+        replay["order"]["id"],
+        order_id.as_str(),
+        "the same key answers the same order"
+    );
+
+    assert_eq!(
+        saga.pay(
+            placed["payment_url"].as_str().unwrap(),
+            "4242 4242 4242 4242"
+        )
+        .await,
+        303
+    );
+    saga.eventually("the order is PAID", || async {
+        order_status(&saga, &alice, &order_id).await == "PAID"
+    })
+    .await;
+    saga.eventually("stock is committed", || async {
+        let s = saga.stock(mug).await;
+        s["on_hand"] == 3 && s["reserved"] == 0
+    })
+    .await;
+    saga.eventually("the cart is empty", || async {
+        saga.cart_lines(&alice).await == 0
+    })
+    .await;
+    let confirmations = || {
+        saga.smtp
+            .messages_to(&email)
+            .into_iter()
+            .filter(|m| m["body"].as_str().unwrap_or("").contains(&order_id))
+            .count()
+    };
+    saga.eventually("the confirmation email arrived", || async {
+        confirmations() == 1
+    })
+    .await;
+    let order = saga.order(&alice, &order_id).await;
+    let history: Vec<&str> = order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["PENDING", "PAID"]);
+
+    // Paying the same session again charges nothing more.
+    assert_eq!(
+        saga.pay_again(placed["payment_url"].as_str().unwrap())
+            .await,
+        410
+    );
+    let payments: Value = saga
+        .call("payment", Method::GET, "/api/v1/payments", &alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(payments["items"].as_array().unwrap().len(), 1);
+    assert_eq!(payments["items"][0]["card_last4"], "4242");
+    expect_problem(
+        saga.call(
+            "orders",
+            Method::POST,
+            &format!("/api/v1/orders/{order_id}/cancel"),
+            &alice,
+        )
+        .send()
+        .await
+        .unwrap(),
+        409,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(confirmations(), 1, "exactly one confirmation email");
+}
+
+#[tokio::test]
+async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
+    let saga = Saga::start().await;
+    let (_, bob) = saga.customer();
+    let lamp = saga.product(3000, 4).await;
+    saga.add_to_cart(&bob, lamp, 1).await;
+    let placed: Value = saga.checkout(&bob, "k").await.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        saga.pay(
+            placed["payment_url"].as_str().unwrap(),
+            "4000 0000 0000 0002"
+        )
+        .await,
+        303
+    );
+    saga.eventually("the order is CANCELLED", || async {
+        order_status(&saga, &bob, &order_id).await == "CANCELLED"
+    })
+    .await;
+    saga.eventually("the stock is released", || async {
+        saga.stock(lamp).await["reserved"] == 0
+    })
+    .await;
+    assert_eq!(saga.stock(lamp).await["on_hand"], 4);
+    assert_eq!(
+        saga.cart_lines(&bob).await,
+        1,
+        "a failed payment keeps the cart"
+    );
+    let order = saga.order(&bob, &order_id).await;
+    assert!(
+        order["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("declined")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
+    let saga = Saga::start().await;
+    let (_, carol) = saga.customer();
+    let tea = saga.product(499, 3).await;
+    saga.add_to_cart(&carol, tea, 3).await;
+    let placed: Value = saga.checkout(&carol, "k").await.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(saga.payment.pool())
+        .await
+        .unwrap();
+    assert_eq!(saga.payment.expire_sessions().await.unwrap(), 1);
+    saga.eventually("the order is CANCELLED", || async {
+        order_status(&saga, &carol, &order_id).await == "CANCELLED"
+    })
+    .await;
+    saga.eventually("the stock is released", || async {
+        saga.stock(tea).await["reserved"] == 0
+    })
+    .await;
+    assert_eq!(
+        saga.pay_again(placed["payment_url"].as_str().unwrap())
+            .await,
+        410,
+        "an expired session cannot be paid"
+    );
+}
+
+#[tokio::test]
+async fn twenty_customers_race_for_the_last_five_units_and_exactly_five_orders_are_paid() {
+    let saga = Saga::start().await;
+    let last = saga.product(100, 5).await;
+    let customers: Vec<(Uuid, String)> = (0..20).map(|_| saga.customer()).collect();
+    for (_, token) in &customers {
+        saga.add_to_cart(token, last, 1).await;
+    }
+    let attempts = customers.iter().map(|(_, t)| saga.checkout(t, "race"));
+    let responses = futures::future::join_all(attempts).await;
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        15,
+        "{statuses:?}"
+    );
+    let mut placed = Vec::new();
+    for (resp, (_, token)) in responses.into_iter().zip(&customers) {
+        if resp.status() == 201 {
+            let body: Value = resp.json().await.unwrap();
+            placed.push((token.clone(), body));
+        }
+    }
+    for (_, body) in &placed {
+        assert_eq!(
+            saga.pay(body["payment_url"].as_str().unwrap(), "4242424242424242")
+                .await,
+            303
+        );
+    }
+    for (token, body) in &placed {
+        let id = body["order"]["id"].as_str().unwrap();
+        saga.eventually("every placed order is PAID", || async {
+            order_status(&saga, token, id).await == "PAID"
+        })
+        .await;
+    }
+    saga.eventually("all five units are sold", || async {
+        let s = saga.stock(last).await;
+        s["on_hand"] == 0 && s["reserved"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn checkout_refuses_bad_requests_and_changes_nothing() {
+    let saga = Saga::start().await;
+    let (_, dan) = saga.customer();
+    let (_, eve) = saga.customer();
+    let mug = saga.product(1250, 5).await;
+    expect_problem(saga.checkout(&dan, "empty").await, 422).await;
+    saga.add_to_cart(&dan, mug, 1).await;
+    let no_key = saga
+        .call("orders", Method::POST, "/api/v1/orders/checkout", &dan)
+        .json(&serde_json::json!({"shipping_address": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(no_key, 400).await;
+    let bad_key = saga
+        .call("orders", Method::POST, "/api/v1/orders/checkout", &dan)
+        .header("idempotency-key", "has space")
+        .json(&serde_json::json!({"shipping_address": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(bad_key, 400).await;
+    let placed: Value = saga.checkout(&dan, "k1").await.json().await.unwrap();
+    let other_body = saga
+        .call("orders", Method::POST, "/api/v1/orders/checkout", &dan)
+        .header("idempotency-key", "k1")
+        .json(&serde_json::json!({"shipping_address": "somewhere else"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(other_body, 422).await;
+    let order_id = placed["order"]["id"].as_str().unwrap();
+    expect_problem(
+        saga.call(
+            "orders",
+            Method::GET,
+            &format!("/api/v1/orders/{order_id}"),
+            &eve,
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    expect_problem(
+        saga.call(
+            "orders",
+            Method::POST,
+            &format!("/api/v1/orders/{order_id}/cancel"),
+            &eve,
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    expect_problem(
+        saga.call(
+            "orders",
+            Method::POST,
+            &format!("/api/v1/orders/{order_id}/ship"),
+            &dan,
+        )
+        .send()
+        .await
+        .unwrap(),
+        403,
+    )
+    .await;
+    let pay_unknown = saga
+        .client
+        .get(format!("{}/pay/{}", saga.urls["payment"], Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pay_unknown.status(), 404);
+    assert_eq!(
+        saga.stock(mug).await["reserved"],
+        1,
+        "only the one order holds stock"
+    );
+    let eves: Value = saga
+        .call("orders", Method::GET, "/api/v1/orders", &eve)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(eves["items"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_customer_cancels_a_pending_order_and_its_stock_returns() {
+    let saga = Saga::start().await;
+    let (_, fay) = saga.customer();
+    let mug = saga.product(1250, 2).await;
+    saga.add_to_cart(&fay, mug, 2).await;
+    let placed: Value = saga.checkout(&fay, "k").await.json().await.unwrap();
+    let id = placed["order"]["id"].as_str().unwrap();
+    let resp = saga
+        .call(
+            "orders",
+            Method::POST,
+            &format!("/api/v1/orders/{id}/cancel"),
+            &fay,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    saga.eventually("the stock is released", || async {
+        saga.stock(mug).await["reserved"] == 0
+    })
+    .await;
+    saga.eventually("the session is closed", || async {
+        saga.pay_again(placed["payment_url"].as_str().unwrap())
+            .await
+            == 410
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_committed_openapi_documents_of_orders_and_payment_match_the_code() {
+    let saga = Saga::start().await;
+    for service in ["orders", "payment"] {
+        let served: Value = saga
+            .client
+            .get(format!("{}/openapi.json", saga.urls[service]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        platform::testing::assert_openapi_matches(service, &served);
+    }
+}

@@ -1,0 +1,412 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use platform::CancellationToken;
+use platform::auth::Role;
+use platform::discovery::{Discovery, LocalDiscovery};
+use platform::runtime::{Serving, serve};
+use platform::testing::smtp::SmtpServer;
+use platform::testing::{TestDb, TestIdentity, redis_prefix, settings};
+use reqwest::{Client, Method, RequestBuilder};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+pub struct Saga {
+    pub identity: TestIdentity,
+    pub client: Client,
+    pub manager: String,
+    pub urls: std::collections::HashMap<&'static str, String>,
+    pub payment: payment::Payment,
+    pub smtp: SmtpServer,
+    stop: CancellationToken,
+    _servers: Vec<Serving>,
+    _dbs: Vec<TestDb>,
+}
+
+impl Drop for Saga {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Saga {
+    pub async fn start() -> Self {
+        let identity = TestIdentity::new();
+        let discovery: Arc<dyn Discovery> = Arc::new(LocalDiscovery::new());
+        let stop = CancellationToken::new();
+        let prefix = redis_prefix();
+        let smtp = SmtpServer::start().await;
+        let names = [
+            "products",
+            "inventory",
+            "cart",
+            "orders",
+            "payment",
+            "users",
+            "notification",
+        ];
+        let dbs: Vec<TestDb> = names.iter().map(|n| TestDb::new(n)).collect();
+        let mut servers = Vec::new();
+        let mut urls = std::collections::HashMap::new();
+        let mut conf = Vec::new();
+        for (name, db) in names.iter().zip(&dbs) {
+            conf.push(
+                settings(name, db, &identity)
+                    .await
+                    .with("redis_prefix", prefix.clone())
+                    .with("webhook_secret", WEBHOOK_SECRET)
+                    .with("jwt_signing_key", identity.signing_pem.clone())
+                    .with("smtp_host", "127.0.0.1")
+                    .with("smtp_port", smtp.port.to_string())
+                    .with("send_interval_ms", "100"),
+            );
+        }
+        let (users_state, app) = users::app(users::UsersConfig::from_settings(&conf[5]).unwrap())
+            .await
+            .unwrap();
+        users_state.background().spawn(&stop);
+        let users_server = serve(
+            "users",
+            app,
+            "127.0.0.1:0",
+            "127.0.0.1",
+            discovery.clone(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let (notification_state, app) = notification::app(
+            notification::NotificationConfig::from_settings(&conf[6]).unwrap(),
+            discovery.clone(),
+        )
+        .await
+        .unwrap();
+        notification_state.background().spawn(&stop);
+        let notification_server = serve(
+            "notification",
+            app,
+            "127.0.0.1:0",
+            "127.0.0.1",
+            discovery.clone(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let (_, app) = products::app(
+            products::ProductsConfig::from_settings(&conf[0]).unwrap(),
+            discovery.clone(),
+        )
+        .await
+        .unwrap();
+        servers.push(
+            serve(
+                "products",
+                app,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery.clone(),
+                stop.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        let (inventory_state, app) = inventory::app(
+            inventory::InventoryConfig::from_settings(&conf[1]).unwrap(),
+            discovery.clone(),
+        )
+        .await
+        .unwrap();
+        inventory_state.background().spawn(&stop);
+        servers.push(
+            serve(
+                "inventory",
+                app,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery.clone(),
+                stop.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        let (cart_state, app) = cart::app(
+            cart::CartConfig::from_settings(&conf[2]).unwrap(),
+            discovery.clone(),
+        )
+        .await
+        .unwrap();
+        cart_state.background().spawn(&stop);
+        servers.push(
+            serve(
+                "cart",
+                app,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery.clone(),
+                stop.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        let (orders_state, app) = orders::app(
+            orders::OrdersConfig::from_settings(&conf[3]).unwrap(),
+            discovery.clone(),
+        )
+        .await
+        .unwrap();
+        orders_state.background().spawn(&stop);
+        servers.push(
+            serve(
+                "orders",
+                app,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery.clone(),
+                stop.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        let (payment_state, app) = payment::app(
+            payment::PaymentConfig::from_settings(&conf[4]).unwrap(),
+            discovery.clone(),
+        )
+        .await
+        .unwrap();
+        payment_state.background().spawn(&stop);
+        servers.push(
+            serve(
+                "payment",
+                app,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery.clone(),
+                stop.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        servers.push(users_server);
+        servers.push(notification_server);
+        for (name, s) in names.into_iter().zip(&servers) {
+            urls.insert(name, s.url());
+        }
+        Self {
+            manager: identity.token(Uuid::now_v7(), Role::Manager),
+            identity,
+            client: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            urls,
+            payment: payment_state,
+            smtp,
+            stop,
+            _servers: servers,
+            _dbs: dbs,
+        }
+    }
+
+    pub fn customer(&self) -> (Uuid, String) {
+        let id = Uuid::now_v7();
+        (id, self.identity.token(id, Role::Customer))
+    }
+
+    pub fn call(&self, service: &str, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.urls[service]))
+            .bearer_auth(token)
+    }
+
+    /// A product with `stock` units available; returns its id.
+    pub async fn product(&self, price: i64, stock: i32) -> Uuid {
+        let slug = format!("c{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let r = self
+            .call(
+                "products",
+                Method::POST,
+                "/api/v1/products/categories",
+                &self.manager,
+            )
+            .json(&json!({"slug": slug, "name": "Things"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let r = self.call("products", Method::POST, "/api/v1/products", &self.manager)
+            .json(&json!({"sku": format!("S-{}", Uuid::new_v4().simple()), "name": "Mug", "description": "A mug",
+                "price": {"amount": price, "currency": "EUR"}, "category": slug, "image_urls": [], "attributes": {}}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let id: Uuid = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let r = self
+            .call(
+                "inventory",
+                Method::PUT,
+                &format!("/api/v1/inventory/{id}"),
+                &self.manager,
+            )
+            .json(&json!({"on_hand": stock, "safety_stock": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        id
+    }
+
+    pub async fn add_to_cart(&self, token: &str, product: Uuid, quantity: i32) {
+        let r = self
+            .call(
+                "cart",
+                Method::PUT,
+                &format!("/api/v1/cart/items/{product}"),
+                token,
+            )
+            .json(&json!({"quantity": quantity}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn checkout(&self, token: &str, key: &str) -> reqwest::Response {
+        self.call("orders", Method::POST, "/api/v1/orders/checkout", token)
+            .header("idempotency-key", key)
+            .json(&json!({"shipping_address": "1 Main St, Springfield"}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pays on the hosted page; returns the redirect's status.
+    pub async fn pay(&self, payment_url: &str, card: &str) -> u16 {
+        let path = payment_url.split("/pay/").nth(1).unwrap();
+        let page = self
+            .client
+            .get(format!("{}/pay/{path}", self.urls["payment"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        assert!(page.text().await.unwrap().contains("<form"));
+        self.client
+            .post(format!("{}/pay/{path}", self.urls["payment"]))
+            .form(&[
+                ("card_number", card),
+                ("expiry", "12/30"),
+                ("cvc", "123"),
+                ("name", "Ada L"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    pub async fn order(&self, token: &str, id: &str) -> Value {
+        self.call(
+            "orders",
+            Method::GET,
+            &format!("/api/v1/orders/{id}"),
+            token,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    }
+
+    pub async fn stock(&self, product: Uuid) -> Value {
+        self.call(
+            "inventory",
+            Method::GET,
+            &format!("/api/v1/inventory/{product}"),
+            &self.manager,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    }
+
+    pub async fn cart_lines(&self, token: &str) -> usize {
+        let cart: Value = self
+            .call("cart", Method::GET, "/api/v1/cart", token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        cart["lines"].as_array().unwrap().len()
+    }
+
+    /// Waits until `check` holds (the events have fanned out), at most 10 s.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Saga {
+    /// The status of a GET of the payment page (410 once it cannot be paid).
+    pub async fn pay_again(&self, payment_url: &str) -> u16 {
+        let path = payment_url.split("/pay/").nth(1).unwrap();
+        self.client
+            .get(format!("{}/pay/{path}", self.urls["payment"]))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+impl Saga {
+    /// A customer registered through users (so notification knows the email), logged in:
+    /// (email, access token).
+    pub async fn registered_customer(&self, name: &str) -> (String, String) {
+        let email = format!("{name}-{}@example.com", Uuid::new_v4().simple());
+        let users = &self.urls["users"];
+        let r = self
+            .client
+            .post(format!("{users}/api/v1/users/register"))
+            .json(&json!({"email": email, "password": "correct horse battery", "name": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let tokens: Value = self
+            .client
+            .post(format!("{users}/api/v1/users/login"))
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (email, tokens["access_token"].as_str().unwrap().to_owned())
+    }
+}
