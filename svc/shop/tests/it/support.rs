@@ -4,7 +4,7 @@ use std::time::Duration;
 use platform::CancellationToken;
 use platform::auth::Role;
 use platform::discovery::{Discovery, LocalDiscovery};
-use platform::runtime::{Serving, serve};
+use platform::runtime::{Background, Serving, serve};
 use platform::testing::smtp::SmtpServer;
 use platform::testing::{TestDb, TestIdentity, redis_prefix, settings};
 use reqwest::{Client, Method, RequestBuilder};
@@ -66,51 +66,36 @@ impl Saga {
         let (users_state, app) = users::app(users::UsersConfig::from_settings(&conf[5]).unwrap())
             .await
             .unwrap();
-        users_state.background().spawn(&stop);
-        let users_server = serve(
-            "users",
-            app,
-            "127.0.0.1:0",
-            "127.0.0.1",
-            discovery.clone(),
-            stop.clone(),
-        )
-        .await
-        .unwrap();
+        let users_server = launch("users", app, users_state.background(), &discovery, &stop).await;
         let (notification_state, app) = notification::app(
             notification::NotificationConfig::from_settings(&conf[6]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        notification_state.background().spawn(&stop);
-        let notification_server = serve(
+        let notification_server = launch(
             "notification",
             app,
-            "127.0.0.1:0",
-            "127.0.0.1",
-            discovery.clone(),
-            stop.clone(),
+            notification_state.background(),
+            &discovery,
+            &stop,
         )
-        .await
-        .unwrap();
-        let (_, app) = products::app(
+        .await;
+        let (products_state, app) = products::app(
             products::ProductsConfig::from_settings(&conf[0]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
         servers.push(
-            serve(
+            launch(
                 "products",
                 app,
-                "127.0.0.1:0",
-                "127.0.0.1",
-                discovery.clone(),
-                stop.clone(),
+                products_state.background(),
+                &discovery,
+                &stop,
             )
-            .await
-            .unwrap(),
+            .await,
         );
         let (inventory_state, app) = inventory::app(
             inventory::InventoryConfig::from_settings(&conf[1]).unwrap(),
@@ -118,18 +103,15 @@ impl Saga {
         )
         .await
         .unwrap();
-        inventory_state.background().spawn(&stop);
         servers.push(
-            serve(
+            launch(
                 "inventory",
                 app,
-                "127.0.0.1:0",
-                "127.0.0.1",
-                discovery.clone(),
-                stop.clone(),
+                inventory_state.background(),
+                &discovery,
+                &stop,
             )
-            .await
-            .unwrap(),
+            .await,
         );
         let (cart_state, app) = cart::app(
             cart::CartConfig::from_settings(&conf[2]).unwrap(),
@@ -137,56 +119,29 @@ impl Saga {
         )
         .await
         .unwrap();
-        cart_state.background().spawn(&stop);
-        servers.push(
-            serve(
-                "cart",
-                app,
-                "127.0.0.1:0",
-                "127.0.0.1",
-                discovery.clone(),
-                stop.clone(),
-            )
-            .await
-            .unwrap(),
-        );
+        servers.push(launch("cart", app, cart_state.background(), &discovery, &stop).await);
         let (orders_state, app) = orders::app(
             orders::OrdersConfig::from_settings(&conf[3]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        orders_state.background().spawn(&stop);
-        servers.push(
-            serve(
-                "orders",
-                app,
-                "127.0.0.1:0",
-                "127.0.0.1",
-                discovery.clone(),
-                stop.clone(),
-            )
-            .await
-            .unwrap(),
-        );
+        servers.push(launch("orders", app, orders_state.background(), &discovery, &stop).await);
         let (payment_state, app) = payment::app(
             payment::PaymentConfig::from_settings(&conf[4]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        payment_state.background().spawn(&stop);
         servers.push(
-            serve(
+            launch(
                 "payment",
                 app,
-                "127.0.0.1:0",
-                "127.0.0.1",
-                discovery.clone(),
-                stop.clone(),
+                payment_state.background(),
+                &discovery,
+                &stop,
             )
-            .await
-            .unwrap(),
+            .await,
         );
         servers.push(users_server);
         servers.push(notification_server);
@@ -409,4 +364,29 @@ impl Saga {
             .unwrap();
         (email, tokens["access_token"].as_str().unwrap().to_owned())
     }
+}
+
+/// Runs a service's background tasks and serves it on port 0, registered in `discovery`.
+async fn launch<E>(
+    name: &str,
+    app: E,
+    background: Background,
+    discovery: &Arc<dyn Discovery>,
+    stop: &CancellationToken,
+) -> Serving
+where
+    E: poem::IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    background.spawn(stop);
+    serve(
+        name,
+        app,
+        "127.0.0.1:0",
+        "127.0.0.1",
+        discovery.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap()
 }
