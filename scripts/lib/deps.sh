@@ -69,6 +69,11 @@ ensure_redis() {
   fi
 }
 
+# deploy's tests run `vagrant validate` on the Vagrantfile (no VM provider needed).
+ensure_vagrant() {
+  if ! command -v vagrant >/dev/null; then apt_install vagrant; fi
+}
+
 # The notification tests send real SMTP to Python's aiosmtpd.
 ensure_aiosmtpd() {
   if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then

@@ -299,6 +299,16 @@ impl Settings {
             for pair in source.list(&prefix).await? {
                 values.insert(pair.key[prefix.len()..].to_owned(), pair.value);
             }
+            // The environment overrides whatever the source says, Consul's KV included, and
+            // can add keys the source lacks (secrets rendered by a Nomad template).
+            let env_prefix = env_name(&prefix);
+            for (name, value) in std::env::vars() {
+                if let Some(key) = name.strip_prefix(&env_prefix)
+                    && !key.is_empty()
+                {
+                    values.insert(key.to_ascii_lowercase(), value);
+                }
+            }
         }
         Ok(Self {
             service: service.to_owned(),

@@ -166,6 +166,13 @@ where
 {
     let bind: String = settings.get_or("http_bind", default_bind.to_owned())?;
     let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
+    // Under Nomad the job's service block registers the instance; registering again from
+    // here would list it twice.
+    let discovery: Arc<dyn Discovery> = if settings.get_or("self_register", true)? {
+        discovery
+    } else {
+        Arc::new(crate::discovery::LocalDiscovery::new())
+    };
     let shutdown = CancellationToken::new();
     let tasks = background.spawn(&shutdown);
     let serving = serve(service, app, &bind, &advertise, discovery, shutdown.clone()).await?;

@@ -170,6 +170,8 @@ pub async fn settings(
         .with("redis_prefix", redis_prefix())
         .with("jwt_public_keys", identity.jwks.clone())
         .with("internal_token", INTERNAL_TOKEN)
+        // Many services run in one test process against one Postgres: keep each pool small.
+        .with("database_max_connections", "3")
 }
 
 /// Asserts a problem+json answer with `status`; returns its body.

@@ -106,6 +106,7 @@ pub fn routes<T: OpenApi + 'static>(
 ) -> impl Endpoint<Output = Response> {
     crate::metrics::handle();
     let spec = api.spec();
+    let allowed = Arc::new(AllowedMethods::from_spec(&spec));
     let docs = api.swagger_ui();
     let checks = Arc::new(checks);
     Route::new()
@@ -128,6 +129,21 @@ pub fn routes<T: OpenApi + 'static>(
             }),
         )
         .nest("/", api.into_endpoint())
+        .around(move |ep, req| {
+            let allowed = allowed.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                match ep.call(req).await {
+                    Err(err) if err.status() == StatusCode::METHOD_NOT_ALLOWED => {
+                        // RFC 9110: a 405 names the methods the resource has.
+                        let mut problem = crate::problem::Problem::from_poem(&err);
+                        problem.allow = allowed.for_path(&path);
+                        Ok(problem.into_response())
+                    }
+                    other => other.map(IntoResponse::into_response),
+                }
+            }
+        })
         .with(RequestContext::new(service, max_body_bytes))
 }
 
@@ -155,4 +171,42 @@ pub fn next_page<T>(
     }
     rows.truncate(limit as usize);
     rows.last().map(key)
+}
+
+/// The methods of each path of an OpenAPI document, for the `Allow` header of a 405.
+struct AllowedMethods(Vec<(Vec<String>, String)>);
+
+impl AllowedMethods {
+    fn from_spec(spec: &str) -> Self {
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        Self(
+            paths
+                .into_iter()
+                .map(|(path, item)| {
+                    let methods: Vec<String> = item
+                        .as_object()
+                        .map(|ops| ops.keys().map(|m| m.to_ascii_uppercase()).collect())
+                        .unwrap_or_default();
+                    (
+                        path.split('/').map(str::to_owned).collect(),
+                        methods.join(", "),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The methods of the documented path that `path` matches (`{param}` matches a segment).
+    fn for_path(&self, path: &str) -> Option<String> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.0.iter().find_map(|(template, methods)| {
+            let matches = template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s);
+            matches.then(|| methods.clone())
+        })
+    }
 }

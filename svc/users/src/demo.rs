@@ -42,6 +42,18 @@ pub async fn ensure_account(
     if created {
         store::mark_verified(&mut *tx, id, false).await?;
         store::set_roles(&mut *tx, id, roles).await?;
+        // Tells notification who this is, as a registration would.
+        let event = contracts::events::UserRegistered {
+            user_id: id,
+            email: email.to_owned(),
+            name: name.to_owned(),
+            phone: None,
+            verification_url: format!(
+                "{}/api/v1/users/me",
+                users.config.public_base_url.trim_end_matches('/')
+            ),
+        };
+        platform::outbox::enqueue(&mut tx, &event, crate::SERVICE, None).await?;
     }
     tx.commit().await?;
     Ok(created)

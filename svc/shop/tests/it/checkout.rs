@@ -374,3 +374,61 @@ async fn the_committed_openapi_documents_of_orders_and_payment_match_the_code() 
         platform::testing::assert_openapi_matches(service, &served);
     }
 }
+
+#[tokio::test]
+async fn payment_killed_after_committing_a_payment_publishes_it_once_after_restart() {
+    let saga = Saga::start().await;
+    let (email, gus) = saga.registered_customer("gus").await;
+    let mug = saga.product(1250, 5).await;
+    saga.add_to_cart(&gus, mug, 1).await;
+    let placed: Value = saga.checkout(&gus, "k").await.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    saga.kill_payment_tasks();
+    assert_eq!(
+        saga.pay(
+            placed["payment_url"].as_str().unwrap(),
+            "4242 4242 4242 4242"
+        )
+        .await,
+        303
+    );
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(saga.payment.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        unsent, 1,
+        "the payment is committed with its event, which nobody sent"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(order_status(&saga, &gus, &order_id).await, "PENDING");
+
+    saga.restart_payment_tasks();
+    saga.eventually("the order is PAID", || async {
+        order_status(&saga, &gus, &order_id).await == "PAID"
+    })
+    .await;
+    saga.eventually("stock is deducted", || async {
+        saga.stock(mug).await["on_hand"] == 4
+    })
+    .await;
+    let confirmations = || {
+        saga.smtp
+            .messages_to(&email)
+            .into_iter()
+            .filter(|m| m["body"].as_str().unwrap_or("").contains(&order_id))
+            .count()
+    };
+    saga.eventually("the confirmation email arrived", || async {
+        confirmations() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(confirmations(), 1, "one email");
+    let stock = saga.stock(mug).await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(4), Some(0)),
+        "deducted once"
+    );
+}

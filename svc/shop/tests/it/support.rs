@@ -13,12 +13,19 @@ use uuid::Uuid;
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
+/// A saga runs seven services, each with its own database pool: a few at a time keep the
+/// tests within Postgres's connection limit.
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 pub struct Saga {
+    _turn: tokio::sync::SemaphorePermit<'static>,
     pub identity: TestIdentity,
     pub client: Client,
     pub manager: String,
     pub urls: std::collections::HashMap<&'static str, String>,
     pub payment: payment::Payment,
+    /// Payment's relay, sweeper and consumer, run apart so that a test can kill them.
+    payment_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     pub smtp: SmtpServer,
     stop: CancellationToken,
     _servers: Vec<Serving>,
@@ -33,6 +40,10 @@ impl Drop for Saga {
 
 impl Saga {
     pub async fn start() -> Self {
+        let turn = RUNNING
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let identity = TestIdentity::new();
         let discovery: Arc<dyn Discovery> = Arc::new(LocalDiscovery::new());
         let stop = CancellationToken::new();
@@ -133,16 +144,7 @@ impl Saga {
         )
         .await
         .unwrap();
-        servers.push(
-            launch(
-                "payment",
-                app,
-                payment_state.background(),
-                &discovery,
-                &stop,
-            )
-            .await,
-        );
+        servers.push(launch("payment", app, Background::default(), &discovery, &stop).await);
         servers.push(users_server);
         servers.push(notification_server);
         for (name, s) in names.into_iter().zip(&servers) {
@@ -156,6 +158,8 @@ impl Saga {
                 .build()
                 .unwrap(),
             urls,
+            _turn: turn,
+            payment_tasks: std::sync::Mutex::new(payment_state.background().spawn(&stop)),
             payment: payment_state,
             smtp,
             stop,
@@ -389,4 +393,18 @@ where
     )
     .await
     .unwrap()
+}
+
+impl Saga {
+    /// Ends payment's background tasks at once, as a `kill -9` would: no last relay pass.
+    pub fn kill_payment_tasks(&self) {
+        for task in self.payment_tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Starts payment's background tasks again, as a restarted process does.
+    pub fn restart_payment_tasks(&self) {
+        *self.payment_tasks.lock().unwrap() = self.payment.background().spawn(&self.stop);
+    }
 }

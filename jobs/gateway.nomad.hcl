@@ -1,0 +1,133 @@
+# MicroMart gateway: the public entry point: routing, CORS, rate limits, circuit breakers.
+#
+#   nomad job run -var bin_dir=/opt/micromart/bin jobs/gateway.nomad.hcl
+#
+# Config: Consul KV under micromart/shared/ and micromart/gateway/ (consul/kv.json, imported
+# with `consul kv import`), rendered into the environment by the template below. Secrets: the
+# Nomad variable nomad/jobs/gateway. See jobs/README.md.
+
+variable "bin_dir" {
+  type        = string
+  description = "Directory holding the release binaries (cargo build --release)."
+  default     = "/opt/micromart/bin"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "consul_http_addr" {
+  type        = string
+  description = "The Consul agent the service reads its KV config from."
+  default     = "127.0.0.1:8500"
+}
+
+job "gateway" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "gateway" {
+    count = 1
+
+    network {
+      port "http" {
+        # The KV default of micromart/gateway/http_bind (consul/KEYS.md).
+        static = 7082
+      }
+    }
+
+    # Rolling updates, one allocation at a time, promoted only once the Consul check
+    # below passes; a release that never becomes healthy is rolled back.
+    update {
+      max_parallel      = 1
+      health_check      = "checks"
+      min_healthy_time  = "10s"
+      healthy_deadline  = "3m"
+      progress_deadline = "10m"
+      auto_revert       = true
+    }
+
+    restart {
+      attempts = 3
+      interval = "5m"
+      delay    = "15s"
+      mode     = "fail"
+    }
+
+    reschedule {
+      delay          = "30s"
+      delay_function = "exponential"
+      max_delay      = "10m"
+      unlimited      = true
+    }
+
+    # The source of truth for this service in Consul (see jobs/README.md, "Registration").
+    service {
+      name     = "gateway"
+      provider = "consul"
+      port     = "http"
+      tags     = ["micromart", "nomad"]
+
+      check {
+        name     = "gateway /health"
+        type     = "http"
+        path     = "/health"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+
+    task "gateway" {
+      driver = "raw_exec"
+
+      config {
+        command = "${var.bin_dir}/gateway"
+      }
+
+      env {
+        CONSUL_HTTP_ADDR = var.consul_http_addr
+        # Listen on the port Nomad allocated; the KV value of http_bind is deliberately not
+        # rendered below (template env would override this).
+        MICROMART_GATEWAY_HTTP_BIND = "0.0.0.0:${NOMAD_PORT_http}"
+        # The service block above registers this instance; the binary must not do it again.
+        MICROMART_GATEWAY_SELF_REGISTER = "false"
+        RUST_LOG = "info"
+      }
+
+      # Every non-secret key the service reads (consul/KEYS.md), but http_bind. A change
+      # in KV restarts the task with the new value.
+      template {
+        destination = "local/config.env"
+        env         = true
+        change_mode = "restart"
+        splay       = "10s"
+        data        = <<-EOT
+          MICROMART_SHARED_REDIS_URL={{ key "micromart/shared/redis_url" | toJSON }}
+          MICROMART_SHARED_REDIS_PREFIX={{ key "micromart/shared/redis_prefix" | toJSON }}
+          MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
+          MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
+          MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_GATEWAY_MAX_BODY_BYTES={{ key "micromart/gateway/max_body_bytes" | toJSON }}
+          MICROMART_GATEWAY_UPSTREAM_TIMEOUT_MS={{ key "micromart/gateway/upstream_timeout_ms" | toJSON }}
+          MICROMART_GATEWAY_BREAKER_WINDOW={{ key "micromart/gateway/breaker_window" | toJSON }}
+          MICROMART_GATEWAY_BREAKER_FAILURE_RATE_PERCENT={{ key "micromart/gateway/breaker_failure_rate_percent" | toJSON }}
+          MICROMART_GATEWAY_BREAKER_OPEN_MS={{ key "micromart/gateway/breaker_open_ms" | toJSON }}
+          MICROMART_GATEWAY_BREAKER_HALF_OPEN_CALLS={{ key "micromart/gateway/breaker_half_open_calls" | toJSON }}
+          MICROMART_GATEWAY_CORS_ALLOWED_ORIGINS={{ key "micromart/gateway/cors_allowed_origins" | toJSON }}
+          MICROMART_GATEWAY_RATE_LIMIT_PER_SECOND={{ key "micromart/gateway/rate_limit_per_second" | toJSON }}
+          MICROMART_GATEWAY_RATE_LIMIT_BURST={{ key "micromart/gateway/rate_limit_burst" | toJSON }}
+          MICROMART_GATEWAY_WATCH_WAIT_SECONDS={{ key "micromart/gateway/watch_wait_seconds" | toJSON }}
+        EOT
+      }
+
+      # Measured, not guessed: the whole shop (all 8 services in one process, svc/shop)
+      # idles at about 80 MB RSS on the development machine; 128 MB per service leaves
+      # room for its own runtime, pools and load. Revisit with per-service measurements.
+      resources {
+        cpu    = 200
+        memory = 128
+      }
+    }
+  }
+}

@@ -1,0 +1,142 @@
+# MicroMart orders: checkout and the order status machine.
+#
+#   nomad job run -var bin_dir=/opt/micromart/bin jobs/orders.nomad.hcl
+#
+# Config: Consul KV under micromart/shared/ and micromart/orders/ (consul/kv.json, imported
+# with `consul kv import`), rendered into the environment by the template below. Secrets: the
+# Nomad variable nomad/jobs/orders. See jobs/README.md.
+
+variable "bin_dir" {
+  type        = string
+  description = "Directory holding the release binaries (cargo build --release)."
+  default     = "/opt/micromart/bin"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "consul_http_addr" {
+  type        = string
+  description = "The Consul agent the service reads its KV config from."
+  default     = "127.0.0.1:8500"
+}
+
+job "orders" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "orders" {
+    count = 1
+
+    network {
+      port "http" {
+        # The KV default of micromart/orders/http_bind (consul/KEYS.md).
+        static = 7063
+      }
+    }
+
+    # Rolling updates, one allocation at a time, promoted only once the Consul check
+    # below passes; a release that never becomes healthy is rolled back.
+    update {
+      max_parallel      = 1
+      health_check      = "checks"
+      min_healthy_time  = "10s"
+      healthy_deadline  = "3m"
+      progress_deadline = "10m"
+      auto_revert       = true
+    }
+
+    restart {
+      attempts = 3
+      interval = "5m"
+      delay    = "15s"
+      mode     = "fail"
+    }
+
+    reschedule {
+      delay          = "30s"
+      delay_function = "exponential"
+      max_delay      = "10m"
+      unlimited      = true
+    }
+
+    # The source of truth for this service in Consul (see jobs/README.md, "Registration").
+    service {
+      name     = "orders"
+      provider = "consul"
+      port     = "http"
+      tags     = ["micromart", "nomad"]
+
+      check {
+        name     = "orders /health"
+        type     = "http"
+        path     = "/health"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+
+    task "orders" {
+      driver = "raw_exec"
+
+      config {
+        command = "${var.bin_dir}/orders"
+      }
+
+      env {
+        CONSUL_HTTP_ADDR = var.consul_http_addr
+        # Listen on the port Nomad allocated; the KV value of http_bind is deliberately not
+        # rendered below (template env would override this).
+        MICROMART_ORDERS_HTTP_BIND = "0.0.0.0:${NOMAD_PORT_http}"
+        # The service block above registers this instance; the binary must not do it again.
+        MICROMART_ORDERS_SELF_REGISTER = "false"
+        RUST_LOG = "info"
+      }
+
+      # Every non-secret key the service reads (consul/KEYS.md), but http_bind. A change
+      # in KV restarts the task with the new value.
+      template {
+        destination = "local/config.env"
+        env         = true
+        change_mode = "restart"
+        splay       = "10s"
+        data        = <<-EOT
+          MICROMART_SHARED_REDIS_URL={{ key "micromart/shared/redis_url" | toJSON }}
+          MICROMART_SHARED_REDIS_PREFIX={{ key "micromart/shared/redis_prefix" | toJSON }}
+          MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
+          MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
+          MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_ORDERS_DATABASE_URL={{ key "micromart/orders/database_url" | toJSON }}
+          MICROMART_ORDERS_CALL_TIMEOUT_MS={{ key "micromart/orders/call_timeout_ms" | toJSON }}
+          MICROMART_ORDERS_RESERVATION_TTL_SECONDS={{ key "micromart/orders/reservation_ttl_seconds" | toJSON }}
+        EOT
+      }
+
+      # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
+      # nomad/jobs/orders, items: internal_token, pgpassword.
+      # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
+      template {
+        destination = "secrets/secrets.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/orders" }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
+          {{ end }}
+        EOT
+      }
+
+      # Measured, not guessed: the whole shop (all 8 services in one process, svc/shop)
+      # idles at about 80 MB RSS on the development machine; 128 MB per service leaves
+      # room for its own runtime, pools and load. Revisit with per-service measurements.
+      resources {
+        cpu    = 200
+        memory = 128
+      }
+    }
+  }
+}

@@ -1,0 +1,143 @@
+# MicroMart products: the catalogue.
+#
+#   nomad job run -var bin_dir=/opt/micromart/bin jobs/products.nomad.hcl
+#
+# Config: Consul KV under micromart/shared/ and micromart/products/ (consul/kv.json, imported
+# with `consul kv import`), rendered into the environment by the template below. Secrets: the
+# Nomad variable nomad/jobs/products. See jobs/README.md.
+
+variable "bin_dir" {
+  type        = string
+  description = "Directory holding the release binaries (cargo build --release)."
+  default     = "/opt/micromart/bin"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "consul_http_addr" {
+  type        = string
+  description = "The Consul agent the service reads its KV config from."
+  default     = "127.0.0.1:8500"
+}
+
+job "products" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "products" {
+    count = 1
+
+    network {
+      port "http" {
+        # The KV default of micromart/products/http_bind (consul/KEYS.md).
+        static = 7016
+      }
+    }
+
+    # Rolling updates, one allocation at a time, promoted only once the Consul check
+    # below passes; a release that never becomes healthy is rolled back.
+    update {
+      max_parallel      = 1
+      health_check      = "checks"
+      min_healthy_time  = "10s"
+      healthy_deadline  = "3m"
+      progress_deadline = "10m"
+      auto_revert       = true
+    }
+
+    restart {
+      attempts = 3
+      interval = "5m"
+      delay    = "15s"
+      mode     = "fail"
+    }
+
+    reschedule {
+      delay          = "30s"
+      delay_function = "exponential"
+      max_delay      = "10m"
+      unlimited      = true
+    }
+
+    # The source of truth for this service in Consul (see jobs/README.md, "Registration").
+    service {
+      name     = "products"
+      provider = "consul"
+      port     = "http"
+      tags     = ["micromart", "nomad"]
+
+      check {
+        name     = "products /health"
+        type     = "http"
+        path     = "/health"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+
+    task "products" {
+      driver = "raw_exec"
+
+      config {
+        command = "${var.bin_dir}/products"
+      }
+
+      env {
+        CONSUL_HTTP_ADDR = var.consul_http_addr
+        # Listen on the port Nomad allocated; the KV value of http_bind is deliberately not
+        # rendered below (template env would override this).
+        MICROMART_PRODUCTS_HTTP_BIND = "0.0.0.0:${NOMAD_PORT_http}"
+        # The service block above registers this instance; the binary must not do it again.
+        MICROMART_PRODUCTS_SELF_REGISTER = "false"
+        RUST_LOG = "info"
+      }
+
+      # Every non-secret key the service reads (consul/KEYS.md), but http_bind. A change
+      # in KV restarts the task with the new value.
+      template {
+        destination = "local/config.env"
+        env         = true
+        change_mode = "restart"
+        splay       = "10s"
+        data        = <<-EOT
+          MICROMART_SHARED_REDIS_URL={{ key "micromart/shared/redis_url" | toJSON }}
+          MICROMART_SHARED_REDIS_PREFIX={{ key "micromart/shared/redis_prefix" | toJSON }}
+          MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
+          MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
+          MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_PRODUCTS_DATABASE_URL={{ key "micromart/products/database_url" | toJSON }}
+          MICROMART_PRODUCTS_DATABASE_MAX_CONNECTIONS={{ key "micromart/products/database_max_connections" | toJSON }}
+          MICROMART_PRODUCTS_MAX_BODY_BYTES={{ key "micromart/products/max_body_bytes" | toJSON }}
+          MICROMART_PRODUCTS_CALL_TIMEOUT_MS={{ key "micromart/products/call_timeout_ms" | toJSON }}
+        EOT
+      }
+
+      # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
+      # nomad/jobs/products, items: internal_token, pgpassword.
+      # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
+      template {
+        destination = "secrets/secrets.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/products" }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
+          {{ end }}
+        EOT
+      }
+
+      # Measured, not guessed: the whole shop (all 8 services in one process, svc/shop)
+      # idles at about 80 MB RSS on the development machine; 128 MB per service leaves
+      # room for its own runtime, pools and load. Revisit with per-service measurements.
+      resources {
+        cpu    = 200
+        memory = 128
+      }
+    }
+  }
+}

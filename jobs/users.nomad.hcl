@@ -1,0 +1,151 @@
+# MicroMart users: accounts, login, tokens, JWKS.
+#
+#   nomad job run -var bin_dir=/opt/micromart/bin jobs/users.nomad.hcl
+#
+# Config: Consul KV under micromart/shared/ and micromart/users/ (consul/kv.json, imported
+# with `consul kv import`), rendered into the environment by the template below. Secrets: the
+# Nomad variable nomad/jobs/users. See jobs/README.md.
+
+variable "bin_dir" {
+  type        = string
+  description = "Directory holding the release binaries (cargo build --release)."
+  default     = "/opt/micromart/bin"
+}
+
+variable "datacenters" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "consul_http_addr" {
+  type        = string
+  description = "The Consul agent the service reads its KV config from."
+  default     = "127.0.0.1:8500"
+}
+
+job "users" {
+  type        = "service"
+  datacenters = var.datacenters
+
+  group "users" {
+    count = 1
+
+    network {
+      port "http" {
+        # No static port: Nomad picks one (the KV default 0.0.0.0:0 lets the OS choose; under
+        # Nomad the bind below uses the port Nomad allocated, and Consul tells the gateway).
+      }
+    }
+
+    # Rolling updates, one allocation at a time, promoted only once the Consul check
+    # below passes; a release that never becomes healthy is rolled back.
+    update {
+      max_parallel      = 1
+      health_check      = "checks"
+      min_healthy_time  = "10s"
+      healthy_deadline  = "3m"
+      progress_deadline = "10m"
+      auto_revert       = true
+    }
+
+    restart {
+      attempts = 3
+      interval = "5m"
+      delay    = "15s"
+      mode     = "fail"
+    }
+
+    reschedule {
+      delay          = "30s"
+      delay_function = "exponential"
+      max_delay      = "10m"
+      unlimited      = true
+    }
+
+    # The source of truth for this service in Consul (see jobs/README.md, "Registration").
+    service {
+      name     = "users"
+      provider = "consul"
+      port     = "http"
+      tags     = ["micromart", "nomad"]
+
+      check {
+        name     = "users /health"
+        type     = "http"
+        path     = "/health"
+        interval = "5s"
+        timeout  = "2s"
+      }
+    }
+
+    task "users" {
+      driver = "raw_exec"
+
+      config {
+        command = "${var.bin_dir}/users"
+      }
+
+      env {
+        CONSUL_HTTP_ADDR = var.consul_http_addr
+        # Listen on the port Nomad allocated; the KV value of http_bind is deliberately not
+        # rendered below (template env would override this).
+        MICROMART_USERS_HTTP_BIND = "0.0.0.0:${NOMAD_PORT_http}"
+        # The service block above registers this instance; the binary must not do it again.
+        MICROMART_USERS_SELF_REGISTER = "false"
+        RUST_LOG = "info"
+      }
+
+      # Every non-secret key the service reads (consul/KEYS.md), but http_bind. A change
+      # in KV restarts the task with the new value.
+      template {
+        destination = "local/config.env"
+        env         = true
+        change_mode = "restart"
+        splay       = "10s"
+        data        = <<-EOT
+          MICROMART_SHARED_REDIS_URL={{ key "micromart/shared/redis_url" | toJSON }}
+          MICROMART_SHARED_REDIS_PREFIX={{ key "micromart/shared/redis_prefix" | toJSON }}
+          MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
+          MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
+          MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_USERS_DATABASE_URL={{ key "micromart/users/database_url" | toJSON }}
+          MICROMART_USERS_DATABASE_MAX_CONNECTIONS={{ key "micromart/users/database_max_connections" | toJSON }}
+          MICROMART_USERS_ACCESS_TOKEN_TTL_SECONDS={{ key "micromart/users/access_token_ttl_seconds" | toJSON }}
+          MICROMART_USERS_REFRESH_TOKEN_TTL_SECONDS={{ key "micromart/users/refresh_token_ttl_seconds" | toJSON }}
+          MICROMART_USERS_VERIFICATION_TTL_SECONDS={{ key "micromart/users/verification_ttl_seconds" | toJSON }}
+          MICROMART_USERS_PASSWORD_RESET_TTL_SECONDS={{ key "micromart/users/password_reset_ttl_seconds" | toJSON }}
+          MICROMART_USERS_ADMIN_EMAIL={{ key "micromart/users/admin_email" | toJSON }}
+          MICROMART_USERS_PUBLIC_BASE_URL={{ key "micromart/users/public_base_url" | toJSON }}
+          MICROMART_USERS_LOGIN_MAX_FAILURES={{ key "micromart/users/login_max_failures" | toJSON }}
+          MICROMART_USERS_LOGIN_FAILURE_WINDOW_SECONDS={{ key "micromart/users/login_failure_window_seconds" | toJSON }}
+          MICROMART_USERS_LOGIN_LOCKOUT_SECONDS={{ key "micromart/users/login_lockout_seconds" | toJSON }}
+          MICROMART_USERS_MAX_BODY_BYTES={{ key "micromart/users/max_body_bytes" | toJSON }}
+        EOT
+      }
+
+      # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
+      # nomad/jobs/users, items: jwt_signing_key, pgpassword.
+      # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
+      template {
+        destination = "secrets/secrets.env"
+        env         = true
+        change_mode = "restart"
+        data        = <<-EOT
+          {{ with nomadVar "nomad/jobs/users" }}
+          MICROMART_USERS_JWT_SIGNING_KEY={{ .jwt_signing_key | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
+          {{ end }}
+        EOT
+      }
+
+      # Measured, not guessed: the whole shop (all 8 services in one process, svc/shop)
+      # idles at about 80 MB RSS on the development machine; 128 MB per service leaves
+      # room for its own runtime, pools and load. Revisit with per-service measurements.
+      resources {
+        cpu    = 200
+        memory = 128
+      }
+    }
+  }
+}
