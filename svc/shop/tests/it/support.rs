@@ -18,7 +18,6 @@ pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
 
 pub struct Saga {
-    _turn: tokio::sync::SemaphorePermit<'static>,
     pub identity: TestIdentity,
     pub client: Client,
     pub manager: String,
@@ -30,6 +29,8 @@ pub struct Saga {
     stop: CancellationToken,
     _servers: Vec<Serving>,
     _dbs: Vec<TestDb>,
+    /// Last, so that it is released only once the databases are gone.
+    _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
 impl Drop for Saga {
