@@ -131,9 +131,10 @@ job "inventory" {
         EOT
       }
 
-      # Measured, not guessed: the whole shop (all 8 services in one process, svc/shop)
-      # idles at about 80 MB RSS on the development machine; 128 MB per service leaves
-      # room for its own runtime, pools and load. Revisit with per-service measurements.
+      # Measured, not guessed (`ps -o rss` on the development machine, release builds): the
+      # users binary alone idles at 18 MB RSS and the whole shop (8 services in one process)
+      # at 43 MB; under load (scripts/bench) it stays well below 128 MB per service, which
+      # leaves room for pools, argon2's 19 MiB per concurrent hash and bursts.
       resources {
         cpu    = 200
         memory = 128

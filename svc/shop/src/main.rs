@@ -27,6 +27,12 @@ async fn main() -> Result<(), BoxError> {
             &boot::dev_internal_token()?,
         )
         .await?;
+    config
+        .set(
+            "micromart/payment/webhook_secret",
+            &boot::dev_random_secret("payment-webhook-secret")?,
+        )
+        .await?;
     let env = Environment::local(config);
     let shutdown = CancellationToken::new();
     let mut running = Running::default();

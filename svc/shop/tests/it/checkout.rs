@@ -432,3 +432,96 @@ async fn payment_killed_after_committing_a_payment_publishes_it_once_after_resta
         "deducted once"
     );
 }
+
+#[tokio::test]
+async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
+    let saga = Saga::start().await;
+    let (_, hal) = saga.customer();
+    let (_, ivy) = saga.customer();
+    let admin = saga
+        .identity
+        .token(Uuid::now_v7(), platform::auth::Role::Admin);
+    let mug = saga.product(1250, 5).await;
+    saga.add_to_cart(&hal, mug, 2).await;
+    let placed: Value = saga.checkout(&hal, "k").await.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        saga.pay(placed["payment_url"].as_str().unwrap(), "4242424242424242")
+            .await,
+        303
+    );
+    saga.eventually("the order is PAID", || async {
+        order_status(&saga, &hal, &order_id).await == "PAID"
+    })
+    .await;
+    saga.eventually("stock is deducted", || async {
+        saga.stock(mug).await["on_hand"] == 3
+    })
+    .await;
+    let payments: Value = saga
+        .call("payment", Method::GET, "/api/v1/payments", &hal)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let payment_id = payments["items"][0]["id"].as_str().unwrap().to_owned();
+
+    expect_problem(
+        saga.call(
+            "payment",
+            Method::GET,
+            &format!("/api/v1/payments/{payment_id}"),
+            &ivy,
+        )
+        .send()
+        .await
+        .unwrap(),
+        404,
+    )
+    .await;
+    let ivys: Value = saga
+        .call("payment", Method::GET, "/api/v1/payments", &ivy)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ivys["items"], serde_json::json!([]));
+    let refund = format!("/api/v1/payments/{payment_id}/refund");
+    expect_problem(
+        saga.call("payment", Method::POST, &refund, &hal)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+
+    let refunded = saga
+        .call("payment", Method::POST, &refund, &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refunded.status(), 200);
+    expect_problem(
+        saga.call("payment", Method::POST, &refund, &admin)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    saga.eventually("the order is REFUNDED", || async {
+        order_status(&saga, &hal, &order_id).await == "REFUNDED"
+    })
+    .await;
+    saga.eventually("the goods are back on hand", || async {
+        saga.stock(mug).await["on_hand"] == 5
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(saga.stock(mug).await["on_hand"], 5, "restocked once");
+}
