@@ -79,3 +79,80 @@ async fn users_on_port_zero_is_found_through_discovery() {
         "deregistered on shutdown"
     );
 }
+
+/// The operators' path without Nomad: the KV seed imported into Consul (here its HTTP double),
+/// the service configured from Consul KV and registered in Consul, found by a resolve.
+#[tokio::test]
+async fn users_runs_in_consul_mode_from_the_imported_kv_seed() {
+    use platform::config::{ConfigSource, SeedEntry, Settings, default_seed_path};
+    use platform::consul::Consul;
+    use platform::testing::consul_double::ConsulDouble;
+
+    let double = ConsulDouble::start().await;
+    let seed: Vec<SeedEntry> =
+        serde_json::from_str(&std::fs::read_to_string(default_seed_path()).unwrap()).unwrap();
+    double.import(&seed);
+    let consul = Arc::new(Consul::new(&double.url(), None).unwrap());
+    let db = platform::testing::TestDb::new("users_consul");
+    // What a deployment puts in KV for its own environment (the signing key would come from a
+    // Nomad variable through the environment; KV stands in for it here).
+    for (key, value) in [
+        ("micromart/users/database_url", db.url.clone()),
+        ("micromart/shared/redis_url", platform::testing::redis_url()),
+        (
+            "micromart/shared/redis_prefix",
+            platform::testing::redis_prefix(),
+        ),
+        (
+            "micromart/users/jwt_signing_key",
+            platform::auth::SigningKey::generate_pem(),
+        ),
+    ] {
+        consul.set(key, &value).await.unwrap();
+    }
+    let settings = Settings::load(consul.as_ref(), "users").await.unwrap();
+    assert_eq!(
+        settings.raw("login_max_failures"),
+        Some("5"),
+        "defaults come from the imported seed"
+    );
+    let (_, app) = users::app(users::UsersConfig::from_settings(&settings).unwrap())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let serving = platform::runtime::serve(
+        "users",
+        app,
+        "127.0.0.1:0",
+        "127.0.0.1",
+        consul.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let instance = loop {
+        if let Some(i) = consul.resolve("users").await.unwrap().into_iter().next() {
+            break i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "users never passed its Consul check"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(instance.port, serving.addr.port());
+    let registered = reqwest::Client::new()
+        .post(format!("{}/api/v1/users/register", instance.base_url()))
+        .json(&serde_json::json!({"email": "consul@example.com", "password": "correct horse battery", "name": "C"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    shutdown.cancel();
+    serving.task.await.unwrap().unwrap();
+    assert!(
+        consul.resolve("users").await.unwrap().is_empty(),
+        "deregistered from Consul on shutdown"
+    );
+}
