@@ -44,6 +44,7 @@ pub struct ProblemBody {
     pub instance: Option<String>,
     /// For validation errors: each field that was wrong.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[oai(default, skip_serializing_if_is_empty)]
     pub errors: Vec<FieldError>,
 }
 
