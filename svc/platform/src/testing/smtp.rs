@@ -66,11 +66,27 @@ fn require_aiosmtpd() {
 }
 
 impl SmtpServer {
+    /// On a free port. A port found free can be taken by another test before aiosmtpd binds
+    /// it, so a server that fails to start is retried on another port.
     pub async fn start() -> Self {
-        Self::start_on(free_port()).await
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start_on(free_port()).await {
+                return server;
+            }
+        }
+        panic!("the SMTP server (aiosmtpd) did not start on any of 5 free ports");
     }
 
     pub async fn start_on(port: u16) -> Self {
+        Self::try_start_on(port)
+            .await
+            .unwrap_or_else(|| panic!("the SMTP server (aiosmtpd) did not start on port {port}"))
+    }
+
+    /// Starts aiosmtpd and waits for its own "ready" line, printed only once it has bound
+    /// the port (probing the port instead could find another test's server there).
+    async fn try_start_on(port: u16) -> Option<Self> {
+        use tokio::io::AsyncBufReadExt;
         require_aiosmtpd();
         let dir = std::env::temp_dir().join(format!("mm-smtp-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -79,28 +95,22 @@ impl SmtpServer {
             .arg(SMTP_SCRIPT)
             .arg(port.to_string())
             .arg(&dir)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("python3 starts");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(15), lines.next_line()).await;
+        match ready {
+            Ok(Ok(Some(line))) if line.trim() == "ready" => Some(Self { port, dir, child }),
+            _ => {
+                let _ = child.start_kill();
+                let _ = std::fs::remove_dir_all(&dir);
+                None
             }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the SMTP server (aiosmtpd) exited at start: {status}");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the SMTP server did not listen on port {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { port, dir, child }
     }
 
     /// Every message received so far.
