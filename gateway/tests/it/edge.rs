@@ -63,6 +63,20 @@ async fn missing_forged_expired_and_unsigned_tokens_are_401_before_any_service()
         401,
     )
     .await;
+    // Genuinely expired: signed by the right key, past its `exp`.
+    let expired = edge
+        .identity
+        .expired_token(uuid::Uuid::now_v7(), platform::auth::Role::Customer);
+    expect_problem(
+        edge.client
+            .get(&url)
+            .bearer_auth(expired)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
     assert_eq!(cart.hits(), 0, "no request reached the service");
     assert_eq!(
         edge.client

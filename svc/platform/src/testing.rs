@@ -151,6 +151,27 @@ impl TestIdentity {
     pub fn token(&self, user: uuid::Uuid, role: crate::auth::Role) -> String {
         self.issuer.issue(user, &[role]).expect("a token signs")
     }
+
+    /// A correctly signed token whose expiry passed a minute ago.
+    pub fn expired_token(&self, user: uuid::Uuid, role: crate::auth::Role) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let claims = crate::auth::Claims {
+            sub: user,
+            iss: crate::auth::ISSUER.to_owned(),
+            aud: crate::auth::AUDIENCE.to_owned(),
+            exp: now - 60,
+            nbf: now - 960,
+            iat: now - 960,
+            jti: uuid::Uuid::now_v7(),
+            roles: vec![role.as_str().to_owned()],
+            authorities: crate::auth::authorities_of(&[role]),
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(self.issuer.key().kid.clone());
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(self.signing_pem.as_bytes())
+            .expect("the key is PEM");
+        jsonwebtoken::encode(&header, &claims, &key).expect("a token signs")
+    }
 }
 
 /// A service's settings as the KV seed gives them, pointed at `db`, a fresh Redis prefix,
