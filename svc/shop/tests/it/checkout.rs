@@ -49,10 +49,7 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
         .await,
         303
     );
-    saga.eventually("the order is PAID", || async {
-        order_status(&saga, &alice, &order_id).await == "PAID"
-    })
-    .await;
+    saga.wait_for_status(&alice, &order_id, "PAID").await;
     saga.eventually("stock is committed", || async {
         let s = saga.stock(mug).await;
         s["on_hand"] == 3 && s["reserved"] == 0
@@ -62,13 +59,7 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
         saga.cart_lines(&alice).await == 0
     })
     .await;
-    let confirmations = || {
-        saga.smtp
-            .messages_to(&email)
-            .into_iter()
-            .filter(|m| m["body"].as_str().unwrap_or("").contains(&order_id))
-            .count()
-    };
+    let confirmations = || saga.confirmations(&email, &order_id);
     saga.eventually("the confirmation email arrived", || async {
         confirmations() == 1
     })
@@ -131,10 +122,7 @@ async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
         .await,
         303
     );
-    saga.eventually("the order is CANCELLED", || async {
-        order_status(&saga, &bob, &order_id).await == "CANCELLED"
-    })
-    .await;
+    saga.wait_for_status(&bob, &order_id, "CANCELLED").await;
     saga.eventually("the stock is released", || async {
         saga.stock(lamp).await["reserved"] == 0
     })
@@ -167,10 +155,7 @@ async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
         .await
         .unwrap();
     assert_eq!(saga.payment.expire_sessions().await.unwrap(), 1);
-    saga.eventually("the order is CANCELLED", || async {
-        order_status(&saga, &carol, &order_id).await == "CANCELLED"
-    })
-    .await;
+    saga.wait_for_status(&carol, &order_id, "CANCELLED").await;
     saga.eventually("the stock is released", || async {
         saga.stock(tea).await["reserved"] == 0
     })
@@ -220,10 +205,7 @@ async fn twenty_customers_race_for_the_last_five_units_and_exactly_five_orders_a
     }
     for (token, body) in &placed {
         let id = body["order"]["id"].as_str().unwrap();
-        saga.eventually("every placed order is PAID", || async {
-            order_status(&saga, token, id).await == "PAID"
-        })
-        .await;
+        saga.wait_for_status(token, id, "PAID").await;
     }
     saga.eventually("all five units are sold", || async {
         let s = saga.stock(last).await;
@@ -404,21 +386,12 @@ async fn payment_killed_after_committing_a_payment_publishes_it_once_after_resta
     assert_eq!(order_status(&saga, &gus, &order_id).await, "PENDING");
 
     saga.restart_payment_tasks();
-    saga.eventually("the order is PAID", || async {
-        order_status(&saga, &gus, &order_id).await == "PAID"
-    })
-    .await;
+    saga.wait_for_status(&gus, &order_id, "PAID").await;
     saga.eventually("stock is deducted", || async {
         saga.stock(mug).await["on_hand"] == 4
     })
     .await;
-    let confirmations = || {
-        saga.smtp
-            .messages_to(&email)
-            .into_iter()
-            .filter(|m| m["body"].as_str().unwrap_or("").contains(&order_id))
-            .count()
-    };
+    let confirmations = || saga.confirmations(&email, &order_id);
     saga.eventually("the confirmation email arrived", || async {
         confirmations() == 1
     })
@@ -450,10 +423,7 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
             .await,
         303
     );
-    saga.eventually("the order is PAID", || async {
-        order_status(&saga, &hal, &order_id).await == "PAID"
-    })
-    .await;
+    saga.wait_for_status(&hal, &order_id, "PAID").await;
     saga.eventually("stock is deducted", || async {
         saga.stock(mug).await["on_hand"] == 3
     })
@@ -514,10 +484,7 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
         409,
     )
     .await;
-    saga.eventually("the order is REFUNDED", || async {
-        order_status(&saga, &hal, &order_id).await == "REFUNDED"
-    })
-    .await;
+    saga.wait_for_status(&hal, &order_id, "REFUNDED").await;
     saga.eventually("the goods are back on hand", || async {
         saga.stock(mug).await["on_hand"] == 5
     })

@@ -409,3 +409,22 @@ impl Saga {
         *self.payment_tasks.lock().unwrap() = self.payment.background().spawn(&self.stop);
     }
 }
+
+impl Saga {
+    /// Waits until the order has `status` (its events have been applied), at most 10 s.
+    pub async fn wait_for_status(&self, token: &str, order_id: &str, status: &str) {
+        self.eventually(&format!("the order is {status}"), || async {
+            self.order(token, order_id).await["status"] == status
+        })
+        .await;
+    }
+
+    /// Emails to `email` at the SMTP server that mention `order_id`.
+    pub fn confirmations(&self, email: &str, order_id: &str) -> usize {
+        self.smtp
+            .messages_to(email)
+            .into_iter()
+            .filter(|m| m["body"].as_str().unwrap_or("").contains(order_id))
+            .count()
+    }
+}
