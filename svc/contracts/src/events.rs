@@ -11,6 +11,19 @@ pub mod streams {
     pub const USERS: &str = "users.events";
     pub const ORDERS: &str = "orders.events";
     pub const PAYMENT: &str = "payment.events";
+
+    /// The consumer groups (one per consuming service) that read `stream`. A producer trims
+    /// its stream only past what every one of them has acknowledged, so a group that has not
+    /// been created yet (its service never started) holds trimming back instead of missing
+    /// entries.
+    pub fn consumer_groups(stream: &str) -> &'static [&'static str] {
+        match stream {
+            PAYMENT => &["orders", "inventory", "cart", "notification"],
+            ORDERS => &["inventory", "notification"],
+            USERS => &["notification"],
+            _ => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -103,7 +103,8 @@ pub async fn app(
         )
     };
     let orders = Orders {
-        relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE),
+        relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE)
+            .trimming(contracts::events::streams::ORDERS),
         cart: client("cart"),
         products: client("products"),
         inventory: client("inventory"),

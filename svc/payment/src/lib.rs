@@ -144,7 +144,8 @@ pub async fn app(
 ) -> Result<(Payment, impl Endpoint<Output = Response>), StartError> {
     let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery).await?;
     let payment = Payment {
-        relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE),
+        relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE)
+            .trimming(contracts::events::streams::PAYMENT),
         base,
         provider: Arc::new(provider::SandboxProvider),
         config: Arc::new(config),

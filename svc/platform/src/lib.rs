@@ -15,6 +15,7 @@ pub mod problem;
 pub mod redis;
 pub mod runtime;
 pub mod service;
+pub mod stream_trim;
 pub mod telemetry;
 pub mod web;
 

@@ -11,10 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::redis::{Redis, RedisError};
-
-/// Streams are capped well above the worst consumer lag we accept (Redis 7 cannot trim
-/// by what consumer groups acknowledged).
-pub const STREAM_MAXLEN: usize = 1_000_000;
+use crate::stream_trim::{Trim, trim_acknowledged};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -59,6 +56,9 @@ pub struct OutboxRelay {
     wake: Arc<Notify>,
     batch: i64,
     poll: Duration,
+    /// The stream this relay trims past what its consumer groups acknowledged.
+    trims: Option<&'static str>,
+    trim_every: Duration,
 }
 
 impl OutboxRelay {
@@ -71,7 +71,40 @@ impl OutboxRelay {
             wake: Arc::new(Notify::new()),
             batch: 100,
             poll: Duration::from_millis(200),
+            trims: None,
+            trim_every: Duration::from_secs(10),
         }
+    }
+
+    /// Also trims `stream` (the producer's own) every few seconds, only past what every
+    /// group of `contracts::events::streams::consumer_groups` acknowledged.
+    pub fn trimming(mut self, stream: &'static str) -> Self {
+        self.trims = Some(stream);
+        self
+    }
+
+    /// One trimming pass over the relay's stream.
+    pub async fn trim_once(&self) -> Result<Option<Trim>, RedisError> {
+        let Some(stream) = self.trims else {
+            return Ok(None);
+        };
+        let groups = contracts::events::streams::consumer_groups(stream);
+        let trim = trim_acknowledged(&self.redis, stream, groups).await?;
+        match &trim {
+            Trim::Trimmed { removed, .. } => {
+                metrics::counter!("stream_trimmed_entries_total", "stream" => stream)
+                    .increment(*removed);
+            }
+            Trim::WaitingFor(groups) if !groups.is_empty() => {
+                tracing::info!(
+                    stream,
+                    ?groups,
+                    "stream not trimmed: consumer groups not created yet"
+                );
+            }
+            _ => {}
+        }
+        Ok(Some(trim))
     }
 
     /// Call after committing an outbox row so that it goes out without waiting for the poll.
@@ -106,9 +139,6 @@ impl OutboxRelay {
             let payload: String = row.get("payload");
             let _: String = redis::cmd("XADD")
                 .arg(self.redis.key(&stream))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_MAXLEN)
                 .arg("*")
                 .arg("id")
                 .arg(id.to_string())
@@ -144,7 +174,14 @@ impl OutboxRelay {
     /// for the next start.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut last_trim = tokio::time::Instant::now();
         loop {
+            if last_trim.elapsed() >= self.trim_every {
+                last_trim = tokio::time::Instant::now();
+                if let Err(err) = self.trim_once().await {
+                    tracing::warn!(service = self.service, error = %err, "stream trimming failed; retrying later");
+                }
+            }
             match self.relay_once().await {
                 Ok(n) => {
                     backoff = Duration::from_millis(100);

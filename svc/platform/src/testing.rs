@@ -7,6 +7,7 @@ use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, IntoEndpoint, Server};
 
 pub mod consul_double;
+pub mod redis_server;
 pub mod smtp;
 
 /// Where tests reach Postgres: `MICROMART_TEST_DATABASE_URL` (a server URL without a

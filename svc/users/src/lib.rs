@@ -114,7 +114,8 @@ impl Users {
         let verifier =
             JwtVerifier::from_jwks(&jwks_json(&key, config.previous_public_keys.as_deref()))?;
         let issuer = Arc::new(TokenIssuer::new(key, config.access_token_ttl));
-        let relay = OutboxRelay::new(pool.clone(), redis.clone(), SERVICE);
+        let relay = OutboxRelay::new(pool.clone(), redis.clone(), SERVICE)
+            .trimming(contracts::events::streams::USERS);
         Ok(Self {
             pool,
             redis,

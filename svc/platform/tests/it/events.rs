@@ -297,3 +297,102 @@ async fn running_relay_and_blocking_consumer_deliver_within_seconds() {
     }
     assert_eq!(effects(&f.pool, "live").await, 1);
 }
+
+/// Ids of the stream's entries from `from` on.
+async fn ids_from(redis: &Redis, stream: &str, from: &str) -> Vec<String> {
+    let mut conn = redis.conn().await.unwrap();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(redis.key(stream))
+        .arg(from)
+        .arg("+")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    reply.ids.into_iter().map(|e| e.id).collect()
+}
+
+/// Reads up to `count` new entries as consumer "a1" of `group` without acknowledging them.
+async fn read_new(redis: &Redis, stream: &str, group: &str, count: usize) -> Vec<String> {
+    let mut conn = redis.conn().await.unwrap();
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("a1")
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(redis.key(stream))
+        .arg(">")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    reply.keys[0].ids.iter().map(|e| e.id.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_stream_is_trimmed_only_past_what_every_group_acknowledged() {
+    use platform::stream_trim::{EntryId, Trim};
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    let stream = contracts::events::streams::USERS;
+    let relay = OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users").trimming(stream);
+    for n in 0..300 {
+        enqueue(&f.pool, n).await;
+    }
+    while relay.relay_once().await.unwrap() > 0 {}
+    let all = ids_from(&f.redis, stream, "-").await;
+    assert_eq!(all.len(), 300);
+
+    // Before the stream's consumer group (notification's) exists, nothing is trimmed.
+    assert_eq!(
+        relay.trim_once().await.unwrap(),
+        Some(Trim::WaitingFor(vec!["notification".into()]))
+    );
+    assert_eq!(xlen(&f.redis, stream).await, 300);
+
+    // notification reads and acknowledges everything; another group ("audit") has
+    // acknowledged the first 200 and holds the next 50 unacknowledged.
+    let notification = consumer(&f, "notification", Arc::new(RecordEffect("n".into())));
+    assert_eq!(notification.run_until_idle().await.unwrap(), 300);
+    let audit = consumer(&f, "audit", Arc::new(RecordEffect("a".into())));
+    audit.ensure_groups().await.unwrap();
+    let mut conn = f.redis.conn().await.unwrap();
+    let key = f.redis.key(stream);
+    let read = read_new(&f.redis, stream, "audit", 200).await;
+    let _: i64 = redis::cmd("XACK")
+        .arg(&key)
+        .arg("audit")
+        .arg(&read)
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    read_new(&f.redis, stream, "audit", 50).await;
+
+    let Some(Trim::Trimmed { floor, removed }) = relay.trim_once().await.unwrap() else {
+        panic!("every group exists, so the stream is trimmed");
+    };
+    assert_eq!(
+        floor,
+        EntryId::parse(&all[200]).unwrap(),
+        "audit's oldest pending entry"
+    );
+    assert!(removed > 0 && removed <= 200, "removed {removed}");
+    assert_eq!(xlen(&f.redis, stream).await, 300 - removed as i64);
+    assert_eq!(
+        ids_from(&f.redis, stream, &all[200]).await,
+        all[200..].to_vec()
+    );
+
+    // Once audit has caught up too, everything but the last delivered entry may go.
+    audit.run_until_idle().await.unwrap();
+    assert_eq!(effects(&f.pool, "a").await, 100);
+    let Some(Trim::Trimmed { floor, .. }) = relay.trim_once().await.unwrap() else {
+        panic!("every group exists, so the stream is trimmed");
+    };
+    assert_eq!(floor, EntryId::parse(&all[299]).unwrap());
+    assert_eq!(
+        ids_from(&f.redis, stream, &all[299]).await,
+        vec![all[299].clone()]
+    );
+    assert!(xlen(&f.redis, stream).await < 300 - removed as i64);
+}

@@ -2,6 +2,7 @@ use reqwest::Method;
 use serde_json::Value;
 use uuid::Uuid;
 
+use platform::stream_trim::Trim;
 use platform::testing::expect_problem;
 
 use crate::support::Saga;
@@ -72,6 +73,10 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
         .map(|h| h["to"].as_str().unwrap())
         .collect();
     assert_eq!(history, ["PENDING", "PAID"]);
+    // Every consumer group of payment.events exists (their names are the ones contracts
+    // lists) and has acknowledged the payment, so the producer may trim the stream.
+    let trim = saga.payment.relay().trim_once().await.unwrap();
+    assert!(matches!(trim, Some(Trim::Trimmed { .. })), "{trim:?}");
 
     // Paying the same session again charges nothing more.
     assert_eq!(
@@ -109,7 +114,7 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
 #[tokio::test]
 async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
     let saga = Saga::start().await;
-    let (_, bob) = saga.customer();
+    let (email, bob) = saga.registered_customer("bob").await;
     let lamp = saga.product(3000, 4).await;
     saga.add_to_cart(&bob, lamp, 1).await;
     let placed: Value = saga.checkout(&bob, "k").await.json().await.unwrap();
@@ -140,12 +145,18 @@ async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
             .unwrap()
             .contains("declined")
     );
+    saga.eventually("the failure email arrived", || async {
+        saga.confirmations(&email, &order_id) == 1
+    })
+    .await;
+    let subjects = saga.emails_about(&email, &order_id);
+    assert!(subjects[0].contains("failed"), "{subjects:?}");
 }
 
 #[tokio::test]
 async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
     let saga = Saga::start().await;
-    let (_, carol) = saga.customer();
+    let (email, carol) = saga.registered_customer("carol").await;
     let tea = saga.product(499, 3).await;
     saga.add_to_cart(&carol, tea, 3).await;
     let placed: Value = saga.checkout(&carol, "k").await.json().await.unwrap();
@@ -166,6 +177,12 @@ async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
         410,
         "an expired session cannot be paid"
     );
+    saga.eventually("the expiry email arrived", || async {
+        saga.confirmations(&email, &order_id) == 1
+    })
+    .await;
+    let subjects = saga.emails_about(&email, &order_id);
+    assert!(subjects[0].contains("expired"), "{subjects:?}");
 }
 
 #[tokio::test]
@@ -365,7 +382,7 @@ async fn payment_killed_after_committing_a_payment_publishes_it_once_after_resta
     saga.add_to_cart(&gus, mug, 1).await;
     let placed: Value = saga.checkout(&gus, "k").await.json().await.unwrap();
     let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
-    saga.kill_payment_tasks();
+    saga.kill_tasks("payment");
     assert_eq!(
         saga.pay(
             placed["payment_url"].as_str().unwrap(),
@@ -385,7 +402,7 @@ async fn payment_killed_after_committing_a_payment_publishes_it_once_after_resta
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(order_status(&saga, &gus, &order_id).await, "PENDING");
 
-    saga.restart_payment_tasks();
+    saga.restart_tasks("payment");
     saga.wait_for_status(&gus, &order_id, "PAID").await;
     saga.eventually("stock is deducted", || async {
         saga.stock(mug).await["on_hand"] == 4
@@ -491,4 +508,156 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(saga.stock(mug).await["on_hand"], 5, "restocked once");
+}
+
+/// Checks the end state every crash test must reach: each order PAID exactly once (one
+/// history row), `product`'s stock deducted once per order, each cart empty and one
+/// confirmation email per order.
+async fn assert_each_paid_once(
+    saga: &Saga,
+    product: Uuid,
+    stock_before: i64,
+    orders: &[(String, String, String)],
+    within: std::time::Duration,
+) {
+    for (_, token, order_id) in orders {
+        saga.eventually_within(within, "every order is PAID", || async {
+            order_status(saga, token, order_id).await == "PAID"
+        })
+        .await;
+    }
+    let paid = orders.len() as i64;
+    saga.eventually_within(within, "the stock is deducted once per order", || async {
+        let s = saga.stock(product).await;
+        s["on_hand"] == stock_before - paid && s["reserved"] == 0
+    })
+    .await;
+    saga.eventually_within(within, "one confirmation per order", || async {
+        orders
+            .iter()
+            .all(|(email, _, id)| saga.confirmations(email, id) == 1)
+    })
+    .await;
+    for (_, token, _) in orders {
+        saga.eventually_within(within, "every cart is empty", || async {
+            saga.cart_lines(token).await == 0
+        })
+        .await;
+    }
+    // Whatever is still in flight has had time to arrive twice, if it were going to.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for (email, token, order_id) in orders {
+        assert_eq!(
+            saga.confirmations(email, order_id),
+            1,
+            "one email for {order_id}"
+        );
+        let order = saga.order(token, order_id).await;
+        let history: Vec<&str> = order["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["to"].as_str().unwrap())
+            .collect();
+        assert_eq!(history, ["PENDING", "PAID"], "{order_id} paid once");
+    }
+    let s = saga.stock(product).await;
+    assert_eq!(
+        (s["on_hand"].as_i64(), s["reserved"].as_i64()),
+        (Some(stock_before - paid), Some(0)),
+        "deducted exactly once per order"
+    );
+}
+
+#[tokio::test]
+async fn consumers_down_while_100_payments_succeed_catch_up_and_apply_each_once() {
+    let saga = Saga::start().await;
+    let stock = 150;
+    let mug = saga.product(900, stock as i32).await;
+    let mut customers = Vec::new();
+    for n in 0..10 {
+        customers.push(saga.registered_customer(&format!("c{n}")).await);
+    }
+    // Every consumer of payment.events is down (their processes killed; their HTTP APIs,
+    // needed for checkout, stay up as another instance's would).
+    let consumers = ["orders", "inventory", "cart", "notification"];
+    for service in consumers {
+        saga.kill_tasks(service);
+    }
+    let bought = futures::future::join_all(customers.iter().map(|(email, token)| {
+        let saga = &saga;
+        async move {
+            let mut orders = Vec::new();
+            for n in 0..10 {
+                let id = saga.buy(token, mug, &format!("order-{n}")).await;
+                orders.push((email.clone(), token.clone(), id));
+            }
+            orders
+        }
+    }))
+    .await;
+    let orders: Vec<(String, String, String)> = bought.into_iter().flatten().collect();
+    assert_eq!(orders.len(), 100);
+    let payments: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'succeeded'")
+            .fetch_one(saga.payment.pool())
+            .await
+            .unwrap();
+    assert_eq!(payments, 100, "100 payments succeeded");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for (_, token, order_id) in &orders[..3] {
+        assert_eq!(
+            order_status(&saga, token, order_id).await,
+            "PENDING",
+            "nobody consumed yet"
+        );
+    }
+
+    for service in consumers {
+        saga.restart_tasks(service);
+    }
+    assert_each_paid_once(
+        &saga,
+        mug,
+        stock,
+        &orders,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn redis_restarting_mid_flow_loses_nothing_and_applies_nothing_twice() {
+    let mut redis = platform::testing::redis_server::RedisServer::start().await;
+    let saga = Saga::start_with_redis(redis.url()).await;
+    let mug = saga.product(1250, 10).await;
+    let (ann_email, ann) = saga.registered_customer("ann").await;
+    let (ben_email, ben) = saga.registered_customer("ben").await;
+    let before = saga.buy(&ann, mug, "before").await;
+    saga.wait_for_status(&ann, &before, "PAID").await;
+
+    // Redis dies with ben's checkout under way; his payment commits while it is down.
+    saga.add_to_cart(&ben, mug, 1).await;
+    let placed: Value = saga.checkout(&ben, "during").await.json().await.unwrap();
+    let during = placed["order"]["id"].as_str().unwrap().to_owned();
+    redis.kill().await;
+    assert_eq!(
+        saga.pay(
+            placed["payment_url"].as_str().unwrap(),
+            "4242 4242 4242 4242"
+        )
+        .await,
+        303
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(order_status(&saga, &ben, &during).await, "PENDING");
+    redis.restart().await;
+
+    let after = saga.buy(&ann, mug, "after").await;
+    let orders = [
+        (ann_email.clone(), ann.clone(), before),
+        (ben_email, ben, during),
+        (ann_email, ann, after),
+    ];
+    assert_each_paid_once(&saga, mug, 10, &orders, std::time::Duration::from_secs(30)).await;
 }

@@ -7,11 +7,28 @@ use platform::discovery::{Discovery, LocalDiscovery};
 use platform::runtime::{Background, Serving, serve};
 use platform::testing::smtp::SmtpServer;
 use platform::testing::{TestDb, TestIdentity, redis_prefix, settings};
+use poem::EndpointExt;
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+const SERVICES: [&str; 7] = [
+    "products",
+    "inventory",
+    "cart",
+    "orders",
+    "payment",
+    "users",
+    "notification",
+];
+
+/// Makes a service's background tasks afresh, as a restarted process would.
+type BackgroundOf = Arc<dyn Fn() -> Background + Send + Sync>;
+
+/// How to start a service's background tasks, and the ones running now.
+type RunningTasks = (BackgroundOf, Vec<tokio::task::JoinHandle<()>>);
 
 /// A saga runs seven services, each with its own database pool: a few at a time keep the
 /// tests within Postgres's connection limit.
@@ -23,8 +40,9 @@ pub struct Saga {
     pub manager: String,
     pub urls: std::collections::HashMap<&'static str, String>,
     pub payment: payment::Payment,
-    /// Payment's relay, sweeper and consumer, run apart so that a test can kill them.
-    payment_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Each service's background tasks (relay, consumers, sweepers), kept so that a test can
+    /// kill and restart them.
+    tasks: std::sync::Mutex<std::collections::HashMap<&'static str, RunningTasks>>,
     pub smtp: SmtpServer,
     stop: CancellationToken,
     _servers: Vec<Serving>,
@@ -41,6 +59,11 @@ impl Drop for Saga {
 
 impl Saga {
     pub async fn start() -> Self {
+        Self::start_with_redis(platform::testing::redis_url()).await
+    }
+
+    /// A saga whose services all use the Redis at `redis_url`.
+    pub async fn start_with_redis(redis_url: String) -> Self {
         let turn = RUNNING
             .acquire()
             .await
@@ -50,23 +73,13 @@ impl Saga {
         let stop = CancellationToken::new();
         let prefix = redis_prefix();
         let smtp = SmtpServer::start().await;
-        let names = [
-            "products",
-            "inventory",
-            "cart",
-            "orders",
-            "payment",
-            "users",
-            "notification",
-        ];
-        let dbs: Vec<TestDb> = names.iter().map(|n| TestDb::new(n)).collect();
-        let mut servers = Vec::new();
-        let mut urls = std::collections::HashMap::new();
+        let dbs: Vec<TestDb> = SERVICES.iter().map(|n| TestDb::new(n)).collect();
         let mut conf = Vec::new();
-        for (name, db) in names.iter().zip(&dbs) {
+        for (name, db) in SERVICES.iter().zip(&dbs) {
             conf.push(
                 settings(name, db, &identity)
                     .await
+                    .with("redis_url", redis_url.clone())
                     .with("redis_prefix", prefix.clone())
                     .with("webhook_secret", WEBHOOK_SECRET)
                     .with("jwt_signing_key", identity.signing_pem.clone())
@@ -75,81 +88,89 @@ impl Saga {
                     .with("send_interval_ms", "100"),
             );
         }
-        let (users_state, app) = users::app(users::UsersConfig::from_settings(&conf[5]).unwrap())
+        let mut services: Vec<(
+            &'static str,
+            poem::endpoint::BoxEndpoint<'static>,
+            BackgroundOf,
+        )> = Vec::new();
+        // users and notification first: customers register before anything else happens.
+        let (state, app) = users::app(users::UsersConfig::from_settings(&conf[5]).unwrap())
             .await
             .unwrap();
-        let users_server = launch("users", app, users_state.background(), &discovery, &stop).await;
-        let (notification_state, app) = notification::app(
+        services.push(("users", app.boxed(), Arc::new(move || state.background())));
+        let (state, app) = notification::app(
             notification::NotificationConfig::from_settings(&conf[6]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        let notification_server = launch(
+        services.push((
             "notification",
-            app,
-            notification_state.background(),
-            &discovery,
-            &stop,
-        )
-        .await;
-        let (products_state, app) = products::app(
+            app.boxed(),
+            Arc::new(move || state.background()),
+        ));
+        let (state, app) = products::app(
             products::ProductsConfig::from_settings(&conf[0]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        servers.push(
-            launch(
-                "products",
-                app,
-                products_state.background(),
-                &discovery,
-                &stop,
-            )
-            .await,
-        );
-        let (inventory_state, app) = inventory::app(
+        services.push((
+            "products",
+            app.boxed(),
+            Arc::new(move || state.background()),
+        ));
+        let (state, app) = inventory::app(
             inventory::InventoryConfig::from_settings(&conf[1]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        servers.push(
-            launch(
-                "inventory",
-                app,
-                inventory_state.background(),
-                &discovery,
-                &stop,
-            )
-            .await,
-        );
-        let (cart_state, app) = cart::app(
+        services.push((
+            "inventory",
+            app.boxed(),
+            Arc::new(move || state.background()),
+        ));
+        let (state, app) = cart::app(
             cart::CartConfig::from_settings(&conf[2]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        servers.push(launch("cart", app, cart_state.background(), &discovery, &stop).await);
-        let (orders_state, app) = orders::app(
+        services.push(("cart", app.boxed(), Arc::new(move || state.background())));
+        let (state, app) = orders::app(
             orders::OrdersConfig::from_settings(&conf[3]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        servers.push(launch("orders", app, orders_state.background(), &discovery, &stop).await);
+        services.push(("orders", app.boxed(), Arc::new(move || state.background())));
         let (payment_state, app) = payment::app(
             payment::PaymentConfig::from_settings(&conf[4]).unwrap(),
             discovery.clone(),
         )
         .await
         .unwrap();
-        servers.push(launch("payment", app, Background::default(), &discovery, &stop).await);
-        servers.push(users_server);
-        servers.push(notification_server);
-        for (name, s) in names.into_iter().zip(&servers) {
-            urls.insert(name, s.url());
+        let state = payment_state.clone();
+        services.push(("payment", app.boxed(), Arc::new(move || state.background())));
+
+        let mut servers = Vec::new();
+        let mut urls = std::collections::HashMap::new();
+        let mut tasks = std::collections::HashMap::new();
+        for (name, app, background) in services {
+            tasks.insert(name, (background.clone(), background().spawn(&stop)));
+            let server = serve(
+                name,
+                app,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery.clone(),
+                stop.clone(),
+            )
+            .await
+            .unwrap();
+            urls.insert(name, server.url());
+            servers.push(server);
         }
         Self {
             manager: identity.token(Uuid::now_v7(), Role::Manager),
@@ -160,7 +181,7 @@ impl Saga {
                 .unwrap(),
             urls,
             _turn: turn,
-            payment_tasks: std::sync::Mutex::new(payment_state.background().spawn(&stop)),
+            tasks: std::sync::Mutex::new(tasks),
             payment: payment_state,
             smtp,
             stop,
@@ -313,12 +334,22 @@ impl Saga {
     }
 
     /// Waits until `check` holds (the events have fanned out), at most 10 s.
-    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    pub async fn eventually<F, Fut>(&self, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.eventually_within(Duration::from_secs(10), what, check)
+            .await
+    }
+
+    /// Waits until `check` holds, at most `limit`.
+    pub async fn eventually_within<F, Fut>(&self, limit: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
         while !check().await {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -371,42 +402,28 @@ impl Saga {
     }
 }
 
-/// Runs a service's background tasks and serves it on port 0, registered in `discovery`.
-async fn launch<E>(
-    name: &str,
-    app: E,
-    background: Background,
-    discovery: &Arc<dyn Discovery>,
-    stop: &CancellationToken,
-) -> Serving
-where
-    E: poem::IntoEndpoint,
-    E::Endpoint: 'static,
-{
-    background.spawn(stop);
-    serve(
-        name,
-        app,
-        "127.0.0.1:0",
-        "127.0.0.1",
-        discovery.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap()
-}
-
 impl Saga {
-    /// Ends payment's background tasks at once, as a `kill -9` would: no last relay pass.
-    pub fn kill_payment_tasks(&self) {
-        for task in self.payment_tasks.lock().unwrap().drain(..) {
+    /// Ends a service's background tasks at once, as a `kill -9` would: no last relay pass,
+    /// nothing acknowledged that was not yet.
+    pub fn kill_tasks(&self, service: &str) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap()
+            .get_mut(service)
+            .unwrap()
+            .1
+            .drain(..)
+        {
             task.abort();
         }
     }
 
-    /// Starts payment's background tasks again, as a restarted process does.
-    pub fn restart_payment_tasks(&self) {
-        *self.payment_tasks.lock().unwrap() = self.payment.background().spawn(&self.stop);
+    /// Starts a service's background tasks again, as a restarted process does.
+    pub fn restart_tasks(&self, service: &str) {
+        let mut tasks = self.tasks.lock().unwrap();
+        let (background, running) = tasks.get_mut(service).unwrap();
+        *running = background().spawn(&self.stop);
     }
 }
 
@@ -421,10 +438,28 @@ impl Saga {
 
     /// Emails to `email` at the SMTP server that mention `order_id`.
     pub fn confirmations(&self, email: &str, order_id: &str) -> usize {
+        self.emails_about(email, order_id).len()
+    }
+
+    /// The subjects of the emails to `email` at the SMTP server that mention `order_id`.
+    pub fn emails_about(&self, email: &str, order_id: &str) -> Vec<String> {
         self.smtp
             .messages_to(email)
             .into_iter()
             .filter(|m| m["body"].as_str().unwrap_or("").contains(order_id))
-            .count()
+            .map(|m| m["subject"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// Puts `product` in the cart, checks out and pays with the card that succeeds; returns
+    /// the order id.
+    pub async fn buy(&self, token: &str, product: Uuid, key: &str) -> String {
+        self.add_to_cart(token, product, 1).await;
+        let resp = self.checkout(token, key).await;
+        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        let placed: Value = resp.json().await.unwrap();
+        let payment_url = placed["payment_url"].as_str().unwrap();
+        assert_eq!(self.pay(payment_url, "4242 4242 4242 4242").await, 303);
+        placed["order"]["id"].as_str().unwrap().to_owned()
     }
 }
