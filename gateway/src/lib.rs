@@ -4,6 +4,7 @@
 
 pub mod breaker;
 mod docs;
+mod forward;
 pub mod live;
 mod proxy;
 pub mod routes;
@@ -62,7 +63,10 @@ struct Inner {
 pub struct Gateway {
     inner: Arc<Inner>,
     pub(crate) upstreams: Upstreams,
+    /// For the gateway's own calls (the services' OpenAPI documents).
     pub(crate) http: reqwest::Client,
+    /// For forwarding customers' requests.
+    pub(crate) forward: forward::UpstreamClient,
 }
 
 impl Gateway {
@@ -102,6 +106,7 @@ impl Gateway {
             inner: Arc::new(inner),
             upstreams,
             http,
+            forward: forward::upstream_client(),
         })
     }
 

@@ -1,13 +1,13 @@
 //! One proxied request: CORS, route, edge auth, rate limit, breaker, timeout, forward.
 
-use futures::TryStreamExt;
-use poem::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use poem::{Body, Endpoint, IntoResponse, Request, Response};
+use poem::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 
 use platform::context;
 use platform::problem::Problem;
 
+use crate::forward::{self, ForwardBody};
 use crate::{Gateway, routes};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -25,14 +25,20 @@ const HOP_BY_HOP: &[&str] = &[
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by Connection are hop-by-hop too.
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for name in HOP_BY_HOP.iter().copied().map(str::to_owned).chain(named) {
-        headers.remove(name.as_str());
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
     }
 }
 
@@ -144,17 +150,13 @@ impl Proxy {
                 5,
             ));
         };
-        let url = format!(
-            "{}{}",
-            instance.base_url(),
-            req.uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-        );
-        let outgoing = self.build_request(req, &url)?;
+        let outgoing = self.build_request(req, &instance.base_url())?;
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(live.upstream_timeout, outgoing.send()).await;
+        let result = tokio::time::timeout(
+            live.upstream_timeout,
+            self.gateway.forward.request(outgoing),
+        )
+        .await;
         metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => service)
             .record(started.elapsed().as_secs_f64());
         let upstream = match result {
@@ -177,28 +179,40 @@ impl Proxy {
         };
         self.gateway
             .record(service, permit, !upstream.status().is_server_error());
-        let mut resp = Response::builder().status(upstream.status()).finish();
-        *resp.headers_mut() = upstream.headers().clone();
+        let (parts, body) = upstream.into_parts();
+        let mut resp = Response::builder()
+            .status(parts.status)
+            .body(forward::response_body(body));
+        *resp.headers_mut() = parts.headers;
         strip_hop_by_hop(resp.headers_mut());
-        resp.set_body(Body::from_bytes_stream(
-            upstream.bytes_stream().map_err(std::io::Error::other),
-        ));
         resp.set_data(OperationId(service));
         Ok(resp)
     }
 
+    /// The request to send upstream: the caller's, re-addressed, hop-by-hop headers dropped,
+    /// forwarding and tracing headers set, the body streamed as it arrives.
     fn build_request(
         &self,
-        mut req: Request,
-        url: &str,
-    ) -> Result<reqwest::RequestBuilder, Problem> {
-        let mut headers = req.headers().clone();
+        req: Request,
+        base_url: &str,
+    ) -> Result<hyper::Request<ForwardBody>, Problem> {
+        let ip = client_ip(&req);
+        let (parts, body) = req.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri = format!("{base_url}{target}")
+            .parse()
+            .map_err(|_| Problem::bad_request("the request target cannot be forwarded"))?;
+        let mut headers = parts.headers;
+        let has_body = headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::TRANSFER_ENCODING);
         strip_hop_by_hop(&mut headers);
-        let host = headers.remove(header::HOST);
-        if let Some(host) = host {
+        if let Some(host) = headers.remove(header::HOST) {
             headers.insert(HeaderName::from_static("x-forwarded-host"), host);
         }
-        let ip = client_ip(&req);
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {ip}"),
             None => ip,
@@ -218,16 +232,16 @@ impl Proxy {
         {
             headers.insert(HeaderName::from_static(context::TRACEPARENT), v);
         }
-        let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
-            .map_err(|_| Problem::bad_request("unknown HTTP method"))?;
-        let body = req.take_body();
-        let has_body = headers.contains_key(header::CONTENT_LENGTH)
-            || req.headers().contains_key(header::TRANSFER_ENCODING);
-        let mut builder = self.gateway.http.request(method, url).headers(headers);
-        if has_body {
-            builder = builder.body(reqwest::Body::wrap_stream(body.into_bytes_stream()));
-        }
-        Ok(builder)
+        let body = if has_body {
+            ForwardBody::from(body)
+        } else {
+            forward::empty_body()
+        };
+        let mut outgoing = hyper::Request::new(body);
+        *outgoing.method_mut() = parts.method;
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = headers;
+        Ok(outgoing)
     }
 }
 

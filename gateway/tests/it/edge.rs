@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use gateway::live::Live;
 use platform::testing::expect_problem;
 
 use crate::support::{Edge, Upstream};
@@ -324,4 +325,85 @@ async fn docs_list_every_service_document() {
         404,
     )
     .await;
+}
+
+/// Sets a gateway key in the running gateway's config source and waits until `applied`
+/// reports the new number in force.
+async fn change_live(edge: &Edge, key: &str, value: &str, applied: impl Fn(&Live) -> bool) {
+    use platform::config::ConfigSource;
+    edge.config
+        .set(&format!("micromart/gateway/{key}"), value)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !applied(&edge.gateway.live()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} = {value} was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn changed_timeout_rate_limit_and_breaker_numbers_apply_without_a_restart() {
+    let mut edge = Edge::start(&[("upstream_timeout_ms", "2000")]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let token = edge.token();
+    let get = || {
+        edge.client
+            .get(edge.url("/api/v1/cart"))
+            .bearer_auth(&token)
+            .send()
+    };
+
+    // A 300 ms answer is within 2 s; once the limit is 100 ms it is a 504.
+    cart.delay(Duration::from_millis(300));
+    assert_eq!(get().await.unwrap().status(), 200);
+    change_live(&edge, "upstream_timeout_ms", "100", |l| {
+        l.upstream_timeout == Duration::from_millis(100)
+    })
+    .await;
+    expect_problem(get().await.unwrap(), 504).await;
+    cart.delay(Duration::ZERO);
+
+    // A window of 2 opens the breaker at the first failure of two (the default needs 10).
+    change_live(&edge, "breaker_window", "2", |l| l.breaker.window == 2).await;
+    change_live(&edge, "breaker_open_ms", "60000", |l| {
+        l.breaker.open_for == Duration::from_secs(60)
+    })
+    .await;
+    cart.answer(500);
+    assert_eq!(get().await.unwrap().status(), 500);
+    let hits = cart.hits();
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 503, "open after 2 calls");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        cart.hits(),
+        hits,
+        "an open breaker does not call the upstream"
+    );
+    assert_eq!(
+        edge.gateway.breaker_state("cart"),
+        Some(gateway::breaker::StateName::Open)
+    );
+
+    // A burst of 2 at 1 per second: the third request at once is 429.
+    change_live(&edge, "rate_limit_burst", "2", |l| l.rate_burst == 2).await;
+    change_live(&edge, "rate_limit_per_second", "1", |l| {
+        l.rate_per_second == 1
+    })
+    .await;
+    let statuses: Vec<u16> = futures::future::join_all((0..3).map(|_| get()))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
 }

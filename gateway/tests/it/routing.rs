@@ -57,6 +57,12 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
         !resp.headers().contains_key("x-secret"),
         "hop-by-hop response headers are dropped"
     );
+    assert!(
+        resp.headers().contains_key("content-length")
+            && !resp.headers().contains_key("transfer-encoding"),
+        "a response of known length keeps it: {:?}",
+        resp.headers()
+    );
     let echoed: Value = resp.json().await.unwrap();
     let headers: HashMap<String, String> =
         serde_json::from_value(echoed["headers"].clone()).unwrap();
