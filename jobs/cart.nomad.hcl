@@ -108,6 +108,8 @@ job "cart" {
           MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
+          MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_CART_DATABASE_URL={{ key "micromart/cart/database_url" | toJSON }}
           MICROMART_CART_CALL_TIMEOUT_MS={{ key "micromart/cart/call_timeout_ms" | toJSON }}
           MICROMART_CART_IDLE_CART_DAYS={{ key "micromart/cart/idle_cart_days" | toJSON }}

@@ -108,6 +108,8 @@ job "inventory" {
           MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
+          MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_INVENTORY_DATABASE_URL={{ key "micromart/inventory/database_url" | toJSON }}
           MICROMART_INVENTORY_LOW_STOCK_THRESHOLD={{ key "micromart/inventory/low_stock_threshold" | toJSON }}
           MICROMART_INVENTORY_RESERVATION_SWEEP_INTERVAL_MS={{ key "micromart/inventory/reservation_sweep_interval_ms" | toJSON }}

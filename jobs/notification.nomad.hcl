@@ -108,6 +108,8 @@ job "notification" {
           MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
+          MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_NOTIFICATION_DATABASE_URL={{ key "micromart/notification/database_url" | toJSON }}
           MICROMART_NOTIFICATION_SMTP_HOST={{ key "micromart/notification/smtp_host" | toJSON }}
           MICROMART_NOTIFICATION_SMTP_PORT={{ key "micromart/notification/smtp_port" | toJSON }}

@@ -108,6 +108,8 @@ job "products" {
           MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
+          MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_PRODUCTS_DATABASE_URL={{ key "micromart/products/database_url" | toJSON }}
           MICROMART_PRODUCTS_DATABASE_MAX_CONNECTIONS={{ key "micromart/products/database_max_connections" | toJSON }}
           MICROMART_PRODUCTS_MAX_BODY_BYTES={{ key "micromart/products/max_body_bytes" | toJSON }}

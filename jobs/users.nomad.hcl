@@ -108,6 +108,8 @@ job "users" {
           MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
+          MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_USERS_DATABASE_URL={{ key "micromart/users/database_url" | toJSON }}
           MICROMART_USERS_DATABASE_MAX_CONNECTIONS={{ key "micromart/users/database_max_connections" | toJSON }}
           MICROMART_USERS_ACCESS_TOKEN_TTL_SECONDS={{ key "micromart/users/access_token_ttl_seconds" | toJSON }}
@@ -124,7 +126,7 @@ job "users" {
       }
 
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
-      # nomad/jobs/users, items: jwt_signing_key, pgpassword.
+      # nomad/jobs/users, items: jwt_signing_key, internal_token, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
       # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
       template {
@@ -134,6 +136,7 @@ job "users" {
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/users" }}
           MICROMART_USERS_JWT_SIGNING_KEY={{ .jwt_signing_key | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
           PGPASSWORD={{ .pgpassword | toJSON }}
           {{ end }}
         EOT

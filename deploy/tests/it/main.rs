@@ -33,7 +33,10 @@ const SECRET_KEYS: [&str; 5] = [
 /// The secrets each service needs, as the environment variables its secret template sets.
 fn required_secrets(service: &str) -> Vec<String> {
     let mut keys: Vec<&str> = match service {
-        "users" => vec!["micromart/users/jwt_signing_key"],
+        "users" => vec![
+            "micromart/users/jwt_signing_key",
+            "micromart/shared/internal_token",
+        ],
         "gateway" => vec![],
         "payment" => vec![
             "micromart/shared/internal_token",

@@ -59,13 +59,9 @@ impl Cart {
 
     /// The consumer of `payment.events`.
     pub fn consumer(&self) -> platform::consumer::Consumer {
-        platform::consumer::Consumer::new(
-            self.base.pool.clone(),
-            self.base.redis.clone(),
-            platform::consumer::ConsumerConfig::new(
-                SERVICE,
-                &[contracts::events::streams::PAYMENT],
-            ),
+        self.base.consumer(
+            SERVICE,
+            &[contracts::events::streams::PAYMENT],
             Arc::new(events::PaidOrders),
         )
     }

@@ -19,7 +19,7 @@ pub mod streams {
     pub fn consumer_groups(stream: &str) -> &'static [&'static str] {
         match stream {
             PAYMENT => &["orders", "inventory", "cart", "notification"],
-            ORDERS => &["inventory", "notification"],
+            ORDERS => &["inventory", "notification", "payment"],
             USERS => &["notification"],
             _ => &[],
         }

@@ -74,6 +74,16 @@ pub struct Reservation {
     pub status: String,
 }
 
+/// `GET /internal/users/{user_id}/contact`: where to reach a customer, for notification when
+/// an event about them arrives before their `UserRegistered`.
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct UserContact {
+    pub user_id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub phone: Option<String>,
+}
+
 /// `GET /internal/carts/{user_id}`
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
 pub struct CartContents {

@@ -62,10 +62,9 @@ impl Inventory {
     /// The consumer of `payment.events` and `orders.events`.
     pub fn consumer(&self) -> platform::consumer::Consumer {
         use contracts::events::streams;
-        platform::consumer::Consumer::new(
-            self.base.pool.clone(),
-            self.base.redis.clone(),
-            platform::consumer::ConsumerConfig::new(SERVICE, &[streams::PAYMENT, streams::ORDERS]),
+        self.base.consumer(
+            SERVICE,
+            &[streams::PAYMENT, streams::ORDERS],
             Arc::new(events::StockEvents),
         )
     }

@@ -7,8 +7,10 @@ use contracts::events::{
     Envelope, Event, OrderCancelled, PasswordResetRequested, PaymentExpired, PaymentFailed,
     PaymentRefunded, PaymentSucceeded, UserRegistered,
 };
+use contracts::internal::UserContact;
 use contracts::money::Money;
 use platform::consumer::{EventHandler, HandlerError};
+use platform::http::ServiceClient;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -49,6 +51,11 @@ fn open<E: Event>(event: &Envelope) -> Option<Result<E, HandlerError>> {
 }
 
 impl Incoming {
+    /// Users' own events carry the address to write to.
+    fn names_its_address(&self) -> bool {
+        matches!(self, Incoming::Registered(_) | Incoming::ResetRequested(_))
+    }
+
     /// `None` for event types notification does not act on.
     fn parse(event: &Envelope) -> Result<Option<Self>, HandlerError> {
         let parsed = if let Some(e) = open(event) {
@@ -97,6 +104,35 @@ struct Notice {
 pub struct Notifier {
     /// Base of links in messages (the gateway).
     pub shop_base_url: String,
+    pub users: ServiceClient,
+}
+
+impl Notifier {
+    /// The contact of `user_id` as users knows it, kept for next time. `None` when users has
+    /// no such (active) account; an error (the event is retried later) when users cannot say.
+    async fn look_up(
+        &self,
+        tx: &mut PgConnection,
+        user_id: Uuid,
+    ) -> Result<Option<Contact>, HandlerError> {
+        let path = format!("/internal/users/{user_id}/contact");
+        match self.users.get::<UserContact>(&path, None).await {
+            Ok(found) => {
+                let contact = Contact {
+                    user_id: found.user_id,
+                    email: found.email,
+                    name: found.name,
+                    phone: found.phone.filter(|p| !p.trim().is_empty()),
+                };
+                store::upsert_contact(tx, &contact).await?;
+                Ok(Some(contact))
+            }
+            Err(err) if err.status() == Some(404) => Ok(None),
+            Err(err) => Err(HandlerError::Failed(format!(
+                "no contact yet for user {user_id} and users cannot be asked: {err}"
+            ))),
+        }
+    }
 }
 
 fn greeting(contact: Option<&Contact>) -> String {
@@ -234,7 +270,13 @@ impl EventHandler for Notifier {
             )
             .await?;
         }
-        let contact = store::contact(&mut *tx, user_id).await?;
+        let contact = match store::contact(&mut *tx, user_id).await? {
+            Some(contact) => Some(contact),
+            // An order's event overtook the customer's UserRegistered (they travel on
+            // different streams): ask users rather than drop the message.
+            None if !incoming.names_its_address() => self.look_up(tx, user_id).await?,
+            None => None,
+        };
         let notice = self.compose(&incoming, contact.as_ref());
         let address = notice
             .address

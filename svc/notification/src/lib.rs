@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use platform::config::{ConfigError, Settings};
-use platform::consumer::{Consumer, ConsumerConfig};
+use platform::consumer::Consumer;
 use platform::discovery::Discovery;
+use platform::http::ServiceClient;
 use platform::runtime::Background;
 use platform::service::{Base, BaseConfig, StartError};
 use poem::{Endpoint, Response};
@@ -156,6 +157,9 @@ pub struct Notification {
     pub(crate) config: Arc<NotificationConfig>,
     email: Arc<dyn Channel>,
     sms: Arc<dyn Channel>,
+    /// Asked for a contact when an event about a customer arrives before their
+    /// `UserRegistered`.
+    users: ServiceClient,
 }
 
 impl Notification {
@@ -173,12 +177,12 @@ impl Notification {
 
     /// The consumer of users, payment and orders events (group `notification`).
     pub fn consumer(&self) -> Consumer {
-        Consumer::new(
-            self.base.pool.clone(),
-            self.base.redis.clone(),
-            ConsumerConfig::new(events::GROUP, &events::STREAMS),
+        self.base.consumer(
+            events::GROUP,
+            &events::STREAMS,
             Arc::new(events::Notifier {
                 shop_base_url: self.config.shop_base_url.clone(),
+                users: self.users.clone(),
             }),
         )
     }
@@ -223,12 +227,19 @@ pub async fn app(
 ) -> Result<(Notification, impl Endpoint<Output = Response>), StartError> {
     let email = config.email_channel()?;
     let sms = config.sms_channel()?;
+    let users = ServiceClient::new(
+        "users",
+        discovery.clone(),
+        config.base.call_timeout,
+        &config.base.internal_token,
+    );
     let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery).await?;
     let notification = Notification {
         base,
         config: Arc::new(config),
         email,
         sms,
+        users,
     };
     let app = notification.app();
     Ok((notification, app))

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use contracts::events::streams;
 use platform::config::{ConfigError, Settings};
-use platform::consumer::{Consumer, ConsumerConfig};
+use platform::consumer::Consumer;
 use platform::discovery::Discovery;
 use platform::http::ServiceClient;
 use platform::outbox::OutboxRelay;
@@ -64,10 +64,9 @@ impl Orders {
 
     /// The consumer of `payment.events`.
     pub fn consumer(&self) -> Consumer {
-        Consumer::new(
-            self.base.pool.clone(),
-            self.base.redis.clone(),
-            ConsumerConfig::new(SERVICE, &[streams::PAYMENT]),
+        self.base.consumer(
+            SERVICE,
+            &[streams::PAYMENT],
             Arc::new(events::PaymentEvents),
         )
     }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use contracts::events::{Envelope, OrderCancelled, streams};
 use platform::CancellationToken;
 use platform::config::{ConfigError, Settings};
-use platform::consumer::{Consumer, ConsumerConfig, EventHandler, HandlerError};
+use platform::consumer::{Consumer, EventHandler, HandlerError};
 use platform::discovery::Discovery;
 use platform::outbox::OutboxRelay;
 use platform::runtime::Background;
@@ -98,12 +98,8 @@ impl Payment {
 
     /// The consumer of `orders.events` (a cancelled order's session closes).
     pub fn consumer(&self) -> Consumer {
-        Consumer::new(
-            self.base.pool.clone(),
-            self.base.redis.clone(),
-            ConsumerConfig::new(SERVICE, &[streams::ORDERS]),
-            Arc::new(OrderEvents),
-        )
+        self.base
+            .consumer(SERVICE, &[streams::ORDERS], Arc::new(OrderEvents))
     }
 
     /// The outbox relay, the session-expiry sweeper and the order-event consumer.

@@ -11,6 +11,7 @@ use sqlx::migrate::Migrator;
 
 use crate::auth::{InternalToken, JwtVerifier};
 use crate::config::{ConfigError, Settings};
+use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::discovery::Discovery;
 use crate::redis::Redis;
 use crate::web::{self, ReadyCheck};
@@ -44,6 +45,10 @@ pub struct BaseConfig {
     pub max_body_bytes: usize,
     /// Limit of every call to another service.
     pub call_timeout: Duration,
+    /// A stream entry pending this long with a consumer is claimed by another.
+    pub stream_claim_idle: Duration,
+    /// A stream entry delivered this many times goes to the dead-letter stream.
+    pub stream_max_deliveries: usize,
 }
 
 impl BaseConfig {
@@ -58,6 +63,8 @@ impl BaseConfig {
             internal_token: s.require("internal_token")?,
             max_body_bytes: s.get_or("max_body_bytes", web::DEFAULT_MAX_BODY_BYTES)?,
             call_timeout: s.millis("call_timeout_ms", 2000)?,
+            stream_claim_idle: s.millis("stream_claim_idle_ms", 30_000)?,
+            stream_max_deliveries: s.get_or("stream_max_deliveries", 5)?,
         })
     }
 }
@@ -74,6 +81,26 @@ pub struct Base {
 }
 
 impl Base {
+    /// The consumer of `streams` in this service's consumer group `group`. The group must be
+    /// one contracts lists for each stream: producers trim only past what those acknowledged.
+    pub fn consumer(
+        &self,
+        group: &str,
+        streams: &[&str],
+        handler: Arc<dyn EventHandler>,
+    ) -> Consumer {
+        for stream in streams {
+            assert!(
+                contracts::events::streams::consumer_groups(stream).contains(&group),
+                "{group} reads {stream} but is not among its consumer groups in contracts"
+            );
+        }
+        let mut config = ConsumerConfig::new(group, streams);
+        config.claim_idle = self.config.stream_claim_idle;
+        config.max_deliveries = self.config.stream_max_deliveries;
+        Consumer::new(self.pool.clone(), self.redis.clone(), config, handler)
+    }
+
     /// Connects to the database (creating it and applying migrations) and Redis, and loads
     /// the token-verifying keys (from config, else from users through discovery).
     pub async fn connect(

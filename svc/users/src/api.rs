@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use contracts::events::{PasswordResetRequested, UserRegistered};
-use platform::auth::{BearerAuth, Caller, Role, authority};
+use contracts::internal::UserContact;
+use platform::auth::{BearerAuth, Caller, InternalAuth, Role, authority};
 use platform::context;
 use platform::outbox;
 use platform::problem::{ApiResult, FieldError, Problem};
@@ -25,6 +26,8 @@ enum Tag {
     Account,
     /// Administration of accounts
     Admin,
+    /// Service-to-service calls, never routed by the gateway
+    Internal,
 }
 
 pub struct UsersApi {
@@ -650,6 +653,29 @@ impl UsersApi {
         match store::user_by_id(self.db(), id.0).await? {
             Some(u) => Ok(Json(u.into())),
             None => Err(Problem::not_found("no such user")),
+        }
+    }
+
+    /// Where to reach a user (for notification). 404 for an unknown or deactivated account.
+    #[oai(
+        path = "/internal/users/:id/contact",
+        method = "get",
+        operation_id = "internal_get_user_contact",
+        tag = "Tag::Internal"
+    )]
+    async fn internal_contact(
+        &self,
+        _auth: InternalAuth,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<UserContact>> {
+        match store::user_by_id(self.db(), id.0).await? {
+            Some(u) if u.active => Ok(Json(UserContact {
+                user_id: u.id,
+                email: u.email,
+                name: u.name,
+                phone: u.phone,
+            })),
+            _ => Err(Problem::not_found("no such user")),
         }
     }
 

@@ -10,7 +10,7 @@ mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::auth::{JwtVerifier, SigningKey, TokenIssuer};
+use platform::auth::{InternalToken, JwtVerifier, SigningKey, TokenIssuer};
 use platform::config::{ConfigError, Settings};
 use platform::outbox::OutboxRelay;
 use platform::redis::Redis;
@@ -36,6 +36,8 @@ pub struct UsersConfig {
     /// The Ed25519 signing key, PKCS#8 PEM. A secret: from Nomad variables or a file
     /// generated outside the repository, never from the KV seed.
     pub signing_key_pem: String,
+    /// The credential of service-to-service routes (a secret, like the signing key).
+    pub internal_token: String,
     /// Further public keys (JWKS) still accepted during a key rotation.
     pub previous_public_keys: Option<String>,
     pub access_token_ttl: Duration,
@@ -62,6 +64,7 @@ impl UsersConfig {
             redis_url: s.require("redis_url")?,
             redis_prefix: s.get_or("redis_prefix", String::new())?,
             signing_key_pem: s.require("jwt_signing_key")?,
+            internal_token: s.require("internal_token")?,
             previous_public_keys: (!previous.trim().is_empty()).then_some(previous),
             access_token_ttl: s.seconds("access_token_ttl_seconds", 900)?,
             refresh_token_ttl: s.seconds("refresh_token_ttl_seconds", 30 * 24 * 3600)?,
@@ -149,6 +152,7 @@ impl Users {
             self.config.max_body_bytes,
         )
         .data(self.verifier.clone())
+        .data(InternalToken::new(&self.config.internal_token))
     }
 
     /// What runs beside the HTTP app: the outbox relay.

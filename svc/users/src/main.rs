@@ -11,6 +11,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if settings.raw("jwt_signing_key").is_none() && env.local {
         settings = settings.with("jwt_signing_key", boot::dev_signing_key()?);
     }
+    if settings.raw("internal_token").is_none() && env.local {
+        settings = settings.with("internal_token", boot::dev_internal_token()?);
+    }
     let (state, app) = users::app(users::UsersConfig::from_settings(&settings)?).await?;
     platform::runtime::run_until_signal(
         users::SERVICE,

@@ -335,3 +335,52 @@ async fn without_an_smtp_server_or_sms_provider_messages_are_logged_and_recorded
         assert_eq!(row.sent_via.as_deref(), Some("log"));
     }
 }
+
+#[tokio::test]
+async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_users_gives() {
+    let smtp = SmtpServer::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        claim_idle_ms: 0,
+        ..Options::default()
+    })
+    .await;
+    let user = registered("Olga", None);
+    svc.users.knows(contracts::internal::UserContact {
+        user_id: user.user_id,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        phone: None,
+    });
+
+    // users cannot answer: the event is kept for later, nothing recorded, nothing lost.
+    svc.users.set_down(true);
+    svc.producer.publish(&paid(user.user_id, 1500)).await;
+    svc.consume().await;
+    assert!(svc.rows_of(user.user_id).await.is_empty());
+
+    // Once it can, the confirmation goes to the address users gave, once.
+    svc.users.set_down(false);
+    svc.consume().await;
+    svc.send_due().await;
+    let rows = svc.rows_of(user.user_id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].recipient.as_str()),
+        ("sent", user.email.as_str())
+    );
+    let mail = smtp.messages_to(&user.email);
+    assert_eq!(mail.len(), 1);
+    assert!(
+        mail[0]["body"].as_str().unwrap().contains("Hello Olga"),
+        "{}",
+        mail[0]["body"]
+    );
+
+    // The late UserRegistered still welcomes them; the order is not confirmed again.
+    svc.producer.publish(&user).await;
+    svc.consume().await;
+    svc.send_due().await;
+    assert_eq!(svc.rows_of(user.user_id).await.len(), 2);
+    assert_eq!(smtp.messages_to(&user.email).len(), 2);
+}

@@ -1,4 +1,9 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use contracts::internal::UserContact;
+use platform::discovery::{Discovery, Registration};
 
 use contracts::events::{Envelope, Event, UserRegistered};
 use notification::{Notification, NotificationConfig};
@@ -49,6 +54,60 @@ impl SmsProvider {
 
     pub fn received(&self) -> Vec<Value> {
         self.received.lock().unwrap().clone()
+    }
+}
+
+/// Users as notification asks it for a contact: knows what the test tells it, answers 404
+/// for anyone else, 503 while `down`.
+pub struct UsersDouble {
+    _server: TestServer,
+    known: Arc<Mutex<HashMap<Uuid, UserContact>>>,
+    down: Arc<AtomicBool>,
+}
+
+impl UsersDouble {
+    async fn start(discovery: &LocalDiscovery) -> Self {
+        let known: Arc<Mutex<HashMap<Uuid, UserContact>>> = Arc::default();
+        let down: Arc<AtomicBool> = Arc::default();
+        let (k, d) = (known.clone(), down.clone());
+        let app = poem::Route::new().at(
+            "/internal/users/:id/contact",
+            poem::get(poem::endpoint::make_sync(move |req: poem::Request| {
+                use poem::IntoResponse;
+                assert_eq!(
+                    req.header("x-internal-token"),
+                    Some(testing::INTERNAL_TOKEN),
+                    "notification sends the internal credential"
+                );
+                if d.load(Ordering::SeqCst) {
+                    return poem::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                let id: Uuid = req.path_params::<Uuid>().unwrap();
+                match k.lock().unwrap().get(&id) {
+                    Some(c) => poem::web::Json(c.clone()).into_response(),
+                    None => poem::http::StatusCode::NOT_FOUND.into_response(),
+                }
+            })),
+        );
+        let server = TestServer::start(app).await;
+        discovery
+            .register(&Registration::new("users", "127.0.0.1", server.addr.port()))
+            .await
+            .unwrap();
+        Self {
+            _server: server,
+            known,
+            down,
+        }
+    }
+
+    /// Users knows `contact` (its UserRegistered has not reached notification).
+    pub fn knows(&self, contact: UserContact) {
+        self.known.lock().unwrap().insert(contact.user_id, contact);
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }
 
@@ -130,6 +189,7 @@ pub struct Service {
     pub producer: Producer,
     pub client: Client,
     pub identity: TestIdentity,
+    pub users: UsersDouble,
     _db: TestDb,
 }
 
@@ -139,6 +199,8 @@ pub struct Options {
     pub sms_url: Option<String>,
     pub retry_base_delay_ms: u64,
     pub max_attempts: i32,
+    /// How long a failed entry waits before another consumer claims it.
+    pub claim_idle_ms: u64,
 }
 
 impl Default for Options {
@@ -148,6 +210,7 @@ impl Default for Options {
             sms_url: None,
             retry_base_delay_ms: 50,
             max_attempts: 5,
+            claim_idle_ms: 30_000,
         }
     }
 }
@@ -163,6 +226,7 @@ impl Service {
                 options.retry_base_delay_ms.to_string(),
             )
             .with("max_attempts", options.max_attempts.to_string())
+            .with("stream_claim_idle_ms", options.claim_idle_ms.to_string())
             .with("send_interval_ms", "50")
             .with("shop_base_url", "https://shop.example.test");
         if let Some(port) = options.smtp_port {
@@ -174,7 +238,9 @@ impl Service {
             settings = settings.with("sms_url", url);
         }
         let config = NotificationConfig::from_settings(&settings).unwrap();
-        let (notification, app) = notification::app(config, Arc::new(LocalDiscovery::new()))
+        let discovery = Arc::new(LocalDiscovery::new());
+        let users = UsersDouble::start(&discovery).await;
+        let (notification, app) = notification::app(config, discovery)
             .await
             .expect("notification starts (Postgres and Redis must be running)");
         let producer = Producer::new(notification.redis().prefix()).await;
@@ -184,6 +250,7 @@ impl Service {
             producer,
             client: Client::new(),
             identity,
+            users,
             _db: db,
         }
     }

@@ -107,6 +107,10 @@ async fn users_runs_in_consul_mode_from_the_imported_kv_seed() {
             "micromart/users/jwt_signing_key",
             platform::auth::SigningKey::generate_pem(),
         ),
+        (
+            "micromart/shared/internal_token",
+            platform::testing::INTERNAL_TOKEN.to_owned(),
+        ),
     ] {
         consul.set(key, &value).await.unwrap();
     }

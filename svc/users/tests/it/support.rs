@@ -35,6 +35,7 @@ pub async fn config(db: &TestDb, signing_pem: &str) -> UsersConfig {
         .with("redis_url", testing::redis_url())
         .with("redis_prefix", testing::redis_prefix())
         .with("jwt_signing_key", signing_pem)
+        .with("internal_token", testing::INTERNAL_TOKEN)
         .with("admin_email", ADMIN_EMAIL)
         .with("login_max_failures", "3");
     UsersConfig::from_settings(&settings).unwrap()
