@@ -305,7 +305,7 @@ async fn checkout_refuses_bad_requests_and_changes_nothing() {
     .await;
     let pay_unknown = saga
         .client
-        .get(format!("{}/pay/{}", saga.urls["payment"], Uuid::now_v7()))
+        .get(format!("{}/pay/{}", saga.gateway, Uuid::now_v7()))
         .send()
         .await
         .unwrap();

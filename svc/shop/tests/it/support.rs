@@ -38,7 +38,10 @@ pub struct Saga {
     pub identity: TestIdentity,
     pub client: Client,
     pub manager: String,
+    /// Each service's own address (for what the gateway never routes, like `/openapi.json`).
     pub urls: std::collections::HashMap<&'static str, String>,
+    /// The gateway in front of them: every customer and staff call goes through it.
+    pub gateway: String,
     pub payment: payment::Payment,
     /// Each service's background tasks (relay, consumers, sweepers), kept so that a test can
     /// kill and restart them.
@@ -172,7 +175,9 @@ impl Saga {
             urls.insert(name, server.url());
             servers.push(server);
         }
+        let gateway = start_gateway(&identity, &discovery, &stop).await;
         Self {
+            gateway: gateway.url(),
             manager: identity.token(Uuid::now_v7(), Role::Manager),
             identity,
             client: Client::builder()
@@ -185,7 +190,10 @@ impl Saga {
             payment: payment_state,
             smtp,
             stop,
-            _servers: servers,
+            _servers: {
+                servers.push(gateway);
+                servers
+            },
             _dbs: dbs,
         }
     }
@@ -195,9 +203,15 @@ impl Saga {
         (id, self.identity.token(id, Role::Customer))
     }
 
+    /// A call through the gateway; `service` is the one the path belongs to (the gateway
+    /// finds it by the path).
     pub fn call(&self, service: &str, method: Method, path: &str, token: &str) -> RequestBuilder {
+        debug_assert!(
+            self.urls.contains_key(service),
+            "{service} runs in the saga"
+        );
         self.client
-            .request(method, format!("{}{path}", self.urls[service]))
+            .request(method, format!("{}{path}", self.gateway))
             .bearer_auth(token)
     }
 
@@ -270,14 +284,14 @@ impl Saga {
         let path = payment_url.split("/pay/").nth(1).unwrap();
         let page = self
             .client
-            .get(format!("{}/pay/{path}", self.urls["payment"]))
+            .get(format!("{}/pay/{path}", self.gateway))
             .send()
             .await
             .unwrap();
         assert_eq!(page.status(), 200);
         assert!(page.text().await.unwrap().contains("<form"));
         self.client
-            .post(format!("{}/pay/{path}", self.urls["payment"]))
+            .post(format!("{}/pay/{path}", self.gateway))
             .form(&[
                 ("card_number", card),
                 ("expiry", "12/30"),
@@ -365,7 +379,7 @@ impl Saga {
     pub async fn pay_again(&self, payment_url: &str) -> u16 {
         let path = payment_url.split("/pay/").nth(1).unwrap();
         self.client
-            .get(format!("{}/pay/{path}", self.urls["payment"]))
+            .get(format!("{}/pay/{path}", self.gateway))
             .send()
             .await
             .unwrap()
@@ -379,7 +393,7 @@ impl Saga {
     /// (email, access token).
     pub async fn registered_customer(&self, name: &str) -> (String, String) {
         let email = format!("{name}-{}@example.com", Uuid::new_v4().simple());
-        let users = &self.urls["users"];
+        let users = &self.gateway;
         let r = self
             .client
             .post(format!("{users}/api/v1/users/register"))
@@ -400,6 +414,47 @@ impl Saga {
             .unwrap();
         (email, tokens["access_token"].as_str().unwrap().to_owned())
     }
+}
+
+/// The gateway over `discovery`, with the per-client rate limit lifted (a saga test sends
+/// hundreds of calls from one address; the limit has its own tests in the gateway suite).
+async fn start_gateway(
+    identity: &TestIdentity,
+    discovery: &Arc<dyn Discovery>,
+    stop: &CancellationToken,
+) -> Serving {
+    use platform::config::{ConfigSource, LocalConfig, Settings, default_seed_path};
+    let config = LocalConfig::from_seed(&default_seed_path()).unwrap();
+    for (key, value) in [
+        ("jwt_public_keys", identity.jwks.as_str()),
+        ("rate_limit_per_second", "1000000"),
+        ("rate_limit_burst", "1000000"),
+    ] {
+        config
+            .set(&format!("micromart/gateway/{key}"), value)
+            .await
+            .unwrap();
+    }
+    let source: Arc<dyn ConfigSource> = Arc::new(config);
+    let settings = Settings::load(source.as_ref(), "gateway").await.unwrap();
+    let (gateway, app) = gateway::app(
+        gateway::GatewayConfig::from_settings(&settings).unwrap(),
+        discovery.clone(),
+        source,
+    )
+    .await
+    .unwrap();
+    gateway.background().spawn(stop);
+    serve(
+        "gateway",
+        app,
+        "127.0.0.1:0",
+        "127.0.0.1",
+        discovery.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap()
 }
 
 impl Saga {
