@@ -38,22 +38,66 @@ struct NoApi;
 #[OpenApi]
 impl NoApi {}
 
+/// poem-openapi's Swagger UI page (its bundled Swagger UI, no CDN) turned into one page over
+/// every service's document: a definition picker above it loads the chosen document through
+/// Swagger UI's own spec actions. Swagger UI's `urls` option would need its standalone
+/// preset, which poem-openapi does not bundle. The bearer token entered under "Authorize"
+/// is kept (`persistAuthorization`) across documents and reloads.
 pub fn swagger(_gateway: Gateway) -> impl Endpoint<Output = Response> {
     let page = OpenApiService::new(NoApi, "MicroMart", env!("CARGO_PKG_VERSION")).swagger_ui_html();
-    let urls: Vec<serde_json::Value> = routes::services()
+    let options: String = routes::services()
         .into_iter()
-        .map(|s| json!({ "url": format!("/openapi/{s}.json"), "name": s }))
+        .map(|s| format!(r#"<option value="/openapi/{s}.json">{s}</option>"#))
         .collect();
-    // Swagger UI lists several documents with `urls` instead of one inline `spec`.
-    let page = page.replacen(
-        "spec: spec,",
-        &format!(
-            "urls: {}, \"urls.primaryName\": \"users\", persistAuthorization: true,",
-            serde_json::Value::from(urls)
-        ),
-        1,
+    let picker = format!(
+        r#"<div style="font-family: sans-serif; padding: 10px 20px; background: #1b1b1b; color: #fff">
+<label for="definition">MicroMart API, select a definition: </label>
+<select id="definition">{options}</select>
+</div>
+<div id="ui"></div>"#
     );
+    // Only the page's own markup and script, after `<body>`, are edited: the bundled Swagger
+    // UI script in `<head>` contains some of the same words.
+    let body_at = page
+        .rfind("<body>")
+        .expect("poem-openapi's page has a body");
+    let (head, body) = page.split_at(body_at);
+    let body = body
+        .replacen(r#"<div id="ui"></div>"#, &picker, 1)
+        .replacen(
+            "let spec = ",
+            r#"const definition = document.getElementById("definition");
+    let spec = "#,
+            1,
+        )
+        .replacen("SwaggerUIBundle({", "const ui = SwaggerUIBundle({", 1)
+        .replacen(
+            "spec: spec,",
+            "url: definition.value, persistAuthorization: true,",
+            1,
+        )
+        .replacen(
+            "</body>",
+            r#"<script>
+    definition.addEventListener("change", () => {
+        ui.specActions.updateUrl(definition.value);
+        ui.specActions.download(definition.value);
+    });
+</script>
+</body>"#,
+            1,
+        );
+    let page = format!("{head}{body}");
     poem::endpoint::make_sync(move |_| Html(page.clone()).into_response())
+}
+
+/// A service's document as the gateway shows it: without `/internal/**`, which the gateway
+/// never routes.
+fn public_document(mut doc: serde_json::Value) -> serde_json::Value {
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        paths.retain(|path, _| path != "/internal" && !path.starts_with("/internal/"));
+    }
+    doc
 }
 
 pub fn document(gateway: Gateway) -> impl Endpoint<Output = Response> {
@@ -76,10 +120,8 @@ pub fn document(gateway: Gateway) -> impl Endpoint<Output = Response> {
                 .send()
                 .await;
             match fetched {
-                Ok(resp) if resp.status() == StatusCode::OK => match resp.bytes().await {
-                    Ok(body) => Response::builder()
-                        .content_type("application/json")
-                        .body(body.to_vec()),
+                Ok(resp) if resp.status() == StatusCode::OK => match resp.json().await {
+                    Ok(doc) => Json(public_document(doc)).into_response(),
                     Err(_) => {
                         Problem::unavailable(format!("{service} did not send its document"), 5)
                             .into_response()
@@ -90,4 +132,23 @@ pub fn document(gateway: Gateway) -> impl Endpoint<Output = Response> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_document;
+    use serde_json::json;
+
+    #[test]
+    fn internal_routes_are_left_out_of_the_documents_the_gateway_shows() {
+        let doc = json!({"openapi": "3.0.0", "paths": {
+            "/api/v1/cart": {"get": {}},
+            "/internal/carts/{user_id}": {"get": {}},
+            "/internalish": {"get": {}},
+        }});
+        let shown = public_document(doc);
+        let paths: Vec<&String> = shown["paths"].as_object().unwrap().keys().collect();
+        assert_eq!(paths, ["/api/v1/cart", "/internalish"]);
+        assert_eq!(shown["openapi"], "3.0.0");
+    }
 }

@@ -304,9 +304,19 @@ async fn docs_list_every_service_document() {
         "notification",
     ] {
         assert!(
-            page.contains(&format!("/openapi/{service}.json")),
-            "{service} is listed"
+            page.contains(&format!(
+                r#"<option value="/openapi/{service}.json">{service}</option>"#
+            )),
+            "{service} is in the definition picker"
         );
+    }
+    // The picker drives Swagger UI, which starts on the first document and keeps the token.
+    for wiring in [
+        "const ui = SwaggerUIBundle({",
+        "url: definition.value, persistAuthorization: true,",
+        "ui.specActions.download(definition.value)",
+    ] {
+        assert_eq!(page.matches(wiring).count(), 1, "{wiring}");
     }
     let doc = edge
         .client

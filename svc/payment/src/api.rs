@@ -100,6 +100,9 @@ enum PageResponse {
     /// The session can no longer be paid.
     #[oai(status = 410)]
     Gone(Html<String>),
+    /// Something failed on our side.
+    #[oai(status = 500)]
+    Failed(Html<String>),
 }
 
 #[derive(ApiResponse)]
@@ -116,6 +119,19 @@ enum PayResponse {
     /// The card was not accepted on the form.
     #[oai(status = 422)]
     Invalid(Html<String>),
+    /// Something failed on our side.
+    #[oai(status = 500)]
+    Failed(Html<String>),
+}
+
+/// The hosted pages answer browsers, so even a failure is a page, not problem+json (whose
+/// declared responses would also repeat the pages' own 404 and 422).
+fn failure_page(problem: Problem) -> Html<String> {
+    tracing::error!(?problem, "a payment page failed");
+    Html(page::message(
+        "Something went wrong",
+        "We could not process this page and nothing was charged twice. Please try again in a moment.",
+    ))
 }
 
 impl PaymentApi {
@@ -195,17 +211,10 @@ impl PaymentApi {
         operation_id = "payment_page",
         tag = "Tag::Page"
     )]
-    async fn page(&self, session_id: Path<Uuid>) -> ApiResult<PageResponse> {
-        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
-            return Ok(PageResponse::NotFound(Html(page::message(
-                "Unknown payment",
-                "There is no such payment session.",
-            ))));
-        };
-        if session.status != "open" || session.expires_at <= Utc::now() {
-            return Ok(PageResponse::Gone(Html(page::closed(&session))));
-        }
-        Ok(PageResponse::Page(Html(page::form(&session, None))))
+    async fn page(&self, session_id: Path<Uuid>) -> PageResponse {
+        self.show_page(session_id)
+            .await
+            .unwrap_or_else(|p| PageResponse::Failed(failure_page(p)))
     }
 
     /// Pay a session with a card; redirects to the result page. Paying twice charges once.
@@ -215,39 +224,10 @@ impl PaymentApi {
         operation_id = "pay",
         tag = "Tag::Page"
     )]
-    async fn pay(&self, session_id: Path<Uuid>, form: Form<CardForm>) -> ApiResult<PayResponse> {
-        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
-            return Ok(PayResponse::NotFound(Html(page::message(
-                "Unknown payment",
-                "There is no such payment session.",
-            ))));
-        };
-        if session.status != "open" || session.expires_at <= Utc::now() {
-            return Ok(PayResponse::Gone(Html(page::closed(&session))));
-        }
-        let card = Card {
-            number: &form.0.card_number,
-        };
-        let form_errors = page::check_form(&form.0.expiry, &form.0.cvc, &form.0.name);
-        let event = match (self.state.provider.charge(session.id, &card), form_errors) {
-            (Ok(event), None) => event,
-            (Err(e), _) => {
-                return Ok(PayResponse::Invalid(Html(page::form(
-                    &session,
-                    Some(&e.to_string()),
-                ))));
-            }
-            (_, Some(e)) => return Ok(PayResponse::Invalid(Html(page::form(&session, Some(&e))))),
-        };
-        // The sandbox reports through the same signed path a real provider calls.
-        let body = serde_json::to_vec(&event).map_err(Problem::internal)?;
-        let signature = provider::sign(
-            &self.state.config.webhook_secret,
-            Utc::now().timestamp(),
-            &body,
-        );
-        self.state.receive_webhook(&signature, &body).await?;
-        Ok(PayResponse::SeeOther(format!("/pay/{}/result", session.id)))
+    async fn pay(&self, session_id: Path<Uuid>, form: Form<CardForm>) -> PayResponse {
+        self.pay_session(session_id, form)
+            .await
+            .unwrap_or_else(|p| PayResponse::Failed(failure_page(p)))
     }
 
     /// Where the form leads: paid, declined, or still being processed.
@@ -257,18 +237,10 @@ impl PaymentApi {
         operation_id = "payment_result",
         tag = "Tag::Page"
     )]
-    async fn result(&self, session_id: Path<Uuid>) -> ApiResult<PageResponse> {
-        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
-            return Ok(PageResponse::NotFound(Html(page::message(
-                "Unknown payment",
-                "There is no such payment session.",
-            ))));
-        };
-        let payment = store::payment_of_session(&self.state.base.pool, session.id).await?;
-        Ok(PageResponse::Page(Html(page::result(
-            &session,
-            payment.as_ref(),
-        ))))
+    async fn result(&self, session_id: Path<Uuid>) -> PageResponse {
+        self.show_result(session_id)
+            .await
+            .unwrap_or_else(|p| PageResponse::Failed(failure_page(p)))
     }
 
     /// The provider's result callback, signed with HMAC-SHA256 (`Payment-Signature: t=…,v1=…`).
@@ -403,5 +375,74 @@ impl Payment {
             return Err(Problem::not_found("no such payment session"));
         }
         Ok(applied)
+    }
+}
+
+/// The hosted pages' work; their errors become a failure page.
+impl PaymentApi {
+    async fn show_page(&self, session_id: Path<Uuid>) -> ApiResult<PageResponse> {
+        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
+            return Ok(PageResponse::NotFound(Html(page::message(
+                "Unknown payment",
+                "There is no such payment session.",
+            ))));
+        };
+        if session.status != "open" || session.expires_at <= Utc::now() {
+            return Ok(PageResponse::Gone(Html(page::closed(&session))));
+        }
+        Ok(PageResponse::Page(Html(page::form(&session, None))))
+    }
+
+    async fn pay_session(
+        &self,
+        session_id: Path<Uuid>,
+        form: Form<CardForm>,
+    ) -> ApiResult<PayResponse> {
+        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
+            return Ok(PayResponse::NotFound(Html(page::message(
+                "Unknown payment",
+                "There is no such payment session.",
+            ))));
+        };
+        if session.status != "open" || session.expires_at <= Utc::now() {
+            return Ok(PayResponse::Gone(Html(page::closed(&session))));
+        }
+        let card = Card {
+            number: &form.0.card_number,
+        };
+        let form_errors = page::check_form(&form.0.expiry, &form.0.cvc, &form.0.name);
+        let event = match (self.state.provider.charge(session.id, &card), form_errors) {
+            (Ok(event), None) => event,
+            (Err(e), _) => {
+                return Ok(PayResponse::Invalid(Html(page::form(
+                    &session,
+                    Some(&e.to_string()),
+                ))));
+            }
+            (_, Some(e)) => return Ok(PayResponse::Invalid(Html(page::form(&session, Some(&e))))),
+        };
+        // The sandbox reports through the same signed path a real provider calls.
+        let body = serde_json::to_vec(&event).map_err(Problem::internal)?;
+        let signature = provider::sign(
+            &self.state.config.webhook_secret,
+            Utc::now().timestamp(),
+            &body,
+        );
+        self.state.receive_webhook(&signature, &body).await?;
+        Ok(PayResponse::SeeOther(format!("/pay/{}/result", session.id)))
+    }
+
+    async fn show_result(&self, session_id: Path<Uuid>) -> ApiResult<PageResponse> {
+        let Some(session) = store::session(&self.state.base.pool, session_id.0).await? else {
+            return Ok(PageResponse::NotFound(Html(page::message(
+                "Unknown payment",
+                "There is no such payment session.",
+            ))));
+        };
+        let payment = store::payment_of_session(&self.state.base.pool, session.id).await?;
+        Ok(PageResponse::Page(Html(page::result(
+            &session,
+            payment.as_ref(),
+        ))))
     }
 }

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use platform::testing::{INTERNAL_TOKEN, assert_openapi_matches, expect_problem};
+use platform::testing::{INTERNAL_TOKEN, assert_served_openapi_matches, expect_problem};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -309,14 +309,5 @@ async fn idle_carts_are_removed_by_the_sweeper() {
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
-    let served: Value = shop
-        .client
-        .get(format!("{}/openapi.json", shop.cart_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_openapi_matches("cart", &served);
+    assert_served_openapi_matches("cart", &shop.cart_url).await;
 }

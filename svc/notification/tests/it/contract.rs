@@ -1,6 +1,6 @@
 //! What the rest of the shop relies on: the committed OpenAPI document, health and readiness.
 
-use platform::testing::assert_openapi_matches;
+use platform::testing::assert_served_openapi_matches;
 use serde_json::Value;
 
 use crate::support::{Options, Service};
@@ -8,13 +8,7 @@ use crate::support::{Options, Service};
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let svc = Service::start(Options::default()).await;
-    let served: Value = reqwest::get(format!("{}/openapi.json", svc.server.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_openapi_matches("notification", &served);
+    let served = assert_served_openapi_matches("notification", &svc.server.url()).await;
     let list = &served["paths"]["/api/v1/notifications"]["get"];
     assert_eq!(list["operationId"], "list_notifications");
     assert_eq!(list["tags"], serde_json::json!(["Notifications"]));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use platform::CancellationToken;
 use platform::discovery::{Discovery, LocalDiscovery};
-use platform::testing::assert_openapi_matches;
+use platform::testing::assert_served_openapi_matches;
 use serde_json::Value;
 
 use crate::support::Shop;
@@ -13,8 +13,7 @@ use crate::support::Shop;
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
-    let served: Value = shop.get_json("/openapi.json").await;
-    assert_openapi_matches("products", &served);
+    let served = assert_served_openapi_matches("products", &shop.server.url()).await;
     let paths = served["paths"].as_object().unwrap();
     for path in [
         "/api/v1/products",

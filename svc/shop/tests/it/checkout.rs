@@ -361,16 +361,7 @@ async fn a_customer_cancels_a_pending_order_and_its_stock_returns() {
 async fn the_committed_openapi_documents_of_orders_and_payment_match_the_code() {
     let saga = Saga::start().await;
     for service in ["orders", "payment"] {
-        let served: Value = saga
-            .client
-            .get(format!("{}/openapi.json", saga.urls[service]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        platform::testing::assert_openapi_matches(service, &served);
+        platform::testing::assert_served_openapi_matches(service, &saga.urls[service]).await;
     }
 }
 

@@ -11,32 +11,7 @@ use crate::support::Shop;
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
-    let served: serde_json::Value = shop
-        .get("/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi/users.json");
-    let rendered = serde_json::to_string_pretty(&served).unwrap() + "\n";
-    if std::env::var("UPDATE_OPENAPI").is_ok() {
-        std::fs::write(&path, &rendered).unwrap();
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == rendered,
-        "openapi/users.json is out of date: run `UPDATE_OPENAPI=1 cargo test -p users the_committed_openapi` and commit it"
-    );
-    for (path, item) in served["paths"].as_object().unwrap() {
-        for (method, op) in item.as_object().unwrap() {
-            assert!(
-                op.get("operationId").is_some(),
-                "{method} {path} has an operationId"
-            );
-        }
-    }
+    platform::testing::assert_served_openapi_matches("users", &shop.server.url()).await;
 }
 
 #[tokio::test]
