@@ -67,6 +67,8 @@ pub fn swagger(_gateway: Gateway) -> impl Endpoint<Output = Response> {
         .replacen(
             "let spec = ",
             r#"const definition = document.getElementById("definition");
+    const chosen = new URLSearchParams(window.location.search).get("definition");
+    if (chosen) definition.value = "/openapi/" + chosen + ".json";
     let spec = "#,
             1,
         )
@@ -80,6 +82,8 @@ pub fn swagger(_gateway: Gateway) -> impl Endpoint<Output = Response> {
             "</body>",
             r#"<script>
     definition.addEventListener("change", () => {
+        const name = definition.value.replace("/openapi/", "").replace(".json", "");
+        history.replaceState(null, "", "?definition=" + name);
         ui.specActions.updateUrl(definition.value);
         ui.specActions.download(definition.value);
     });
@@ -92,10 +96,17 @@ pub fn swagger(_gateway: Gateway) -> impl Endpoint<Output = Response> {
 }
 
 /// A service's document as the gateway shows it: without `/internal/**`, which the gateway
-/// never routes.
+/// never routes, nor the internal credential's security scheme, which only those use.
 fn public_document(mut doc: serde_json::Value) -> serde_json::Value {
     if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
         paths.retain(|path, _| path != "/internal" && !path.starts_with("/internal/"));
+    }
+    let used = doc["paths"].to_string();
+    if let Some(schemes) = doc
+        .pointer_mut("/components/securitySchemes")
+        .and_then(|s| s.as_object_mut())
+    {
+        schemes.retain(|name, _| used.contains(&format!("\"{name}\"")));
     }
     doc
 }
@@ -142,13 +153,23 @@ mod tests {
     #[test]
     fn internal_routes_are_left_out_of_the_documents_the_gateway_shows() {
         let doc = json!({"openapi": "3.0.0", "paths": {
-            "/api/v1/cart": {"get": {}},
-            "/internal/carts/{user_id}": {"get": {}},
+            "/api/v1/cart": {"get": {"security": [{"BearerAuth": []}]}},
+            "/internal/carts/{user_id}": {"get": {"security": [{"InternalAuth": []}]}},
             "/internalish": {"get": {}},
-        }});
+        }, "components": {"securitySchemes": {"BearerAuth": {}, "InternalAuth": {}}}});
         let shown = public_document(doc);
         let paths: Vec<&String> = shown["paths"].as_object().unwrap().keys().collect();
         assert_eq!(paths, ["/api/v1/cart", "/internalish"]);
+        let schemes: Vec<&String> = shown["components"]["securitySchemes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(
+            schemes,
+            ["BearerAuth"],
+            "the internal credential is not offered"
+        );
         assert_eq!(shown["openapi"], "3.0.0");
     }
 }
