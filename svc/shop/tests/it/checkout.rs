@@ -501,65 +501,6 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
     assert_eq!(saga.stock(mug).await["on_hand"], 5, "restocked once");
 }
 
-/// Checks the end state every crash test must reach: each order PAID exactly once (one
-/// history row), `product`'s stock deducted once per order, each cart empty and one
-/// confirmation email per order.
-async fn assert_each_paid_once(
-    saga: &Saga,
-    product: Uuid,
-    stock_before: i64,
-    orders: &[(String, String, String)],
-    within: std::time::Duration,
-) {
-    for (_, token, order_id) in orders {
-        saga.eventually_within(within, "every order is PAID", || async {
-            order_status(saga, token, order_id).await == "PAID"
-        })
-        .await;
-    }
-    let paid = orders.len() as i64;
-    saga.eventually_within(within, "the stock is deducted once per order", || async {
-        let s = saga.stock(product).await;
-        s["on_hand"] == stock_before - paid && s["reserved"] == 0
-    })
-    .await;
-    saga.eventually_within(within, "one confirmation per order", || async {
-        orders
-            .iter()
-            .all(|(email, _, id)| saga.confirmations(email, id) == 1)
-    })
-    .await;
-    for (_, token, _) in orders {
-        saga.eventually_within(within, "every cart is empty", || async {
-            saga.cart_lines(token).await == 0
-        })
-        .await;
-    }
-    // Whatever is still in flight has had time to arrive twice, if it were going to.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    for (email, token, order_id) in orders {
-        assert_eq!(
-            saga.confirmations(email, order_id),
-            1,
-            "one email for {order_id}"
-        );
-        let order = saga.order(token, order_id).await;
-        let history: Vec<&str> = order["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["to"].as_str().unwrap())
-            .collect();
-        assert_eq!(history, ["PENDING", "PAID"], "{order_id} paid once");
-    }
-    let s = saga.stock(product).await;
-    assert_eq!(
-        (s["on_hand"].as_i64(), s["reserved"].as_i64()),
-        (Some(stock_before - paid), Some(0)),
-        "deducted exactly once per order"
-    );
-}
-
 #[tokio::test]
 async fn consumers_down_while_100_payments_succeed_catch_up_and_apply_each_once() {
     let saga = Saga::start().await;
@@ -607,14 +548,8 @@ async fn consumers_down_while_100_payments_succeed_catch_up_and_apply_each_once(
     for service in consumers {
         saga.restart_tasks(service);
     }
-    assert_each_paid_once(
-        &saga,
-        mug,
-        stock,
-        &orders,
-        std::time::Duration::from_secs(60),
-    )
-    .await;
+    saga.assert_each_paid_once(mug, stock, &orders, std::time::Duration::from_secs(60))
+        .await;
 }
 
 #[tokio::test]
@@ -650,5 +585,6 @@ async fn redis_restarting_mid_flow_loses_nothing_and_applies_nothing_twice() {
         (ben_email, ben, during),
         (ann_email, ann, after),
     ];
-    assert_each_paid_once(&saga, mug, 10, &orders, std::time::Duration::from_secs(30)).await;
+    saga.assert_each_paid_once(mug, 10, &orders, std::time::Duration::from_secs(30))
+        .await;
 }

@@ -67,6 +67,11 @@ impl Saga {
 
     /// A saga whose services all use the Redis at `redis_url`.
     pub async fn start_with_redis(redis_url: String) -> Self {
+        Self::start_with(redis_url, &[]).await
+    }
+
+    /// A saga with `overrides` of every service's settings.
+    pub async fn start_with(redis_url: String, overrides: &[(&str, &str)]) -> Self {
         let turn = RUNNING
             .acquire()
             .await
@@ -79,9 +84,12 @@ impl Saga {
         let dbs: Vec<TestDb> = SERVICES.iter().map(|n| TestDb::new(n)).collect();
         let mut conf = Vec::new();
         for (name, db) in SERVICES.iter().zip(&dbs) {
+            let mut service_settings = settings(name, db, &identity).await;
+            for (key, value) in overrides {
+                service_settings = service_settings.with(key, *value);
+            }
             conf.push(
-                settings(name, db, &identity)
-                    .await
+                service_settings
                     .with("redis_url", redis_url.clone())
                     .with("redis_prefix", prefix.clone())
                     .with("webhook_secret", WEBHOOK_SECRET)
@@ -516,5 +524,66 @@ impl Saga {
         let payment_url = placed["payment_url"].as_str().unwrap();
         assert_eq!(self.pay(payment_url, "4242 4242 4242 4242").await, 303);
         placed["order"]["id"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Saga {
+    /// Checks the end state every crash test must reach: each order PAID exactly once (one
+    /// history row), `product`'s stock deducted once per order, each cart empty and one
+    /// confirmation email per order.
+    pub async fn assert_each_paid_once(
+        &self,
+        product: Uuid,
+        stock_before: i64,
+        orders: &[(String, String, String)],
+        within: std::time::Duration,
+    ) {
+        for (_, token, order_id) in orders {
+            self.eventually_within(within, "every order is PAID", || async {
+                self.order(token, order_id).await["status"] == "PAID"
+            })
+            .await;
+        }
+        let paid = orders.len() as i64;
+        self.eventually_within(within, "the stock is deducted once per order", || async {
+            let s = self.stock(product).await;
+            s["on_hand"] == stock_before - paid && s["reserved"] == 0
+        })
+        .await;
+        self.eventually_within(within, "one confirmation per order", || async {
+            orders
+                .iter()
+                .all(|(email, _, id)| self.confirmations(email, id) == 1)
+        })
+        .await;
+        for (_, token, _) in orders {
+            self.eventually_within(within, "every cart is empty", || async {
+                self.cart_lines(token).await == 0
+            })
+            .await;
+        }
+        // Whatever is still in flight has had time to arrive twice, if it were going to.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        for (email, token, order_id) in orders {
+            assert_eq!(
+                self.confirmations(email, order_id),
+                1,
+                "one email for {order_id}"
+            );
+            let order = self.order(token, order_id).await;
+            let history: Vec<&str> = order["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["to"].as_str().unwrap())
+                .collect();
+            assert_eq!(history, ["PENDING", "PAID"], "{order_id} paid once");
+        }
+        let s = self.stock(product).await;
+        assert_eq!(
+            (s["on_hand"].as_i64(), s["reserved"].as_i64()),
+            (Some(stock_before - paid), Some(0)),
+            "deducted exactly once per order"
+        );
     }
 }

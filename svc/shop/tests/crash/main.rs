@@ -1,0 +1,56 @@
+//! Saga crash tests that inject failures through fail-rs failpoints. Failpoints are
+//! process-wide, so these run in a test binary of their own, apart from the other sagas.
+
+// The saga harness is shared with tests/it; this binary uses only part of it.
+#[allow(dead_code)]
+#[path = "../it/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::Saga;
+
+/// How many entries `group` found already applied (redeliveries), from the process's metrics.
+fn duplicates_seen_by(group: &str) -> u64 {
+    platform::metrics::handle()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("stream_entries_total{"))
+        .filter(|l| {
+            l.contains(&format!("group=\"{group}\"")) && l.contains("outcome=\"duplicate\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn consumers_killed_after_applying_before_xack_get_it_again_and_change_nothing() {
+    // Entries left unacknowledged are claimed again after 300 ms instead of 30 s.
+    let saga = Saga::start_with(
+        platform::testing::redis_url(),
+        &[("stream_claim_idle_ms", "300")],
+    )
+    .await;
+    let mug = saga.product(1250, 5).await;
+    let (email, ann) = saga.registered_customer("ann").await;
+    saga.eventually("the welcome email arrived", || async {
+        !saga.smtp.messages_to(&email).is_empty()
+    })
+    .await;
+
+    // Each of the four consumer groups of payment.events commits its effect of the payment
+    // and then "dies" before XACK, as a killed process would.
+    fail::cfg("consumer::after_commit_before_ack", "4*return").unwrap();
+    let order = saga.buy(&ann, mug, "crash").await;
+    saga.assert_each_paid_once(mug, 5, &[(email, ann, order)], Duration::from_secs(20))
+        .await;
+    for group in ["orders", "inventory", "cart", "notification"] {
+        saga.eventually_within(
+            Duration::from_secs(20),
+            &format!("{group} got the payment again"),
+            || async { duplicates_seen_by(group) >= 1 },
+        )
+        .await;
+    }
+    fail::remove("consumer::after_commit_before_ack");
+}
