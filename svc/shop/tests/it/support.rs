@@ -328,6 +328,16 @@ impl Saga {
         .unwrap()
     }
 
+    /// The statuses an order went through, in order.
+    pub async fn history(&self, token: &str, id: &str) -> Vec<String> {
+        self.order(token, id).await["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["to"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn stock(&self, product: Uuid) -> Value {
         self.call(
             "inventory",
@@ -570,14 +580,11 @@ impl Saga {
                 1,
                 "one email for {order_id}"
             );
-            let order = self.order(token, order_id).await;
-            let history: Vec<&str> = order["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["to"].as_str().unwrap())
-                .collect();
-            assert_eq!(history, ["PENDING", "PAID"], "{order_id} paid once");
+            assert_eq!(
+                self.history(token, order_id).await,
+                ["PENDING", "PAID"],
+                "{order_id} paid once"
+            );
         }
         let s = self.stock(product).await;
         assert_eq!(
