@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine;
+use deploy::env_name;
 use hcl::{Block, Body, Expression};
 
 /// The services, each with one job (ports come from `http_bind` in consul/kv.json).
@@ -61,20 +62,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("deploy/ sits in the repository")
         .to_owned()
-}
-
-/// `micromart/users/login_max_failures` → `MICROMART_USERS_LOGIN_MAX_FAILURES`, as
-/// `platform::config::env_name` names it.
-fn env_name(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// consul/kv.json, decoded: key → value.
@@ -532,5 +519,39 @@ fn vagrantfile_passes_vagrant_validate() {
     assert!(
         stdout.contains("validated successfully"),
         "vagrant validate said:\n{stdout}\n{stderr}"
+    );
+}
+
+/// The KV seed's keys in seed order.
+fn seed_keys() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("consul/kv.json")).unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    entries
+        .iter()
+        .map(|e| e["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn job_files_are_the_ones_rendered_from_the_template_and_the_kv_seed() {
+    let keys = seed_keys();
+    for job in &deploy::JOBS {
+        let path = repo().join(format!("jobs/{}.nomad.hcl", job.name));
+        let rendered = deploy::render(job, &keys);
+        if std::env::var("UPDATE_JOBS").is_ok() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "jobs/{}.nomad.hcl differs from its rendering: edit jobs/template/ or deploy/src/lib.rs, \
+             then run `UPDATE_JOBS=1 cargo test -p deploy` and commit",
+            job.name
+        );
+    }
+    assert_eq!(
+        job_files().len(),
+        deploy::JOBS.len(),
+        "no job file outside the template"
     );
 }
