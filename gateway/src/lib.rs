@@ -53,7 +53,7 @@ impl GatewayConfig {
 struct Inner {
     breakers: Mutex<HashMap<&'static str, Breaker>>,
     live: RwLock<Arc<Live>>,
-    limiter: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
+    limiter: RwLock<Arc<DefaultKeyedRateLimiter<live::ClientKey>>>,
     verifier: JwtVerifier,
     config: GatewayConfig,
     source: Arc<dyn ConfigSource>,
@@ -114,7 +114,7 @@ impl Gateway {
         self.inner.live.read().expect("live lock poisoned").clone()
     }
 
-    pub(crate) fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<String>> {
+    pub(crate) fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<live::ClientKey>> {
         self.inner
             .limiter
             .read()

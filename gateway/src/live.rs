@@ -12,6 +12,14 @@ use platform::config::{ConfigError, ConfigSource, ROOT, Settings};
 use crate::Gateway;
 use crate::breaker::BreakerConfig;
 
+/// Whom a rate limit counts: the signed-in user, else the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    User(uuid::Uuid),
+    Address(std::net::IpAddr),
+    Unknown,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Live {
     pub breaker: BreakerConfig,
@@ -80,7 +88,7 @@ impl Live {
         Ok(live)
     }
 
-    pub fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<String>> {
+    pub fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<ClientKey>> {
         let per_second = NonZeroU32::new(self.rate_per_second).expect("checked positive");
         let burst = NonZeroU32::new(self.rate_burst).expect("checked positive");
         Arc::new(RateLimiter::keyed(

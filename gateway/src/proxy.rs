@@ -8,6 +8,7 @@ use platform::context;
 use platform::problem::Problem;
 
 use crate::forward::{self, ForwardBody};
+use crate::live::ClientKey;
 use crate::{Gateway, routes};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -125,8 +126,11 @@ impl Proxy {
             Some(caller)
         };
         let client_key = match &caller {
-            Some(c) => format!("user:{}", c.id),
-            None => format!("ip:{}", client_ip(&req)),
+            Some(c) => ClientKey::User(c.id),
+            None => req
+                .remote_addr()
+                .as_socket_addr()
+                .map_or(ClientKey::Unknown, |a| ClientKey::Address(a.ip())),
         };
         if let Err(wait) = self.gateway.limiter().check_key(&client_key) {
             let secs = wait.wait_time_from(governor::clock::Clock::now(
@@ -252,9 +256,10 @@ fn client_ip(req: &Request) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// A W3C traceparent for a request that arrived without one.
+/// A W3C traceparent for a request that arrived without one (ids from the thread-local RNG:
+/// no system call per request; all-zero ids are invalid, hence `max(1)`).
 fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
 }

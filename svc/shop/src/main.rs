@@ -302,9 +302,10 @@ fn print_banner(urls: &[(String, String)], demo: &[DemoAccount], products: usize
         );
     }
     println!();
-    if let Some((_, users)) = urls.iter().find(|(n, _)| n == "users") {
+    // Customers and front ends use the gateway, not the services' own addresses.
+    if let Some((_, gateway)) = urls.iter().find(|(n, _)| n == "gateway") {
         println!(
-            "  try: curl -s -X POST {users}/api/v1/users/login -H 'content-type: application/json' \\"
+            "  try: curl -s -X POST {gateway}/api/v1/users/login -H 'content-type: application/json' \\"
         );
         println!(
             "         -d '{{\"email\": \"customer@micromart.local\", \"password\": \"{}\"}}'",
