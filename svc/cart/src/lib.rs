@@ -106,18 +106,10 @@ pub async fn app(
     config: CartConfig,
     discovery: Arc<dyn Discovery>,
 ) -> Result<(Cart, impl Endpoint<Output = Response>), StartError> {
-    let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery.clone()).await?;
-    let client = |service: &str| {
-        ServiceClient::new(
-            service,
-            discovery.clone(),
-            config.base.call_timeout,
-            &config.base.internal_token,
-        )
-    };
+    let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery).await?;
     let cart = Cart {
-        products: client("products"),
-        inventory: client("inventory"),
+        products: base.client("products"),
+        inventory: base.client("inventory"),
         base,
         config: Arc::new(config),
     };

@@ -227,13 +227,8 @@ pub async fn app(
 ) -> Result<(Notification, impl Endpoint<Output = Response>), StartError> {
     let email = config.email_channel()?;
     let sms = config.sms_channel()?;
-    let users = ServiceClient::new(
-        "users",
-        discovery.clone(),
-        config.base.call_timeout,
-        &config.base.internal_token,
-    );
     let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery).await?;
+    let users = base.client("users");
     let notification = Notification {
         base,
         config: Arc::new(config),

@@ -92,22 +92,14 @@ pub async fn app(
     config: OrdersConfig,
     discovery: Arc<dyn Discovery>,
 ) -> Result<(Orders, impl Endpoint<Output = Response>), StartError> {
-    let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery.clone()).await?;
-    let client = |service: &str| {
-        ServiceClient::new(
-            service,
-            discovery.clone(),
-            config.base.call_timeout,
-            &config.base.internal_token,
-        )
-    };
+    let base = Base::connect(config.base.clone(), &MIGRATIONS, discovery).await?;
     let orders = Orders {
         relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE)
             .trimming(contracts::events::streams::ORDERS),
-        cart: client("cart"),
-        products: client("products"),
-        inventory: client("inventory"),
-        payment: client("payment"),
+        cart: base.client("cart"),
+        products: base.client("products"),
+        inventory: base.client("inventory"),
+        payment: base.client("payment"),
         base,
         config: Arc::new(config),
     };

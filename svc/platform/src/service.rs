@@ -13,6 +13,7 @@ use crate::auth::{InternalToken, JwtVerifier};
 use crate::config::{ConfigError, Settings};
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::discovery::Discovery;
+use crate::http::ServiceClient;
 use crate::redis::Redis;
 use crate::web::{self, ReadyCheck};
 
@@ -78,9 +79,21 @@ pub struct Base {
     pub verifier: JwtVerifier,
     pub internal_token: InternalToken,
     pub config: Arc<BaseConfig>,
+    discovery: Arc<dyn Discovery>,
 }
 
 impl Base {
+    /// A client of another service, found through discovery, with this service's call
+    /// timeout and internal credential.
+    pub fn client(&self, service: &str) -> ServiceClient {
+        ServiceClient::new(
+            service,
+            self.discovery.clone(),
+            self.config.call_timeout,
+            &self.config.internal_token,
+        )
+    }
+
     /// The consumer of `streams` in this service's consumer group `group`. The group must be
     /// one contracts lists for each stream: producers trim only past what those acknowledged.
     pub fn consumer(
@@ -127,6 +140,7 @@ impl Base {
             verifier: JwtVerifier::from_jwks(&jwks)?,
             internal_token: InternalToken::new(&config.internal_token),
             config: Arc::new(config),
+            discovery,
         })
     }
 
