@@ -24,6 +24,20 @@ const SERVICES: [&str; 7] = [
     "notification",
 ];
 
+/// Starts service crate `$krate` from `$settings` (given `$discovery` when its `app` takes
+/// one): its state, its app, and a maker of its background tasks.
+macro_rules! started {
+    ($krate:ident :: $config:ident, $settings:expr $(, $discovery:expr)?) => {{
+        let (state, app) =
+            $krate::app($krate::$config::from_settings($settings).unwrap() $(, $discovery.clone())?)
+                .await
+                .unwrap();
+        let for_tasks = state.clone();
+        let tasks: BackgroundOf = Arc::new(move || for_tasks.background());
+        (state, app.boxed(), tasks)
+    }};
+}
+
 /// Makes a service's background tasks afresh, as a restarted process would.
 type BackgroundOf = Arc<dyn Fn() -> Background + Send + Sync>;
 
@@ -82,13 +96,14 @@ impl Saga {
         let prefix = redis_prefix();
         let smtp = SmtpServer::start().await;
         let dbs: Vec<TestDb> = SERVICES.iter().map(|n| TestDb::new(n)).collect();
-        let mut conf = Vec::new();
+        let mut conf = std::collections::HashMap::new();
         for (name, db) in SERVICES.iter().zip(&dbs) {
             let mut service_settings = settings(name, db, &identity).await;
             for (key, value) in overrides {
                 service_settings = service_settings.with(key, *value);
             }
-            conf.push(
+            conf.insert(
+                *name,
                 service_settings
                     .with("redis_url", redis_url.clone())
                     .with("redis_prefix", prefix.clone())
@@ -99,71 +114,30 @@ impl Saga {
                     .with("send_interval_ms", "100"),
             );
         }
-        let mut services: Vec<(
-            &'static str,
-            poem::endpoint::BoxEndpoint<'static>,
-            BackgroundOf,
-        )> = Vec::new();
         // users and notification first: customers register before anything else happens.
-        let (state, app) = users::app(users::UsersConfig::from_settings(&conf[5]).unwrap())
-            .await
-            .unwrap();
-        services.push(("users", app.boxed(), Arc::new(move || state.background())));
-        let (state, app) = notification::app(
-            notification::NotificationConfig::from_settings(&conf[6]).unwrap(),
-            discovery.clone(),
-        )
-        .await
-        .unwrap();
-        services.push((
-            "notification",
-            app.boxed(),
-            Arc::new(move || state.background()),
-        ));
-        let (state, app) = products::app(
-            products::ProductsConfig::from_settings(&conf[0]).unwrap(),
-            discovery.clone(),
-        )
-        .await
-        .unwrap();
-        services.push((
-            "products",
-            app.boxed(),
-            Arc::new(move || state.background()),
-        ));
-        let (state, app) = inventory::app(
-            inventory::InventoryConfig::from_settings(&conf[1]).unwrap(),
-            discovery.clone(),
-        )
-        .await
-        .unwrap();
-        services.push((
-            "inventory",
-            app.boxed(),
-            Arc::new(move || state.background()),
-        ));
-        let (state, app) = cart::app(
-            cart::CartConfig::from_settings(&conf[2]).unwrap(),
-            discovery.clone(),
-        )
-        .await
-        .unwrap();
-        services.push(("cart", app.boxed(), Arc::new(move || state.background())));
-        let (state, app) = orders::app(
-            orders::OrdersConfig::from_settings(&conf[3]).unwrap(),
-            discovery.clone(),
-        )
-        .await
-        .unwrap();
-        services.push(("orders", app.boxed(), Arc::new(move || state.background())));
-        let (payment_state, app) = payment::app(
-            payment::PaymentConfig::from_settings(&conf[4]).unwrap(),
-            discovery.clone(),
-        )
-        .await
-        .unwrap();
-        let state = payment_state.clone();
-        services.push(("payment", app.boxed(), Arc::new(move || state.background())));
+        let (_, users, users_tasks) = started!(users::UsersConfig, &conf["users"]);
+        let (_, notification, notification_tasks) = started!(
+            notification::NotificationConfig,
+            &conf["notification"],
+            discovery
+        );
+        let (_, products, products_tasks) =
+            started!(products::ProductsConfig, &conf["products"], discovery);
+        let (_, inventory, inventory_tasks) =
+            started!(inventory::InventoryConfig, &conf["inventory"], discovery);
+        let (_, cart, cart_tasks) = started!(cart::CartConfig, &conf["cart"], discovery);
+        let (_, orders, orders_tasks) = started!(orders::OrdersConfig, &conf["orders"], discovery);
+        let (payment_state, payment, payment_tasks) =
+            started!(payment::PaymentConfig, &conf["payment"], discovery);
+        let services = [
+            ("users", users, users_tasks),
+            ("notification", notification, notification_tasks),
+            ("products", products, products_tasks),
+            ("inventory", inventory, inventory_tasks),
+            ("cart", cart, cart_tasks),
+            ("orders", orders, orders_tasks),
+            ("payment", payment, payment_tasks),
+        ];
 
         let mut servers = Vec::new();
         let mut urls = std::collections::HashMap::new();
@@ -221,6 +195,20 @@ impl Saga {
         self.client
             .request(method, format!("{}{path}", self.gateway))
             .bearer_auth(token)
+    }
+
+    /// A call without a body through the gateway, sent.
+    pub async fn send(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::Response {
+        self.call(service, method, path, token)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// A product with `stock` units available; returns its id.
