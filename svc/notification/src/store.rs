@@ -72,23 +72,7 @@ pub async fn queue(
     user_id: Uuid,
     message: &Message,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO notifications (id, event_id, event_type, user_id, channel, recipient, subject, body, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')
-         ON CONFLICT (event_id, channel) DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(event_id)
-    .bind(event_type)
-    .bind(user_id)
-    .bind(message.medium.as_str())
-    .bind(&message.recipient)
-    .bind(&message.subject)
-    .bind(&message.body)
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    insert(tx, event_id, event_type, user_id, message, "queued", None).await
 }
 
 /// Records a message that cannot be sent at all (no address to send it to), as failed.
@@ -100,10 +84,33 @@ pub async fn record_unsendable(
     message: &Message,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    insert(
+        tx,
+        event_id,
+        event_type,
+        user_id,
+        message,
+        "failed",
+        Some(reason),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One row per event and channel; true when this call wrote it.
+async fn insert(
+    tx: &mut PgConnection,
+    event_id: Uuid,
+    event_type: &str,
+    user_id: Uuid,
+    message: &Message,
+    status: &str,
+    last_error: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
         "INSERT INTO notifications (id, event_id, event_type, user_id, channel, recipient, subject, body,
                                     status, last_error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'failed', $9)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (event_id, channel) DO NOTHING",
     )
     .bind(Uuid::now_v7())
@@ -114,10 +121,12 @@ pub async fn record_unsendable(
     .bind(&message.recipient)
     .bind(&message.subject)
     .bind(&message.body)
-    .bind(reason)
+    .bind(status)
+    .bind(last_error)
     .execute(tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// One queued row that is due and not in `skip`, locked for this transaction; rows another
