@@ -101,12 +101,23 @@ fn public_document(mut doc: serde_json::Value) -> serde_json::Value {
     if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
         paths.retain(|path, _| path != "/internal" && !path.starts_with("/internal/"));
     }
-    let used = doc["paths"].to_string();
+    // The schemes some remaining operation's security requirement names.
+    let used: std::collections::HashSet<String> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(|item| item.as_object())
+        .flat_map(|item| item.values())
+        .filter_map(|op| op["security"].as_array())
+        .flatten()
+        .filter_map(|requirement| requirement.as_object())
+        .flat_map(|requirement| requirement.keys().cloned())
+        .collect();
     if let Some(schemes) = doc
         .pointer_mut("/components/securitySchemes")
         .and_then(|s| s.as_object_mut())
     {
-        schemes.retain(|name, _| used.contains(&format!("\"{name}\"")));
+        schemes.retain(|name, _| used.contains(name));
     }
     doc
 }
