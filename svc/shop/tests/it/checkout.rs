@@ -134,12 +134,7 @@ async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
             .unwrap()
             .contains("declined")
     );
-    saga.eventually("the failure email arrived", || async {
-        saga.confirmations(&email, &order_id) == 1
-    })
-    .await;
-    let subjects = saga.emails_about(&email, &order_id);
-    assert!(subjects[0].contains("failed"), "{subjects:?}");
+    saga.expect_one_email(&email, &order_id, "failed").await;
 }
 
 #[tokio::test]
@@ -166,12 +161,7 @@ async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
         410,
         "an expired session cannot be paid"
     );
-    saga.eventually("the expiry email arrived", || async {
-        saga.confirmations(&email, &order_id) == 1
-    })
-    .await;
-    let subjects = saga.emails_about(&email, &order_id);
-    assert!(subjects[0].contains("expired"), "{subjects:?}");
+    saga.expect_one_email(&email, &order_id, "expired").await;
 }
 
 #[tokio::test]

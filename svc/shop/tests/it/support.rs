@@ -502,6 +502,17 @@ impl Saga {
         self.emails_about(email, order_id).len()
     }
 
+    /// Waits (at most 10 s) until one email about `order_id` reached `email`, and checks that
+    /// its subject says `subject_word`.
+    pub async fn expect_one_email(&self, email: &str, order_id: &str, subject_word: &str) {
+        self.eventually(&format!("the {subject_word} email arrived"), || async {
+            self.confirmations(email, order_id) == 1
+        })
+        .await;
+        let subjects = self.emails_about(email, order_id);
+        assert!(subjects[0].contains(subject_word), "{subjects:?}");
+    }
+
     /// The subjects of the emails to `email` at the SMTP server that mention `order_id`.
     pub fn emails_about(&self, email: &str, order_id: &str) -> Vec<String> {
         self.smtp
