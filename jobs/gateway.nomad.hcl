@@ -120,6 +120,7 @@ job "gateway" {
           MICROMART_GATEWAY_RATE_LIMIT_PER_SECOND={{ key "micromart/gateway/rate_limit_per_second" | toJSON }}
           MICROMART_GATEWAY_RATE_LIMIT_BURST={{ key "micromart/gateway/rate_limit_burst" | toJSON }}
           MICROMART_GATEWAY_WATCH_WAIT_SECONDS={{ key "micromart/gateway/watch_wait_seconds" | toJSON }}
+          MICROMART_GATEWAY_WORKERS={{ key "micromart/gateway/workers" | toJSON }}
         EOT
       }
 

@@ -17,7 +17,7 @@ pub fn ready(gateway: Gateway) -> impl Endpoint<Output = Response> {
         async move {
             let mut upstreams = serde_json::Map::new();
             for service in routes::services() {
-                let instances = gateway.upstreams.instances(service).len();
+                let instances = gateway.upstreams.count(service);
                 let breaker = gateway
                     .breaker_state(service)
                     .map(|s| s.as_str())
@@ -131,13 +131,13 @@ pub fn document(gateway: Gateway) -> impl Endpoint<Output = Response> {
             let Some(service) = routes::services().into_iter().find(|s| *s == service) else {
                 return Problem::not_found("no such service document").into_response();
             };
-            let Some(instance) = gateway.upstreams.pick(service) else {
+            let Some(authority) = gateway.upstreams.pick(service) else {
                 return Problem::unavailable(format!("no instance of {service} is available"), 5)
                     .into_response();
             };
             let fetched = gateway
                 .http
-                .get(format!("{}/openapi.json", instance.base_url()))
+                .get(format!("http://{authority}/openapi.json"))
                 .timeout(gateway.live().upstream_timeout)
                 .send()
                 .await;

@@ -37,6 +37,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// How long a discovery or config watch blocks before asking again.
     pub watch_wait: Duration,
+    /// Threads serving requests, each with its own runtime and upstream connections; 0 means
+    /// one per core.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -46,12 +49,37 @@ impl GatewayConfig {
             jwt_public_keys: s.get_or("jwt_public_keys", String::new())?,
             max_body_bytes: s.get_or("max_body_bytes", 1024 * 1024)?,
             watch_wait: s.seconds("watch_wait_seconds", 30)?,
+            workers: s.get_or("workers", 0)?,
         })
     }
 }
 
+/// What the gateway keeps per upstream service: its breaker and the handles of its metrics
+/// (registered once, not looked up by label on every request).
+struct Upstream {
+    breaker: Mutex<Breaker>,
+    state: metrics::Gauge,
+    latency: metrics::Histogram,
+}
+
+impl Upstream {
+    fn new(service: &'static str, breaker: Breaker) -> Self {
+        let state = metrics::gauge!("gateway_breaker_state", "upstream" => service);
+        state.set(breaker.state().gauge());
+        Self {
+            breaker: Mutex::new(breaker),
+            state,
+            latency: metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => service),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().expect("breaker lock poisoned")
+    }
+}
+
 struct Inner {
-    breakers: Mutex<HashMap<&'static str, Breaker>>,
+    upstreams: HashMap<&'static str, Upstream>,
     live: RwLock<Arc<Live>>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<live::ClientKey>>>,
     verifier: JwtVerifier,
@@ -90,12 +118,12 @@ impl Gateway {
             .build()
             .map_err(|e| StartError::Keys(e.to_string()))?;
         let upstreams = Upstreams::new(discovery);
-        let breakers = routes::services()
+        let upstream_state = routes::services()
             .into_iter()
-            .map(|s| (s, Breaker::new(config.live.breaker)))
+            .map(|s| (s, Upstream::new(s, Breaker::new(config.live.breaker))))
             .collect();
         let inner = Inner {
-            breakers: Mutex::new(breakers),
+            upstreams: upstream_state,
             limiter: RwLock::new(config.live.limiter()),
             live: RwLock::new(Arc::new(config.live.clone())),
             verifier: JwtVerifier::from_jwks(&jwks)?,
@@ -129,26 +157,28 @@ impl Gateway {
         if old.rate_per_second != live.rate_per_second || old.rate_burst != live.rate_burst {
             *self.inner.limiter.write().expect("limiter lock poisoned") = live.limiter();
         }
-        for breaker in self
-            .inner
-            .breakers
-            .lock()
-            .expect("breaker lock poisoned")
-            .values_mut()
-        {
-            breaker.reconfigure(live.breaker);
+        for upstream in self.inner.upstreams.values() {
+            upstream.breaker().reconfigure(live.breaker);
         }
         *self.inner.live.write().expect("live lock poisoned") = Arc::new(live);
     }
 
+    fn upstream(&self, service: &str) -> &Upstream {
+        self.inner
+            .upstreams
+            .get(service)
+            .expect("every routed service has a breaker")
+    }
+
     pub(crate) fn acquire(&self, service: &'static str) -> Result<Permit, Duration> {
-        let mut breakers = self.inner.breakers.lock().expect("breaker lock poisoned");
-        let breaker = breakers
-            .get_mut(service)
-            .expect("every routed service has a breaker");
-        let before = breaker.state();
-        let res = breaker.try_acquire(tokio::time::Instant::now());
-        observe(service, before, breaker.state());
+        let upstream = self.upstream(service);
+        let (before, res, after) = {
+            let mut breaker = upstream.breaker();
+            let before = breaker.state();
+            let res = breaker.try_acquire(tokio::time::Instant::now());
+            (before, res, breaker.state())
+        };
+        observe(service, upstream, before, after);
         if res.is_err() {
             metrics::counter!("gateway_breaker_rejected_total", "upstream" => service).increment(1);
         }
@@ -156,22 +186,25 @@ impl Gateway {
     }
 
     pub(crate) fn record(&self, service: &'static str, permit: Permit, success: bool) {
-        let mut breakers = self.inner.breakers.lock().expect("breaker lock poisoned");
-        let breaker = breakers
-            .get_mut(service)
-            .expect("every routed service has a breaker");
-        let before = breaker.state();
-        breaker.record(permit, success, tokio::time::Instant::now());
-        observe(service, before, breaker.state());
+        let upstream = self.upstream(service);
+        let (before, after) = {
+            let mut breaker = upstream.breaker();
+            let before = breaker.state();
+            breaker.record(permit, success, tokio::time::Instant::now());
+            (before, breaker.state())
+        };
+        observe(service, upstream, before, after);
+    }
+
+    pub(crate) fn record_latency(&self, service: &str, elapsed: Duration) {
+        self.upstream(service).latency.record(elapsed.as_secs_f64());
     }
 
     pub fn breaker_state(&self, service: &str) -> Option<StateName> {
         self.inner
-            .breakers
-            .lock()
-            .expect("breaker lock poisoned")
+            .upstreams
             .get(service)
-            .map(Breaker::state)
+            .map(|upstream| upstream.breaker().state())
     }
 
     /// The HTTP app: `/health`, `/ready`, `/metrics`, `/docs`, and everything else proxied.
@@ -205,6 +238,38 @@ impl Gateway {
             ))
     }
 
+    /// The app of one worker thread: the shared state (breakers, limiter, live config,
+    /// instances) with upstream connections of its own, so that a request and the
+    /// connection carrying it are driven by the same thread.
+    pub fn worker_app(&self) -> impl Endpoint<Output = Response> + use<> {
+        Self {
+            forward: forward::upstream_client(),
+            ..self.clone()
+        }
+        .app()
+    }
+
+    /// Serves on `config.workers` threads (see [`platform::workers`]) until `shutdown`.
+    pub async fn serve(
+        &self,
+        bind: &str,
+        advertise: &str,
+        discovery: Arc<dyn Discovery>,
+        shutdown: platform::CancellationToken,
+    ) -> Result<platform::runtime::Serving, platform::runtime::ServeError> {
+        let gateway = self.clone();
+        platform::workers::serve_on_workers(
+            SERVICE,
+            platform::workers::worker_count(self.inner.config.workers),
+            move || gateway.worker_app(),
+            bind,
+            advertise,
+            discovery,
+            shutdown,
+        )
+        .await
+    }
+
     /// Discovery watches for every upstream and the live-config watch.
     pub fn background(&self) -> Background {
         let mut tasks = Background::default();
@@ -224,7 +289,7 @@ impl Gateway {
     }
 }
 
-fn observe(service: &'static str, before: StateName, after: StateName) {
+fn observe(service: &'static str, upstream: &Upstream, before: StateName, after: StateName) {
     if before != after {
         tracing::warn!(
             upstream = service,
@@ -233,8 +298,8 @@ fn observe(service: &'static str, before: StateName, after: StateName) {
             "circuit breaker changed state"
         );
         metrics::counter!("gateway_breaker_transitions_total", "upstream" => service, "to" => after.as_str()).increment(1);
+        upstream.state.set(after.gauge());
     }
-    metrics::gauge!("gateway_breaker_state", "upstream" => service).set(after.gauge());
 }
 
 pub async fn app(

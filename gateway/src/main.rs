@@ -8,14 +8,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = Environment::from_env()?;
     let settings = env.settings(gateway::SERVICE).await?;
     let config = gateway::GatewayConfig::from_settings(&settings)?;
-    let (state, app) = gateway::app(config, env.discovery.clone(), env.config.clone()).await?;
-    platform::runtime::run_until_signal(
+    let (state, _) = gateway::app(config, env.discovery.clone(), env.config.clone()).await?;
+    platform::runtime::run_serving_until_signal(
         gateway::SERVICE,
-        app,
         state.background(),
         &settings,
         "0.0.0.0:7082",
         env.discovery,
+        async |bind, advertise, discovery, shutdown| {
+            state.serve(&bind, &advertise, discovery, shutdown).await
+        },
     )
     .await
 }

@@ -1,5 +1,6 @@
 //! One proxied request: CORS, route, edge auth, rate limit, breaker, timeout, forward.
 
+use poem::http::uri::{Authority, PathAndQuery, Scheme};
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
@@ -11,18 +12,24 @@ use crate::forward::{self, ForwardBody};
 use crate::live::ClientKey;
 use crate::{Gateway, routes};
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not strings:
+/// removing by a string parses it first.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(context::REQUEST_ID);
+const TRACEPARENT: HeaderName = HeaderName::from_static(context::TRACEPARENT);
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by Connection are hop-by-hop too.
@@ -38,8 +45,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -147,22 +154,21 @@ impl Proxy {
                 wait.as_secs().max(1),
             )
         })?;
-        let Some(instance) = self.gateway.upstreams.pick(service) else {
+        let Some(authority) = self.gateway.upstreams.pick(service) else {
             self.gateway.record(service, permit, false);
             return Err(Problem::unavailable(
                 format!("no instance of {service} is available"),
                 5,
             ));
         };
-        let outgoing = self.build_request(req, &instance.base_url())?;
+        let outgoing = self.build_request(req, authority)?;
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(
             live.upstream_timeout,
             self.gateway.forward.request(outgoing),
         )
         .await;
-        metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => service)
-            .record(started.elapsed().as_secs_f64());
+        self.gateway.record_latency(service, started.elapsed());
         let upstream = match result {
             Err(_) => {
                 self.gateway.record(service, permit, false);
@@ -198,43 +204,43 @@ impl Proxy {
     fn build_request(
         &self,
         req: Request,
-        base_url: &str,
+        authority: Authority,
     ) -> Result<hyper::Request<ForwardBody>, Problem> {
         let ip = client_ip(&req);
         let (parts, body) = req.into_parts();
         let target = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("{base_url}{target}")
-            .parse()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(target)
+            .build()
             .map_err(|_| Problem::bad_request("the request target cannot be forwarded"))?;
         let mut headers = parts.headers;
         let has_body = headers.contains_key(header::CONTENT_LENGTH)
             || headers.contains_key(header::TRANSFER_ENCODING);
         strip_hop_by_hop(&mut headers);
         if let Some(host) = headers.remove(header::HOST) {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {ip}"),
             None => ip,
         };
         if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(id) = context::request_id().and_then(|id| HeaderValue::from_str(&id).ok()) {
-            headers.insert(HeaderName::from_static(context::REQUEST_ID), id);
+            headers.insert(X_REQUEST_ID, id);
         }
-        if !headers.contains_key(context::TRACEPARENT)
+        if !headers.contains_key(&TRACEPARENT)
             && let Ok(v) = HeaderValue::from_str(&new_traceparent())
         {
-            headers.insert(HeaderName::from_static(context::TRACEPARENT), v);
+            headers.insert(TRACEPARENT, v);
         }
         let body = if has_body {
             ForwardBody::from(body)

@@ -1,5 +1,6 @@
 //! The healthy instances of each upstream, kept fresh by discovery watches, and picked
-//! round-robin.
+//! round-robin. Each is kept as the URI authority requests to it carry, parsed once per
+//! change instead of once per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,11 +9,12 @@ use std::time::Duration;
 
 use platform::CancellationToken;
 use platform::discovery::{Discovery, Instance};
+use poem::http::uri::Authority;
 
 #[derive(Clone)]
 pub struct Upstreams {
     discovery: Arc<dyn Discovery>,
-    instances: Arc<RwLock<HashMap<String, Arc<Vec<Instance>>>>>,
+    instances: Arc<RwLock<HashMap<String, Arc<Vec<Authority>>>>>,
     next: Arc<AtomicUsize>,
 }
 
@@ -26,29 +28,39 @@ impl Upstreams {
     }
 
     /// The next instance of `service`, round-robin; None when none is healthy.
-    pub fn pick(&self, service: &str) -> Option<Instance> {
-        let all = self.instances(service);
-        if all.is_empty() {
-            return None;
-        }
+    pub fn pick(&self, service: &str) -> Option<Authority> {
+        let instances = self.instances.read().expect("upstreams lock poisoned");
+        let all = instances.get(service).filter(|all| !all.is_empty())?;
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         Some(all[i % all.len()].clone())
     }
 
-    pub fn instances(&self, service: &str) -> Arc<Vec<Instance>> {
+    /// How many healthy instances of `service` are known.
+    pub fn count(&self, service: &str) -> usize {
         self.instances
             .read()
             .expect("upstreams lock poisoned")
             .get(service)
-            .cloned()
-            .unwrap_or_default()
+            .map_or(0, |all| all.len())
     }
 
     fn set(&self, service: &str, instances: Vec<Instance>) {
+        let authorities = instances
+            .iter()
+            .filter_map(|instance| {
+                let host = instance.base_url();
+                let host = host.strip_prefix("http://").unwrap_or(&host);
+                Authority::try_from(host)
+                    .inspect_err(|e| {
+                        tracing::warn!(service, instance = %instance.id, error = %e, "instance address is not a valid authority; skipped");
+                    })
+                    .ok()
+            })
+            .collect();
         self.instances
             .write()
             .expect("upstreams lock poisoned")
-            .insert(service.to_owned(), Arc::new(instances));
+            .insert(service.to_owned(), Arc::new(authorities));
     }
 
     /// Follows `service` with blocking queries until cancelled: a new or dead instance is

@@ -235,7 +235,8 @@ struct Jwk {
 #[derive(Clone)]
 pub struct JwtVerifier {
     keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
-    validation: Validation,
+    // Shared: the verifier is cloned into every request, and a `Validation` holds sets.
+    validation: Arc<Validation>,
 }
 
 impl JwtVerifier {
@@ -248,7 +249,7 @@ impl JwtVerifier {
         validation.leeway = 5;
         let verifier = Self {
             keys: Arc::default(),
-            validation,
+            validation: Arc::new(validation),
         };
         verifier.replace_keys(jwks)?;
         Ok(verifier)

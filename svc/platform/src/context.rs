@@ -2,6 +2,7 @@
 //! the conversion of every error into problem+json inside the request's scope (so the
 //! problem's `instance` is the request id).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -9,6 +10,7 @@ use poem::http::HeaderValue;
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::OperationId;
 
+use crate::metrics::RouteMetrics;
 use crate::problem::{Problem, into_problem_response};
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -39,6 +41,7 @@ pub fn traceparent() -> Option<String> {
 pub struct RequestContext {
     service: &'static str,
     max_body_bytes: usize,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl RequestContext {
@@ -46,6 +49,7 @@ impl RequestContext {
         Self {
             service,
             max_body_bytes,
+            metrics: Arc::new(RouteMetrics::new(service)),
         }
     }
 }
@@ -57,6 +61,7 @@ impl<E: Endpoint> Middleware<E> for RequestContext {
             inner,
             service: self.service,
             max_body_bytes: self.max_body_bytes,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -65,6 +70,7 @@ pub struct RequestContextEndpoint<E> {
     inner: E,
     service: &'static str,
     max_body_bytes: usize,
+    metrics: Arc<RouteMetrics>,
 }
 
 fn valid_request_id(v: &str) -> bool {
@@ -85,13 +91,13 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_request_id(v))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            .unwrap_or_else(|| new_request_id().to_string());
         let traceparent = req
             .headers()
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let method = req.method().to_string();
+        let method = crate::metrics::method_label(req.method());
         let info = RequestInfo {
             request_id: request_id.clone(),
             traceparent,
@@ -129,14 +135,22 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
-        let status = resp.status().as_u16().to_string();
+        let status = resp.status().as_u16();
         let route = crate::metrics::route_label(&resp);
         let elapsed = started.elapsed().as_secs_f64();
-        metrics::counter!("http_requests_total", "service" => self.service, "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).increment(1);
-        metrics::histogram!("http_request_duration_seconds", "service" => self.service, "method" => method.clone(), "route" => route.clone(), "status" => status.clone()).record(elapsed);
-        tracing::info!(target: "access", service = self.service, request_id = %request_id, %method, %route, %status, elapsed_ms = elapsed * 1000.0);
+        self.metrics.record(method, route, status, elapsed);
+        tracing::info!(target: "access", service = self.service, request_id = %request_id, method, route, status, elapsed_ms = elapsed * 1000.0);
         Ok(resp)
     }
+}
+
+/// A time-ordered id (UUIDv7) whose random part comes from the thread-local generator:
+/// `Uuid::now_v7` asks the kernel for randomness on every call, a system call per request.
+fn new_request_id() -> uuid::Uuid {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random::<[u8; 10]>()).into_uuid()
 }
 
 /// A body that fails once it has produced more than `max` bytes, for chunked uploads that

@@ -18,6 +18,7 @@ pub mod service;
 pub mod stream_trim;
 pub mod telemetry;
 pub mod web;
+pub mod workers;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,10 +1,13 @@
 //! Prometheus metrics: one recorder per process, rendered by every service's `/metrics`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::Response;
+use poem::http::Method;
 use poem_openapi::OperationId;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -37,8 +40,78 @@ pub fn handle() -> &'static PrometheusHandle {
 
 /// The route label of a response: the OpenAPI operation id, so that ids in paths do not
 /// explode the label set.
-pub fn route_label(resp: &Response) -> String {
-    resp.data::<OperationId>()
-        .map(|op| op.0.to_string())
-        .unwrap_or_else(|| "other".to_string())
+pub fn route_label(resp: &Response) -> &'static str {
+    resp.data::<OperationId>().map_or("other", |op| op.0)
+}
+
+/// The method label: the standard methods by name, anything else as `OTHER`, so that a
+/// client cannot grow the label set.
+pub fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .iter()
+        .position(|m| m == method)
+        .map_or("OTHER", |i| NAMES[i])
+}
+
+type RouteKey = (&'static str, &'static str, u16);
+
+/// The request count and latency of a service by method, route and status. Each label set
+/// is registered once and its handles kept: building a labelled key on every request
+/// allocates and hashes the labels, a measurable share of a proxied request.
+pub struct RouteMetrics {
+    service: &'static str,
+    handles: RwLock<HashMap<RouteKey, (Counter, Histogram)>>,
+}
+
+impl RouteMetrics {
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            handles: RwLock::default(),
+        }
+    }
+
+    pub fn record(&self, method: &'static str, route: &'static str, status: u16, seconds: f64) {
+        let key = (method, route, status);
+        let known = self
+            .handles
+            .read()
+            .expect("route metrics lock poisoned")
+            .get(&key)
+            .cloned();
+        let (count, latency) = known.unwrap_or_else(|| {
+            let status = status.to_string();
+            let labels = [
+                ("service", self.service.to_owned()),
+                ("method", method.to_owned()),
+                ("route", route.to_owned()),
+                ("status", status),
+            ];
+            let handles = (
+                metrics::counter!("http_requests_total", &labels),
+                metrics::histogram!("http_request_duration_seconds", &labels),
+            );
+            self.handles
+                .write()
+                .expect("route metrics lock poisoned")
+                .insert(key, handles.clone());
+            handles
+        });
+        count.increment(1);
+        latency.record(seconds);
+    }
 }

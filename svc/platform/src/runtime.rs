@@ -5,8 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{IntoEndpoint, Server};
+use futures::future::BoxFuture;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use poem::http::uri::Scheme;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Endpoint, EndpointExt as _, IntoEndpoint};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -50,38 +55,32 @@ where
     E: IntoEndpoint,
     E::Endpoint: 'static,
 {
-    let acceptor = TcpListener::bind(bind.to_owned())
-        .into_acceptor()
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: bind.to_owned(),
-            source,
-        })?;
-    let addr = acceptor
-        .local_addr()
-        .into_iter()
-        .find_map(|a| a.as_socket_addr().copied())
-        .expect("a TCP listener has a socket address");
+    let bind_error = |source| ServeError::Bind {
+        addr: bind.to_owned(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(bind).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
     let registration = Registration::new(service, advertise, addr.port());
     discovery.register(&registration).await?;
-    let stop = shutdown.clone();
-    let id = registration.id.clone();
-    let endpoint = app.into_endpoint();
-    let task = tokio::spawn(async move {
-        Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(
-                endpoint.map_to_response(),
-                async move {
-                    stop.cancelled().await;
-                    // Leave discovery first so that no new request is routed here.
-                    if let Err(e) = discovery.deregister(&id).await {
-                        tracing::warn!(error = %e, "deregistration failed");
-                    }
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await
-    });
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve_connections(
+        listener,
+        app.into_endpoint(),
+        stop.clone(),
+    ));
+    let task = stop_when_told(
+        discovery,
+        registration.id.clone(),
+        shutdown,
+        stop,
+        vec![Box::pin(async move {
+            server
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        })],
+    );
     Ok(Serving {
         addr,
         registration,
@@ -89,7 +88,93 @@ where
     })
 }
 
-use poem::EndpointExt as _;
+/// Waits for `shutdown`, leaves discovery first (so that no new request is routed here),
+/// then stops the accept loops and waits until they have drained.
+pub(crate) fn stop_when_told(
+    discovery: Arc<dyn Discovery>,
+    id: String,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    servers: Vec<BoxFuture<'static, std::io::Result<()>>>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        if let Err(e) = discovery.deregister(&id).await {
+            tracing::warn!(error = %e, "deregistration failed");
+        }
+        stop.cancel();
+        for server in servers {
+            server.await?;
+        }
+        Ok(())
+    })
+}
+
+/// A poem response body as hyper sends it.
+type ResponseBody = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error>;
+
+/// Accepts connections on `listener` and serves `app` on each until `stop`, then gives the
+/// requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's `Server`
+/// runs it, but on the bare socket (poem's server splits every connection into two boxed
+/// halves behind a lock) and with Nagle's algorithm off (a response written in two parts,
+/// head then streamed body, must not wait for the client's delayed ACK).
+pub(crate) async fn serve_connections(
+    listener: std::net::TcpListener,
+    app: impl Endpoint + 'static,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let local_addr = LocalAddr(listener.local_addr()?.into());
+    let app = Arc::new(app.map_to_response());
+    let http = auto::Builder::new(TokioExecutor::new());
+    let connections = GracefulShutdown::new();
+    loop {
+        let (stream, remote_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot disable Nagle's algorithm");
+        }
+        let app = app.clone();
+        let local_addr = local_addr.clone();
+        let remote_addr = RemoteAddr(remote_addr.into());
+        let service = hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            let req =
+                poem::Request::from((req, local_addr.clone(), remote_addr.clone(), Scheme::HTTP));
+            async move {
+                let resp: hyper::Response<ResponseBody> = app.get_response(req).await.into();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let connection = connections.watch(
+            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Finish what is in flight; a connection kept busy longer is dropped.
+    if tokio::time::timeout(Duration::from_secs(10), connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still busy 10 s after the stop; closing them");
+    }
+    Ok(())
+}
 
 /// Resolves when SIGTERM or Ctrl-C arrives.
 pub async fn termination_signal() {
@@ -164,6 +249,34 @@ where
     E: IntoEndpoint,
     E::Endpoint: 'static,
 {
+    run_serving_until_signal(
+        service,
+        background,
+        settings,
+        default_bind,
+        discovery,
+        async |bind, advertise, discovery, shutdown| {
+            serve(service, app, &bind, &advertise, discovery, shutdown).await
+        },
+    )
+    .await
+}
+
+/// [`run_until_signal`] with the server started by `start(bind, advertise, discovery,
+/// shutdown)`.
+pub async fn run_serving_until_signal(
+    service: &str,
+    background: Background,
+    settings: &crate::config::Settings,
+    default_bind: &str,
+    discovery: Arc<dyn Discovery>,
+    start: impl AsyncFnOnce(
+        String,
+        String,
+        Arc<dyn Discovery>,
+        CancellationToken,
+    ) -> Result<Serving, ServeError>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let bind: String = settings.get_or("http_bind", default_bind.to_owned())?;
     let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
     // Under Nomad the job's service block registers the instance; registering again from
@@ -175,7 +288,7 @@ where
     };
     let shutdown = CancellationToken::new();
     let tasks = background.spawn(&shutdown);
-    let serving = serve(service, app, &bind, &advertise, discovery, shutdown.clone()).await?;
+    let serving = start(bind, advertise, discovery, shutdown.clone()).await?;
     tracing::info!(service, url = %serving.url(), "listening");
     termination_signal().await;
     shutdown.cancel();

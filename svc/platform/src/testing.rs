@@ -3,8 +3,8 @@
 
 use std::net::SocketAddr;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{EndpointExt, IntoEndpoint, Server};
+use poem::IntoEndpoint;
+use tokio_util::sync::CancellationToken;
 
 pub mod consul_double;
 pub mod redis_server;
@@ -84,16 +84,15 @@ impl TestServer {
         E: IntoEndpoint,
         E::Endpoint: 'static,
     {
-        let acceptor = TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = *acceptor.local_addr()[0]
-            .as_socket_addr()
-            .expect("a TCP address");
-        let ep = app.into_endpoint().map_to_response();
+        // The services' own accept loop, never stopped: dropping the handle aborts it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("a TCP address");
+        let ep = app.into_endpoint();
         let task = tokio::spawn(async move {
-            let _ = Server::new_with_acceptor(acceptor).run(ep).await;
+            let _ = crate::runtime::serve_connections(listener, ep, CancellationToken::new()).await;
         });
         Self { addr, task }
     }

@@ -160,21 +160,26 @@ async fn main() -> Result<(), BoxError> {
         .await?;
 
     let settings = env.settings(gateway::SERVICE).await?;
-    let (gateway_state, app) = gateway::app(
+    let (gateway_state, _) = gateway::app(
         gateway::GatewayConfig::from_settings(&settings)?,
         env.discovery.clone(),
         env.config.clone(),
     )
     .await?;
+    // On worker threads of its own, as the gateway binary serves.
     running
-        .start(
+        .start_with(
             &env,
             gateway::SERVICE,
-            app,
             gateway_state.background(),
             &settings,
             "0.0.0.0:7082",
             &shutdown,
+            async |bind, advertise, discovery, shutdown| {
+                gateway_state
+                    .serve(&bind, &advertise, discovery, shutdown)
+                    .await
+            },
         )
         .await?;
 
@@ -221,18 +226,42 @@ impl Running {
         E: poem::IntoEndpoint,
         E::Endpoint: 'static,
     {
+        self.start_with(
+            env,
+            service,
+            background,
+            settings,
+            default_bind,
+            shutdown,
+            async |bind, advertise, discovery, shutdown| {
+                runtime::serve(service, app, &bind, &advertise, discovery, shutdown).await
+            },
+        )
+        .await
+    }
+
+    /// [`Running::start`] with the server started by `serve(bind, advertise, discovery,
+    /// shutdown)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_with(
+        &mut self,
+        env: &Environment,
+        service: &str,
+        background: runtime::Background,
+        settings: &Settings,
+        default_bind: &str,
+        shutdown: &CancellationToken,
+        serve: impl AsyncFnOnce(
+            String,
+            String,
+            std::sync::Arc<dyn platform::discovery::Discovery>,
+            CancellationToken,
+        ) -> Result<runtime::Serving, runtime::ServeError>,
+    ) -> Result<(), BoxError> {
         let bind: String = settings.get_or("http_bind", default_bind.to_owned())?;
         let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
         self.tasks.extend(background.spawn(shutdown));
-        let serving = runtime::serve(
-            service,
-            app,
-            &bind,
-            &advertise,
-            env.discovery.clone(),
-            shutdown.clone(),
-        )
-        .await?;
+        let serving = serve(bind, advertise, env.discovery.clone(), shutdown.clone()).await?;
         self.urls.push((
             service.to_owned(),
             format!("http://127.0.0.1:{}", serving.addr.port()),

@@ -4,3 +4,4 @@ mod consul;
 mod contract;
 mod events;
 mod http;
+mod workers;

@@ -1,0 +1,108 @@
+//! Serving on worker threads of their own, for the gateway: each runs a single-threaded
+//! runtime with its own listening socket on the shared port (SO_REUSEPORT: the kernel spreads
+//! connections), so a request and the tasks it wakes (the upstream connection's) stay on one
+//! thread, as in nginx's or Envoy's workers. On the shop's shared multi-threaded runtime they
+//! woke each other across threads, and competed with the services' own tasks.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use poem::IntoEndpoint;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::{Discovery, Registration};
+use crate::runtime::{ServeError, Serving, serve_connections, stop_when_told};
+
+/// The number of worker threads `configured` asks for: 0 means one per available core.
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Like [`crate::runtime::serve`], on `workers` threads; `make_app` builds each worker's app
+/// on that worker's runtime (so what the app spawns, such as pooled connections, stays
+/// there).
+pub async fn serve_on_workers<F, E>(
+    service: &str,
+    workers: usize,
+    make_app: F,
+    bind: &str,
+    advertise: &str,
+    discovery: Arc<dyn Discovery>,
+    shutdown: CancellationToken,
+) -> Result<Serving, ServeError>
+where
+    F: Fn() -> E + Send + Sync + 'static,
+    E: IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    let bind_error = |source| ServeError::Bind {
+        addr: bind.to_owned(),
+        source,
+    };
+    let first = reuse_port_listener(bind).map_err(bind_error)?;
+    let addr = first.local_addr().map_err(bind_error)?;
+    let mut listeners = vec![first];
+    for _ in 1..workers.max(1) {
+        // Port 0 is resolved by the first bind; the others join the same port.
+        listeners.push(reuse_port_listener(&addr.to_string()).map_err(bind_error)?);
+    }
+    let registration = Registration::new(service, advertise, addr.port());
+    discovery.register(&registration).await?;
+
+    let stop = CancellationToken::new();
+    let make_app = Arc::new(make_app);
+    let mut servers: Vec<BoxFuture<'static, std::io::Result<()>>> = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (done, finished) = oneshot::channel();
+        let make_app = make_app.clone();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(format!("{service}-worker-{i}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(serve_connections(
+                            listener,
+                            make_app().into_endpoint(),
+                            stop,
+                        ))
+                    });
+                let _ = done.send(served);
+            })
+            .map_err(bind_error)?;
+        servers.push(Box::pin(async move {
+            finished
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a worker thread panicked")))
+        }));
+    }
+    let task = stop_when_told(discovery, registration.id.clone(), shutdown, stop, servers);
+    Ok(Serving {
+        addr,
+        registration,
+        task,
+    })
+}
+
+/// A non-blocking listening socket that other sockets of this process may bind beside.
+fn reuse_port_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr: SocketAddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
