@@ -56,7 +56,8 @@ impl GatewayConfig {
 
 /// What the gateway keeps per upstream service: its breaker and the handles of its metrics
 /// (registered once, not looked up by label on every request).
-struct Upstream {
+pub(crate) struct Upstream {
+    service: &'static str,
     breaker: Mutex<Breaker>,
     state: metrics::Gauge,
     latency: metrics::Histogram,
@@ -67,6 +68,7 @@ impl Upstream {
         let state = metrics::gauge!("gateway_breaker_state", "upstream" => service);
         state.set(breaker.state().gauge());
         Self {
+            service,
             breaker: Mutex::new(breaker),
             state,
             latency: metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => service),
@@ -75,6 +77,48 @@ impl Upstream {
 
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().expect("breaker lock poisoned")
+    }
+
+    pub(crate) fn acquire(&self) -> Result<Permit, Duration> {
+        let (before, res, after) = {
+            let mut breaker = self.breaker();
+            let before = breaker.state();
+            let res = breaker.try_acquire(tokio::time::Instant::now());
+            (before, res, breaker.state())
+        };
+        self.observe(before, after);
+        if res.is_err() {
+            metrics::counter!("gateway_breaker_rejected_total", "upstream" => self.service)
+                .increment(1);
+        }
+        res
+    }
+
+    pub(crate) fn record(&self, permit: Permit, success: bool) {
+        let (before, after) = {
+            let mut breaker = self.breaker();
+            let before = breaker.state();
+            breaker.record(permit, success, tokio::time::Instant::now());
+            (before, breaker.state())
+        };
+        self.observe(before, after);
+    }
+
+    pub(crate) fn record_latency(&self, elapsed: Duration) {
+        self.latency.record(elapsed.as_secs_f64());
+    }
+
+    fn observe(&self, before: StateName, after: StateName) {
+        if before != after {
+            tracing::warn!(
+                upstream = self.service,
+                from = before.as_str(),
+                to = after.as_str(),
+                "circuit breaker changed state"
+            );
+            metrics::counter!("gateway_breaker_transitions_total", "upstream" => self.service, "to" => after.as_str()).increment(1);
+            self.state.set(after.gauge());
+        }
     }
 }
 
@@ -163,41 +207,12 @@ impl Gateway {
         *self.inner.live.write().expect("live lock poisoned") = Arc::new(live);
     }
 
-    fn upstream(&self, service: &str) -> &Upstream {
+    /// The breaker and metrics of a routed service.
+    pub(crate) fn upstream(&self, service: &str) -> &Upstream {
         self.inner
             .upstreams
             .get(service)
             .expect("every routed service has a breaker")
-    }
-
-    pub(crate) fn acquire(&self, service: &'static str) -> Result<Permit, Duration> {
-        let upstream = self.upstream(service);
-        let (before, res, after) = {
-            let mut breaker = upstream.breaker();
-            let before = breaker.state();
-            let res = breaker.try_acquire(tokio::time::Instant::now());
-            (before, res, breaker.state())
-        };
-        observe(service, upstream, before, after);
-        if res.is_err() {
-            metrics::counter!("gateway_breaker_rejected_total", "upstream" => service).increment(1);
-        }
-        res
-    }
-
-    pub(crate) fn record(&self, service: &'static str, permit: Permit, success: bool) {
-        let upstream = self.upstream(service);
-        let (before, after) = {
-            let mut breaker = upstream.breaker();
-            let before = breaker.state();
-            breaker.record(permit, success, tokio::time::Instant::now());
-            (before, breaker.state())
-        };
-        observe(service, upstream, before, after);
-    }
-
-    pub(crate) fn record_latency(&self, service: &str, elapsed: Duration) {
-        self.upstream(service).latency.record(elapsed.as_secs_f64());
     }
 
     pub fn breaker_state(&self, service: &str) -> Option<StateName> {
@@ -286,19 +301,6 @@ impl Gateway {
             live::follow(gateway, source, wait, shutdown)
         });
         tasks
-    }
-}
-
-fn observe(service: &'static str, upstream: &Upstream, before: StateName, after: StateName) {
-    if before != after {
-        tracing::warn!(
-            upstream = service,
-            from = before.as_str(),
-            to = after.as_str(),
-            "circuit breaker changed state"
-        );
-        metrics::counter!("gateway_breaker_transitions_total", "upstream" => service, "to" => after.as_str()).increment(1);
-        upstream.state.set(after.gauge());
     }
 }
 

@@ -8,7 +8,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = Environment::from_env()?;
     let settings = env.settings(gateway::SERVICE).await?;
     let config = gateway::GatewayConfig::from_settings(&settings)?;
-    let (state, _) = gateway::app(config, env.discovery.clone(), env.config.clone()).await?;
+    let state =
+        gateway::Gateway::connect(config, env.discovery.clone(), env.config.clone()).await?;
     platform::runtime::run_serving_until_signal(
         gateway::SERVICE,
         state.background(),

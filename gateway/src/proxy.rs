@@ -148,14 +148,15 @@ impl Proxy {
                 secs.as_secs().max(1),
             ));
         }
-        let permit = self.gateway.acquire(service).map_err(|wait| {
+        let upstream = self.gateway.upstream(service);
+        let permit = upstream.acquire().map_err(|wait| {
             Problem::unavailable(
                 format!("{service} is failing and calls to it are paused"),
                 wait.as_secs().max(1),
             )
         })?;
         let Some(authority) = self.gateway.upstreams.pick(service) else {
-            self.gateway.record(service, permit, false);
+            upstream.record(permit, false);
             return Err(Problem::unavailable(
                 format!("no instance of {service} is available"),
                 5,
@@ -168,17 +169,17 @@ impl Proxy {
             self.gateway.forward.request(outgoing),
         )
         .await;
-        self.gateway.record_latency(service, started.elapsed());
-        let upstream = match result {
+        upstream.record_latency(started.elapsed());
+        let answer = match result {
             Err(_) => {
-                self.gateway.record(service, permit, false);
+                upstream.record(permit, false);
                 return Err(Problem::timeout(format!(
                     "{service} did not answer within {} ms",
                     live.upstream_timeout.as_millis()
                 )));
             }
             Ok(Err(err)) => {
-                self.gateway.record(service, permit, false);
+                upstream.record(permit, false);
                 tracing::warn!(service, error = %err, "upstream call failed");
                 return Err(Problem::unavailable(
                     format!("{service} could not be reached"),
@@ -187,9 +188,8 @@ impl Proxy {
             }
             Ok(Ok(resp)) => resp,
         };
-        self.gateway
-            .record(service, permit, !upstream.status().is_server_error());
-        let (parts, body) = upstream.into_parts();
+        upstream.record(permit, !answer.status().is_server_error());
+        let (parts, body) = answer.into_parts();
         let mut resp = Response::builder()
             .status(parts.status)
             .body(forward::response_body(body));

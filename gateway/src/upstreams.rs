@@ -48,9 +48,7 @@ impl Upstreams {
         let authorities = instances
             .iter()
             .filter_map(|instance| {
-                let host = instance.base_url();
-                let host = host.strip_prefix("http://").unwrap_or(&host);
-                Authority::try_from(host)
+                Authority::try_from(instance.authority())
                     .inspect_err(|e| {
                         tracing::warn!(service, instance = %instance.id, error = %e, "instance address is not a valid authority; skipped");
                     })

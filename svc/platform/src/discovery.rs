@@ -55,10 +55,15 @@ pub struct Instance {
 
 impl Instance {
     pub fn base_url(&self) -> String {
+        format!("http://{}", self.authority())
+    }
+
+    /// `host:port`, an IPv6 address in brackets.
+    pub fn authority(&self) -> String {
         if self.address.contains(':') {
-            format!("http://[{}]:{}", self.address, self.port)
+            format!("[{}]:{}", self.address, self.port)
         } else {
-            format!("http://{}:{}", self.address, self.port)
+            format!("{}:{}", self.address, self.port)
         }
     }
 }

@@ -160,7 +160,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
 
     let settings = env.settings(gateway::SERVICE).await?;
-    let (gateway_state, _) = gateway::app(
+    let gateway_state = gateway::Gateway::connect(
         gateway::GatewayConfig::from_settings(&settings)?,
         env.discovery.clone(),
         env.config.clone(),
