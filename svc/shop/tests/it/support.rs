@@ -446,7 +446,7 @@ async fn start_gateway(
     }
     let source: Arc<dyn ConfigSource> = Arc::new(config);
     let settings = Settings::load(source.as_ref(), "gateway").await.unwrap();
-    let (gateway, app) = gateway::app(
+    let gateway = gateway::Gateway::connect(
         gateway::GatewayConfig::from_settings(&settings).unwrap(),
         discovery.clone(),
         source,
@@ -454,16 +454,11 @@ async fn start_gateway(
     .await
     .unwrap();
     gateway.background().spawn(stop);
-    serve(
-        "gateway",
-        app,
-        "127.0.0.1:0",
-        "127.0.0.1",
-        discovery.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap()
+    // On its worker threads, as the gateway binary and the shop serve it.
+    gateway
+        .serve("127.0.0.1:0", "127.0.0.1", discovery.clone(), stop.clone())
+        .await
+        .unwrap()
 }
 
 impl Saga {
