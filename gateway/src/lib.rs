@@ -2,9 +2,11 @@
 //! through discovery, with a circuit breaker and a time limit per upstream, CORS, edge JWT
 //! checks and per-client rate limits, all tunable at run time through config.
 
+mod body;
 pub mod breaker;
 mod docs;
 mod forward;
+mod handler;
 pub mod live;
 mod proxy;
 pub mod routes;
@@ -21,9 +23,11 @@ use platform::context::RequestContext;
 use platform::discovery::Discovery;
 use platform::runtime::Background;
 use platform::service::StartError;
-use poem::{Endpoint, EndpointExt, Response, Route};
+use poem::endpoint::BoxEndpoint;
+use poem::{EndpointExt, Response, Route};
 
 use crate::breaker::{Breaker, Permit, StateName};
+use crate::handler::GatewayHandler;
 use crate::live::Live;
 use crate::upstreams::Upstreams;
 
@@ -186,6 +190,14 @@ impl Gateway {
         self.inner.live.read().expect("live lock poisoned").clone()
     }
 
+    pub(crate) fn verifier(&self) -> &JwtVerifier {
+        &self.inner.verifier
+    }
+
+    pub(crate) fn max_body_bytes(&self) -> usize {
+        self.inner.config.max_body_bytes
+    }
+
     pub(crate) fn limiter(&self) -> Arc<DefaultKeyedRateLimiter<live::ClientKey>> {
         self.inner
             .limiter
@@ -222,8 +234,9 @@ impl Gateway {
             .map(|upstream| upstream.breaker().state())
     }
 
-    /// The HTTP app: `/health`, `/ready`, `/metrics`, `/docs`, and everything else proxied.
-    pub fn app(&self) -> impl Endpoint<Output = Response> + use<> {
+    /// The routes the gateway answers itself: `/health`, `/ready`, `/metrics`, `/docs` and
+    /// the services' documents under `/openapi/`.
+    fn own_routes(&self) -> BoxEndpoint<'static> {
         Route::new()
             .at(
                 "/health",
@@ -240,28 +253,23 @@ impl Gateway {
             )
             .nest("/docs", docs::swagger(self.clone()))
             .at("/openapi/:service", docs::document(self.clone()))
-            .at(
-                "/*path",
-                proxy::Proxy {
-                    gateway: self.clone(),
-                },
-            )
-            .data(self.inner.verifier.clone())
             .with(RequestContext::new(
                 SERVICE,
                 self.inner.config.max_body_bytes,
             ))
+            .boxed()
     }
 
-    /// The app of one worker thread: the shared state (breakers, limiter, live config,
+    /// The handler of one worker thread: the shared state (breakers, limiter, live config,
     /// instances) with upstream connections of its own, so that a request and the
     /// connection carrying it are driven by the same thread.
-    pub fn worker_app(&self) -> impl Endpoint<Output = Response> + use<> {
-        Self {
+    fn worker_handler(&self) -> GatewayHandler {
+        let worker = Self {
             forward: forward::upstream_client(),
             ..self.clone()
-        }
-        .app()
+        };
+        let own_routes = worker.own_routes();
+        GatewayHandler::new(worker, own_routes)
     }
 
     /// Serves on `config.workers` threads (see [`platform::workers`]) until `shutdown`.
@@ -276,7 +284,7 @@ impl Gateway {
         platform::workers::serve_on_workers(
             SERVICE,
             platform::workers::worker_count(self.inner.config.workers),
-            move || gateway.worker_app(),
+            move || gateway.worker_handler(),
             bind,
             advertise,
             discovery,
@@ -302,14 +310,4 @@ impl Gateway {
         });
         tasks
     }
-}
-
-pub async fn app(
-    config: GatewayConfig,
-    discovery: Arc<dyn Discovery>,
-    source: Arc<dyn ConfigSource>,
-) -> Result<(Gateway, impl Endpoint<Output = Response>), StartError> {
-    let gateway = Gateway::connect(config, discovery, source).await?;
-    let app = gateway.app();
-    Ok((gateway, app))
 }

@@ -17,7 +17,6 @@ use crate::breaker::BreakerConfig;
 pub enum ClientKey {
     User(uuid::Uuid),
     Address(std::net::IpAddr),
-    Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@ use platform::auth::Role;
 use platform::config::{ConfigSource, LocalConfig, default_seed_path};
 use platform::discovery::{Discovery, LocalDiscovery};
 use platform::runtime::{Serving, serve};
-use platform::testing::{TestIdentity, TestServer};
+use platform::testing::TestIdentity;
 use poem::{Request, Response};
 use uuid::Uuid;
 
@@ -45,10 +45,12 @@ impl Upstream {
             .at("/health", poem::endpoint::make_sync(|_| "ok"))
             .at(
                 "/*path",
-                poem::endpoint::make(move |req: Request| {
+                poem::endpoint::make(move |mut req: Request| {
                     let this = this.clone();
                     async move {
                         this.hits.fetch_add(1, Ordering::SeqCst);
+                        // Read as a service reads it; a failed read is the test's to see.
+                        let _ = req.take_body().into_bytes().await;
                         let delay = this.delay_ms.load(Ordering::SeqCst);
                         if delay > 0 {
                             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -73,7 +75,7 @@ impl Upstream {
 
 pub struct Edge {
     pub gateway: gateway::Gateway,
-    pub server: TestServer,
+    pub server: Serving,
     pub discovery: Arc<LocalDiscovery>,
     pub config: LocalConfig,
     pub identity: TestIdentity,
@@ -110,6 +112,7 @@ impl Edge {
             .set("micromart/gateway/upstream_timeout_ms", "300")
             .await
             .unwrap();
+        config.set("micromart/gateway/workers", "1").await.unwrap();
         config
             .set("micromart/gateway/watch_wait_seconds", "1")
             .await
@@ -133,7 +136,7 @@ impl Edge {
         let settings = platform::config::Settings::load(source.as_ref(), "gateway")
             .await
             .unwrap();
-        let (gw, app) = gateway::app(
+        let gw = gateway::Gateway::connect(
             gateway::GatewayConfig::from_settings(&settings).unwrap(),
             discovery.clone(),
             source,
@@ -142,7 +145,11 @@ impl Edge {
         .unwrap();
         let stop = CancellationToken::new();
         gw.background().spawn(&stop);
-        let server = TestServer::start(app).await;
+        // Served as the binary serves it, on a worker thread of its own.
+        let server = gw
+            .serve("127.0.0.1:0", "127.0.0.1", discovery.clone(), stop.clone())
+            .await
+            .unwrap();
         Self {
             gateway: gw,
             server,

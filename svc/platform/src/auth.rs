@@ -369,6 +369,18 @@ pub fn optional_caller(req: &Request) -> Result<Option<Caller>, Problem> {
     let Some(header) = req.headers().get(poem::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
+    let verifier = req
+        .data::<JwtVerifier>()
+        .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
+    caller_of(header, verifier).map(Some)
+}
+
+/// The caller an `Authorization` header names, checked by `verifier`; 401 when it is not a
+/// valid bearer token.
+pub fn caller_of(
+    header: &poem::http::HeaderValue,
+    verifier: &JwtVerifier,
+) -> Result<Caller, Problem> {
     let token = header
         .to_str()
         .ok()
@@ -376,11 +388,7 @@ pub fn optional_caller(req: &Request) -> Result<Option<Caller>, Problem> {
         .ok_or_else(|| {
             Problem::unauthorized("the Authorization header must be `Bearer <token>`")
         })?;
-    let verifier = req
-        .data::<JwtVerifier>()
-        .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
     verifier
         .verify(token)
-        .map(Some)
         .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))
 }

@@ -85,13 +85,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let started = Instant::now();
-        let request_id = req
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| valid_request_id(v))
-            .map(str::to_owned)
-            .unwrap_or_else(|| new_request_id().to_string());
+        let request_id = request_id_of(req.headers());
         let traceparent = req
             .headers()
             .get(TRACEPARENT)
@@ -142,6 +136,16 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         tracing::info!(target: "access", service = self.service, request_id = %request_id, method, route, status, elapsed_ms = elapsed * 1000.0);
         Ok(resp)
     }
+}
+
+/// The id a request goes by: the caller's `X-Request-Id` when it is a sensible one, else a
+/// new one.
+pub fn request_id_of(headers: &poem::http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map_or_else(|| new_request_id().to_string(), str::to_owned)
 }
 
 /// A time-ordered id (UUIDv7) whose random part comes from the thread-local generator:

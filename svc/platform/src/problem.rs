@@ -152,7 +152,13 @@ impl Problem {
         )
     }
 
+    /// The body, its `instance` the id of the request being served.
     pub fn body(&self) -> ProblemBody {
+        self.body_for(context::request_id())
+    }
+
+    /// The body for the request `instance` (for code outside a request's scope).
+    pub fn body_for(&self, instance: Option<String>) -> ProblemBody {
         ProblemBody {
             kind: format!("https://micromart.dev/problems/{}", self.kind),
             title: self
@@ -162,7 +168,7 @@ impl Problem {
                 .to_string(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            instance: context::request_id(),
+            instance,
             errors: self.errors.clone(),
         }
     }
@@ -188,20 +194,31 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
-        let mut resp = Response::builder()
-            .status(self.status)
-            .header(header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body);
+impl Problem {
+    /// The problem as an HTTP response for the request `instance`: status, problem+json body,
+    /// and `Retry-After` or `Allow` where they apply.
+    pub fn http_response(&self, instance: Option<String>) -> poem::http::Response<Vec<u8>> {
+        let body = serde_json::to_vec(&self.body_for(instance)).unwrap_or_default();
+        let mut resp = poem::http::Response::new(body);
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if let Some(secs) = self.retry_after_seconds {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(allow) = self.allow.as_deref().and_then(|a| a.parse().ok()) {
-            resp.headers_mut().insert(header::ALLOW, allow);
+            headers.insert(header::ALLOW, allow);
         }
+        resp
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let (parts, body) = self.http_response(context::request_id()).into_parts();
+        let mut resp = Response::from(body);
+        resp.set_status(parts.status);
+        *resp.headers_mut() = parts.headers;
         resp
     }
 }

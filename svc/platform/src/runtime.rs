@@ -1,17 +1,19 @@
 //! Serving a service: bind (port 0 allowed), register with discovery, run until told to
 //! stop, then deregister before draining in-flight requests.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Endpoint, EndpointExt as _, IntoEndpoint};
+use poem::{Endpoint, IntoEndpoint};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +69,7 @@ where
     let stop = CancellationToken::new();
     let server = tokio::spawn(serve_connections(
         listener,
-        app.into_endpoint(),
+        PoemHandler::new(app),
         stop.clone(),
     ));
     let task = stop_when_told(
@@ -110,22 +112,64 @@ pub(crate) fn stop_when_told(
     })
 }
 
-/// A poem response body as hyper sends it.
-type ResponseBody = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error>;
+/// A response body as hyper sends it.
+pub type ResponseBody = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error>;
 
-/// Accepts connections on `listener` and serves `app` on each until `stop`, then gives the
-/// requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's `Server`
-/// runs it, but on the bare socket (poem's server splits every connection into two boxed
-/// halves behind a lock) and with Nagle's algorithm off (a response written in two parts,
-/// head then streamed body, must not wait for the client's delayed ACK).
+/// The two ends of the connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionAddrs {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// What answers the requests of a connection, as hyper hands them over: a poem app through
+/// [`PoemHandler`], or the gateway's proxy, which forwards hyper's request as it is.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        addrs: ConnectionAddrs,
+    ) -> impl Future<Output = hyper::Response<ResponseBody>> + Send;
+}
+
+/// A poem app as a [`Handler`]: its errors become responses as poem makes them.
+pub struct PoemHandler<E>(E);
+
+impl<E: Endpoint> PoemHandler<E> {
+    pub fn new<A: IntoEndpoint<Endpoint = E>>(app: A) -> Self {
+        Self(app.into_endpoint())
+    }
+}
+
+impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
+    async fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        addrs: ConnectionAddrs,
+    ) -> hyper::Response<ResponseBody> {
+        let req = poem::Request::from((
+            req,
+            LocalAddr(addrs.local.into()),
+            RemoteAddr(addrs.remote.into()),
+            Scheme::HTTP,
+        ));
+        self.0.get_response(req).await.into()
+    }
+}
+
+/// Accepts connections on `listener` and serves them with `handler` until `stop`, then gives
+/// the requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's
+/// `Server` runs it, but on the bare socket (poem's server splits every connection into two
+/// boxed halves behind a lock) and with Nagle's algorithm off (a response written in two
+/// parts, head then streamed body, must not wait for the client's delayed ACK).
 pub(crate) async fn serve_connections(
     listener: std::net::TcpListener,
-    app: impl Endpoint + 'static,
+    handler: impl Handler,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let local_addr = LocalAddr(listener.local_addr()?.into());
-    let app = Arc::new(app.map_to_response());
+    let local = listener.local_addr()?;
+    let handler = Arc::new(handler);
     let http = auto::Builder::new(TokioExecutor::new());
     let connections = GracefulShutdown::new();
     loop {
@@ -144,17 +188,14 @@ pub(crate) async fn serve_connections(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot disable Nagle's algorithm");
         }
-        let app = app.clone();
-        let local_addr = local_addr.clone();
-        let remote_addr = RemoteAddr(remote_addr.into());
+        let handler = handler.clone();
+        let addrs = ConnectionAddrs {
+            local,
+            remote: remote_addr,
+        };
         let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            let req =
-                poem::Request::from((req, local_addr.clone(), remote_addr.clone(), Scheme::HTTP));
-            async move {
-                let resp: hyper::Response<ResponseBody> = app.get_response(req).await.into();
-                Ok::<_, std::convert::Infallible>(resp)
-            }
+            let handler = handler.clone();
+            async move { Ok::<_, std::convert::Infallible>(handler.handle(req, addrs).await) }
         });
         let connection = connections.watch(
             http.serve_connection_with_upgrades(TokioIo::new(stream), service)

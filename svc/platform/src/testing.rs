@@ -90,9 +90,10 @@ impl TestServer {
             .set_nonblocking(true)
             .expect("a non-blocking listener");
         let addr = listener.local_addr().expect("a TCP address");
-        let ep = app.into_endpoint();
+        let handler = crate::runtime::PoemHandler::new(app);
         let task = tokio::spawn(async move {
-            let _ = crate::runtime::serve_connections(listener, ep, CancellationToken::new()).await;
+            let _ = crate::runtime::serve_connections(listener, handler, CancellationToken::new())
+                .await;
         });
         Self { addr, task }
     }

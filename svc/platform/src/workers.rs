@@ -8,12 +8,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use poem::IntoEndpoint;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{Discovery, Registration};
-use crate::runtime::{ServeError, Serving, serve_connections, stop_when_told};
+use crate::runtime::{Handler, ServeError, Serving, serve_connections, stop_when_told};
 
 /// The number of worker threads `configured` asks for: 0 means one per available core.
 pub fn worker_count(configured: usize) -> usize {
@@ -23,22 +22,21 @@ pub fn worker_count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Like [`crate::runtime::serve`], on `workers` threads; `make_app` builds each worker's app
-/// on that worker's runtime (so what the app spawns, such as pooled connections, stays
-/// there).
-pub async fn serve_on_workers<F, E>(
+/// Like [`crate::runtime::serve`], on `workers` threads; `make_handler` builds each worker's
+/// handler on that worker's runtime (so what it spawns, such as pooled connections, stays
+/// there). A poem app is served through [`crate::runtime::PoemHandler`].
+pub async fn serve_on_workers<F, H>(
     service: &str,
     workers: usize,
-    make_app: F,
+    make_handler: F,
     bind: &str,
     advertise: &str,
     discovery: Arc<dyn Discovery>,
     shutdown: CancellationToken,
 ) -> Result<Serving, ServeError>
 where
-    F: Fn() -> E + Send + Sync + 'static,
-    E: IntoEndpoint,
-    E::Endpoint: 'static,
+    F: Fn() -> H + Send + Sync + 'static,
+    H: Handler,
 {
     let bind_error = |source| ServeError::Bind {
         addr: bind.to_owned(),
@@ -55,11 +53,11 @@ where
     discovery.register(&registration).await?;
 
     let stop = CancellationToken::new();
-    let make_app = Arc::new(make_app);
+    let make_handler = Arc::new(make_handler);
     let mut servers: Vec<BoxFuture<'static, std::io::Result<()>>> = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let (done, finished) = oneshot::channel();
-        let make_app = make_app.clone();
+        let make_handler = make_handler.clone();
         let stop = stop.clone();
         std::thread::Builder::new()
             .name(format!("{service}-worker-{i}"))
@@ -67,13 +65,7 @@ where
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .and_then(|rt| {
-                        rt.block_on(serve_connections(
-                            listener,
-                            make_app().into_endpoint(),
-                            stop,
-                        ))
-                    });
+                    .and_then(|rt| rt.block_on(serve_connections(listener, make_handler(), stop)));
                 let _ = done.send(served);
             })
             .map_err(bind_error)?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use platform::CancellationToken;
 use platform::discovery::{Discovery, LocalDiscovery};
+use platform::runtime::PoemHandler;
 use poem::{Route, handler};
 
 #[handler]
@@ -30,7 +31,7 @@ async fn workers_share_one_port_and_stop_after_the_request_in_flight() {
     let serving = platform::workers::serve_on_workers(
         "things",
         2,
-        || Route::new().at("/thread", thread_name).at("/slow", slow),
+        || PoemHandler::new(Route::new().at("/thread", thread_name).at("/slow", slow)),
         "127.0.0.1:0",
         "127.0.0.1",
         discovery.clone(),
