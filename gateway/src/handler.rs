@@ -16,6 +16,7 @@ use platform::problem::Problem;
 use platform::runtime::{ConnectionAddrs, Handler, PoemHandler, ResponseBody};
 
 use crate::body;
+use crate::forward::UpstreamClient;
 use crate::proxy::{self, Forwarding, Refused};
 use crate::{Gateway, SERVICE};
 
@@ -25,14 +26,21 @@ const NO_ROUTE: &str = "other";
 pub struct GatewayHandler {
     gateway: Gateway,
     own_routes: PoemHandler<BoxEndpoint<'static>>,
+    /// This worker's upstream connections.
+    upstream_client: UpstreamClient,
     metrics: RouteMetrics,
 }
 
 impl GatewayHandler {
-    pub(crate) fn new(gateway: Gateway, own_routes: BoxEndpoint<'static>) -> Self {
+    pub(crate) fn new(
+        gateway: Gateway,
+        own_routes: BoxEndpoint<'static>,
+        upstream_client: UpstreamClient,
+    ) -> Self {
         Self {
             gateway,
             own_routes: PoemHandler::new(own_routes),
+            upstream_client,
             metrics: RouteMetrics::new(SERVICE),
         }
     }
@@ -88,7 +96,7 @@ impl Handler for GatewayHandler {
                 client: addrs.remote.ip(),
                 max_body_bytes,
             };
-            proxy::forward(&self.gateway, req, about).await
+            proxy::forward(&self.gateway, &self.upstream_client, req, about).await
         };
         let (mut resp, route) = answer.unwrap_or_else(|refused| {
             (

@@ -141,8 +141,6 @@ pub struct Gateway {
     pub(crate) upstreams: Upstreams,
     /// For the gateway's own calls (the services' OpenAPI documents).
     pub(crate) http: reqwest::Client,
-    /// For forwarding customers' requests.
-    pub(crate) forward: forward::UpstreamClient,
 }
 
 impl Gateway {
@@ -182,7 +180,6 @@ impl Gateway {
             inner: Arc::new(inner),
             upstreams,
             http,
-            forward: forward::upstream_client(),
         })
     }
 
@@ -264,12 +261,7 @@ impl Gateway {
     /// instances) with upstream connections of its own, so that a request and the
     /// connection carrying it are driven by the same thread.
     fn worker_handler(&self) -> GatewayHandler {
-        let worker = Self {
-            forward: forward::upstream_client(),
-            ..self.clone()
-        };
-        let own_routes = worker.own_routes();
-        GatewayHandler::new(worker, own_routes)
+        GatewayHandler::new(self.clone(), self.own_routes(), forward::upstream_client())
     }
 
     /// Serves on `config.workers` threads (see [`platform::workers`]) until `shutdown`.

@@ -12,6 +12,7 @@ use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
 use crate::body::{CappedBody, ForwardBodyError};
+use crate::forward::UpstreamClient;
 use crate::live::{ClientKey, Live};
 use crate::{Gateway, routes};
 
@@ -83,6 +84,7 @@ impl From<Problem> for Refused {
 /// service, or why there is none.
 pub async fn forward(
     gateway: &Gateway,
+    client: &UpstreamClient,
     req: Request<Incoming>,
     about: Forwarding<'_>,
 ) -> Result<(Response<ResponseBody>, &'static str), Refused> {
@@ -133,11 +135,7 @@ pub async fn forward(
     };
     let outgoing = build_request(req, authority, &about);
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(
-        about.live.upstream_timeout,
-        gateway.forward.request(outgoing),
-    )
-    .await;
+    let result = tokio::time::timeout(about.live.upstream_timeout, client.request(outgoing)).await;
     upstream.record_latency(started.elapsed());
     let answer = match result {
         Err(_) => {
