@@ -10,6 +10,8 @@ mod handler;
 pub mod live;
 mod proxy;
 pub mod routes;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod upstreams;
 
 use std::collections::HashMap;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use platform::CancellationToken;
 use platform::auth::Role;
-use platform::config::{ConfigSource, LocalConfig, default_seed_path};
+use platform::config::LocalConfig;
 use platform::discovery::{Discovery, LocalDiscovery};
 use platform::runtime::{Serving, serve};
 use platform::testing::TestIdentity;
@@ -99,62 +99,24 @@ impl Edge {
     /// `tweak`ed further by the test.
     pub async fn start(overrides: &[(&str, &str)]) -> Self {
         let identity = TestIdentity::new();
-        let config = LocalConfig::from_seed(&default_seed_path()).unwrap();
-        config
-            .set("micromart/gateway/jwt_public_keys", &identity.jwks)
-            .await
-            .unwrap();
-        config
-            .set("micromart/gateway/breaker_open_ms", "400")
-            .await
-            .unwrap();
-        config
-            .set("micromart/gateway/upstream_timeout_ms", "300")
-            .await
-            .unwrap();
-        config.set("micromart/gateway/workers", "1").await.unwrap();
-        config
-            .set("micromart/gateway/watch_wait_seconds", "1")
-            .await
-            .unwrap();
-        config
-            .set("micromart/gateway/rate_limit_per_second", "10000")
-            .await
-            .unwrap();
-        config
-            .set("micromart/gateway/rate_limit_burst", "10000")
-            .await
-            .unwrap();
-        for (k, v) in overrides {
-            config
-                .set(&format!("micromart/gateway/{k}"), v)
-                .await
-                .unwrap();
-        }
+        let mut settings = vec![
+            ("jwt_public_keys", identity.jwks.as_str()),
+            ("breaker_open_ms", "400"),
+            ("upstream_timeout_ms", "300"),
+            ("workers", "1"),
+            ("watch_wait_seconds", "1"),
+            ("rate_limit_per_second", "10000"),
+            ("rate_limit_burst", "10000"),
+        ];
+        settings.extend_from_slice(overrides);
         let discovery = Arc::new(LocalDiscovery::new());
-        let source: Arc<dyn ConfigSource> = Arc::new(config.clone());
-        let settings = platform::config::Settings::load(source.as_ref(), "gateway")
-            .await
-            .unwrap();
-        let gw = gateway::Gateway::connect(
-            gateway::GatewayConfig::from_settings(&settings).unwrap(),
-            discovery.clone(),
-            source,
-        )
-        .await
-        .unwrap();
         let stop = CancellationToken::new();
-        gw.background().spawn(&stop);
-        // Served as the binary serves it, on a worker thread of its own.
-        let server = gw
-            .serve("127.0.0.1:0", "127.0.0.1", discovery.clone(), stop.clone())
-            .await
-            .unwrap();
+        let started = gateway::testing::start(discovery.clone(), &settings, &stop).await;
         Self {
-            gateway: gw,
-            server,
+            gateway: started.gateway,
+            server: started.serving,
             discovery,
-            config,
+            config: started.config,
             identity,
             client: reqwest::Client::new(),
             stop,

@@ -432,33 +432,14 @@ async fn start_gateway(
     discovery: &Arc<dyn Discovery>,
     stop: &CancellationToken,
 ) -> Serving {
-    use platform::config::{ConfigSource, LocalConfig, Settings, default_seed_path};
-    let config = LocalConfig::from_seed(&default_seed_path()).unwrap();
-    for (key, value) in [
+    let overrides = [
         ("jwt_public_keys", identity.jwks.as_str()),
         ("rate_limit_per_second", "1000000"),
         ("rate_limit_burst", "1000000"),
-    ] {
-        config
-            .set(&format!("micromart/gateway/{key}"), value)
-            .await
-            .unwrap();
-    }
-    let source: Arc<dyn ConfigSource> = Arc::new(config);
-    let settings = Settings::load(source.as_ref(), "gateway").await.unwrap();
-    let gateway = gateway::Gateway::connect(
-        gateway::GatewayConfig::from_settings(&settings).unwrap(),
-        discovery.clone(),
-        source,
-    )
-    .await
-    .unwrap();
-    gateway.background().spawn(stop);
-    // On its worker threads, as the gateway binary and the shop serve it.
-    gateway
-        .serve("127.0.0.1:0", "127.0.0.1", discovery.clone(), stop.clone())
+    ];
+    gateway::testing::start(discovery.clone(), &overrides, stop)
         .await
-        .unwrap()
+        .serving
 }
 
 impl Saga {

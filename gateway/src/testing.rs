@@ -1,0 +1,56 @@
+//! A gateway for tests of this crate and of the whole shop: configured from the KV seed with
+//! a test's overrides, its watches running, served on port 0 on its worker threads as the
+//! binary serves it.
+
+use std::sync::Arc;
+
+use platform::CancellationToken;
+use platform::config::{ConfigSource, LocalConfig, Settings, default_seed_path};
+use platform::discovery::Discovery;
+use platform::runtime::Serving;
+
+use crate::{Gateway, GatewayConfig};
+
+pub struct TestGateway {
+    pub gateway: Gateway,
+    /// The config it watches: a test changes live numbers through it.
+    pub config: LocalConfig,
+    pub serving: Serving,
+}
+
+/// Starts a gateway over `discovery` with `overrides` (keys under `micromart/gateway/`)
+/// applied to the seed, until `stop`.
+pub async fn start(
+    discovery: Arc<dyn Discovery>,
+    overrides: &[(&str, &str)],
+    stop: &CancellationToken,
+) -> TestGateway {
+    let config = LocalConfig::from_seed(&default_seed_path()).expect("the KV seed loads");
+    for (key, value) in overrides {
+        config
+            .set(&format!("micromart/gateway/{key}"), value)
+            .await
+            .expect("a gateway key can be set");
+    }
+    let source: Arc<dyn ConfigSource> = Arc::new(config.clone());
+    let settings = Settings::load(source.as_ref(), crate::SERVICE)
+        .await
+        .expect("the gateway's settings load");
+    let gateway = Gateway::connect(
+        GatewayConfig::from_settings(&settings).expect("the gateway's settings are valid"),
+        discovery.clone(),
+        source,
+    )
+    .await
+    .expect("the gateway starts");
+    gateway.background().spawn(stop);
+    let serving = gateway
+        .serve("127.0.0.1:0", "127.0.0.1", discovery, stop.clone())
+        .await
+        .expect("the gateway serves");
+    TestGateway {
+        gateway,
+        config,
+        serving,
+    }
+}
