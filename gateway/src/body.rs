@@ -18,7 +18,7 @@ const DISCARD_TIME: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardBodyError {
-    #[error("the request body is larger than the limit of {0} bytes")]
+    #[error("the request body went over the limit of {0} bytes")]
     TooLarge(usize),
     #[error("reading the request body failed: {0}")]
     Incoming(#[from] hyper::Error),

@@ -79,22 +79,20 @@ impl Handler for GatewayHandler {
             && req
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let max_body_bytes = self.gateway.max_body_bytes();
         let answer = if preflight {
             preflight_response(req.headers(), allowed_origin.is_some())
                 .map(|resp| (resp, NO_ROUTE))
                 .map_err(Refused::from)
-        } else if declared_length(req.headers()).is_some_and(|n| n > max_body_bytes) {
+        } else if let Some(too_large) =
+            context::declared_body_too_large(req.headers(), self.gateway.max_body_bytes())
+        {
             body::discard(req.into_body());
-            Err(Refused::from(Problem::payload_too_large(format!(
-                "the request body is larger than the limit of {max_body_bytes} bytes"
-            ))))
+            Err(Refused::from(too_large))
         } else {
             let about = Forwarding {
                 live: &live,
                 request_id: &request_id,
                 client: addrs.remote.ip(),
-                max_body_bytes,
             };
             proxy::forward(&self.gateway, &self.upstream_client, req, about).await
         };
@@ -126,13 +124,6 @@ impl Handler for GatewayHandler {
         tracing::info!(target: "access", service = SERVICE, request_id = %request_id, method, route, status, elapsed_ms = elapsed * 1000.0);
         resp
     }
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The answer to a CORS preflight: what may be sent, or 403 for an origin not listed.

@@ -61,7 +61,6 @@ pub struct Forwarding<'a> {
     pub request_id: &'a str,
     /// The address the request came from.
     pub client: std::net::IpAddr,
-    pub max_body_bytes: usize,
 }
 
 /// A request that was not forwarded, or whose upstream call failed: the problem, and the
@@ -133,7 +132,7 @@ pub async fn forward(
             5,
         )));
     };
-    let outgoing = build_request(req, authority, &about);
+    let outgoing = build_request(req, authority, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(about.live.upstream_timeout, client.request(outgoing)).await;
     upstream.record_latency(started.elapsed());
@@ -145,10 +144,10 @@ pub async fn forward(
                 about.live.upstream_timeout.as_millis()
             ))));
         }
-        Ok(Err(ref err)) if let Some(too_large) = body_too_large(err) => {
+        Ok(Err(err)) if let Some(too_large) = body_too_large(&err) => {
             // The caller's fault, not the upstream's: the breaker does not count it.
             upstream.record(permit, true);
-            return Err(refused(Problem::payload_too_large(too_large.to_string())));
+            return Err(refused(too_large));
         }
         Ok(Err(err)) => {
             upstream.record(permit, false);
@@ -167,11 +166,14 @@ pub async fn forward(
     Ok((Response::from_parts(parts, body), service))
 }
 
-/// Why an upstream call failed, if the caller's body outgrew the limit.
-fn body_too_large<'e>(err: &'e (dyn std::error::Error + 'static)) -> Option<&'e ForwardBodyError> {
-    std::iter::successors(Some(err), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<ForwardBodyError>())
-        .find(|e| matches!(e, ForwardBodyError::TooLarge(_)))
+/// 413, if an upstream call failed because the caller's body outgrew the limit.
+fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
+    std::iter::successors(Some(err), |e| e.source()).find_map(|e| {
+        match e.downcast_ref::<ForwardBodyError>()? {
+            ForwardBodyError::TooLarge(max) => Some(Problem::body_too_large(*max)),
+            ForwardBodyError::Incoming(_) => None,
+        }
+    })
 }
 
 /// The request to send upstream: the caller's, re-addressed, hop-by-hop headers dropped,
@@ -180,6 +182,7 @@ fn build_request(
     req: Request<Incoming>,
     authority: Authority,
     about: &Forwarding<'_>,
+    max_body_bytes: usize,
 ) -> Request<CappedBody> {
     let (mut parts, body) = req.into_parts();
     let target = parts
@@ -215,7 +218,7 @@ fn build_request(
     }
     // HTTP/2 from the caller, HTTP/1.1 to the upstream: the pool speaks HTTP/1.1.
     parts.version = poem::http::Version::HTTP_11;
-    Request::from_parts(parts, CappedBody::new(body, about.max_body_bytes))
+    Request::from_parts(parts, CappedBody::new(body, max_body_bytes))
 }
 
 /// A W3C traceparent for a request that arrived without one (ids from the thread-local RNG:

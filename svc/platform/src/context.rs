@@ -99,16 +99,8 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         let max = self.max_body_bytes;
         let resp = CURRENT
             .scope(info, async move {
-                let declared = req
-                    .headers()
-                    .get(poem::http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<usize>().ok());
-                if declared.is_some_and(|n| n > max) {
-                    return Problem::payload_too_large(format!(
-                        "the request body is larger than the limit of {max} bytes"
-                    ))
-                    .into_response();
+                if let Some(too_large) = declared_body_too_large(req.headers(), max) {
+                    return too_large.into_response();
                 }
                 let body = limit_body(req.take_body(), max);
                 req.set_body(body);
@@ -148,6 +140,17 @@ pub fn request_id_of(headers: &poem::http::HeaderMap) -> String {
         .map_or_else(|| new_request_id().to_string(), str::to_owned)
 }
 
+/// 413 for a request whose declared length (Content-Length) is over `max` bytes, before
+/// any of its body is read.
+pub fn declared_body_too_large(headers: &poem::http::HeaderMap, max: usize) -> Option<Problem> {
+    headers
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|declared| declared > max)
+        .then(|| Problem::body_too_large(max))
+}
+
 /// A time-ordered id (UUIDv7) whose random part comes from the thread-local generator:
 /// `Uuid::now_v7` asks the kernel for randomness on every call, a system call per request.
 fn new_request_id() -> uuid::Uuid {
@@ -165,9 +168,7 @@ fn limit_body(body: Body, max: usize) -> Body {
         let chunk = chunk?;
         seen += chunk.len();
         if seen > max {
-            return Err(std::io::Error::other(format!(
-                "the request body is larger than the limit of {max} bytes"
-            )));
+            return Err(std::io::Error::other(Problem::body_too_large(max).detail));
         }
         Ok(chunk)
     });

@@ -100,6 +100,12 @@ impl Problem {
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", detail)
     }
+    /// A request body over the limit of `max_bytes`.
+    pub fn body_too_large(max_bytes: usize) -> Self {
+        Self::payload_too_large(format!(
+            "the request body is larger than the limit of {max_bytes} bytes"
+        ))
+    }
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
