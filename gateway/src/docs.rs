@@ -131,13 +131,13 @@ pub fn document(gateway: Gateway) -> impl Endpoint<Output = Response> {
             let Some(service) = routes::services().into_iter().find(|s| *s == service) else {
                 return Problem::not_found("no such service document").into_response();
             };
-            let Some(authority) = gateway.upstreams.pick(service) else {
+            let Some(target) = gateway.upstreams.pick(service) else {
                 return Problem::unavailable(format!("no instance of {service} is available"), 5)
                     .into_response();
             };
             let fetched = gateway
                 .http
-                .get(format!("http://{authority}/openapi.json"))
+                .get(format!("http://{}/openapi.json", target.authority))
                 .timeout(gateway.live().upstream_timeout)
                 .send()
                 .await;

@@ -1,24 +1,377 @@
-//! The client the gateway forwards with: hyper's pooled HTTP/1.1 client, with bodies passed
-//! through unbuffered and with their sizes, so a request or response that has a
-//! Content-Length keeps it instead of being re-chunked.
+//! The connections one worker keeps to upstream instances: hyper's HTTP/1.1 client
+//! connections, one request at a time each, taken again for the next request once the
+//! response body has been read to its end. Bodies pass through unbuffered and with their
+//! sizes, so a request or response that has a Content-Length keeps it.
+//!
+//! Why not hyper-util's pooled client: it hands a connection back to its pool by spawning a
+//! task per request that waits for the connection to become ready again, and every checkout
+//! locks a pool that may be shared between threads and hashes a (scheme, authority) key.
+//! A worker's connections are its own, and a connection is handed back by the response body
+//! that read it to the end, with no task of its own.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use poem::http::uri::Authority;
+use poem::http::{Request, Response};
 
 use crate::body::CappedBody;
 
-pub type UpstreamClient = Client<HttpConnector, CappedBody>;
+/// How long connecting to an instance may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many idle connections are kept per instance.
+const MAX_IDLE_PER_INSTANCE: usize = 256;
 
-pub fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {authority} failed: {source}")]
+    Connect {
+        authority: Authority,
+        source: std::io::Error,
+    },
+    #[error("connecting to {0} took longer than {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout(Authority),
+    #[error("the HTTP exchange with the instance failed: {0}")]
+    Http(#[source] hyper::Error),
+}
+
+struct IdleConnection<B> {
+    sender: SendRequest<B>,
+    since: Instant,
+}
+
+struct IdleConnections<B> {
+    by_instance: HashMap<Authority, Vec<IdleConnection<B>>>,
+    last_sweep: Option<Instant>,
+}
+
+/// One worker's connections to the upstream instances, sending request bodies of type `B`.
+pub struct UpstreamClient<B = CappedBody> {
+    idle: Arc<Mutex<IdleConnections<B>>>,
+}
+
+impl<B> Default for UpstreamClient<B> {
+    fn default() -> Self {
+        Self {
+            idle: Arc::new(Mutex::new(IdleConnections {
+                by_instance: HashMap::new(),
+                last_sweep: None,
+            })),
+        }
+    }
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Sends `req` (origin-form URI, Host set) to the instance at `authority` on an idle
+    /// connection to it, or on a new one.
+    pub async fn request(
+        &self,
+        authority: &Authority,
+        mut req: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.checkout(authority) {
+                Some(sender) => (sender, true),
+                None => (self.connect(authority).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = PooledBody {
+                        inner: body,
+                        finished: false,
+                        give_back: Some(GiveBack {
+                            idle: self.idle.clone(),
+                            authority: authority.clone(),
+                            sender,
+                        }),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                // An idle connection the instance closed just as the request went out: the
+                // request was not sent, so it goes again on another connection.
+                Err(mut failed) if reused && failed.message().is_some() => {
+                    req = failed.take_message().expect("checked above");
+                }
+                Err(failed) => return Err(UpstreamError::Http(failed.into_error())),
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IdleConnections<B>> {
+        self.idle
+            .lock()
+            .expect("upstream connections lock poisoned")
+    }
+
+    /// The most recently used idle connection to `authority` that is ready for a request.
+    /// Closed and expired ones are dropped; ones not ready yet (their connection task has
+    /// not caught up with the end of the last response) stay for later.
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
+        let mut idle = self.lock();
+        let conns = idle.by_instance.get_mut(authority)?;
+        let now = Instant::now();
+        let mut not_ready = Vec::new();
+        let mut found = None;
+        while let Some(conn) = conns.pop() {
+            if conn.sender.is_closed() || now.duration_since(conn.since) > IDLE_TIMEOUT {
+                continue;
+            }
+            if conn.sender.is_ready() {
+                found = Some(conn.sender);
+                break;
+            }
+            not_ready.push(conn);
+        }
+        conns.extend(not_ready.into_iter().rev());
+        found
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<B>, UpstreamError> {
+        let connecting = tokio::net::TcpStream::connect(authority.as_str());
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(authority.clone()))?
+            .map_err(|source| UpstreamError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| UpstreamError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// What hands a connection back once its response has been read.
+struct GiveBack<B> {
+    idle: Arc<Mutex<IdleConnections<B>>>,
+    authority: Authority,
+    sender: SendRequest<B>,
+}
+
+impl<B> GiveBack<B> {
+    fn give_back(self) {
+        let now = Instant::now();
+        let mut idle = self
+            .idle
+            .lock()
+            .expect("upstream connections lock poisoned");
+        // Connections to instances no longer asked for are not checked out again: drop the
+        // closed and expired ones of every instance now and then.
+        if idle
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) > IDLE_TIMEOUT)
+        {
+            idle.last_sweep = Some(now);
+            for conns in idle.by_instance.values_mut() {
+                conns.retain(|c| {
+                    !c.sender.is_closed() && now.duration_since(c.since) <= IDLE_TIMEOUT
+                });
+            }
+            idle.by_instance.retain(|_, conns| !conns.is_empty());
+        }
+        let conns = idle.by_instance.entry(self.authority).or_default();
+        if conns.len() >= MAX_IDLE_PER_INSTANCE {
+            conns.remove(0);
+        }
+        conns.push(IdleConnection {
+            sender: self.sender,
+            since: now,
+        });
+    }
+}
+
+/// An upstream's response body: once read to its end, its connection goes back to the
+/// worker's idle connections; dropped before that, the connection closes with it.
+pub struct PooledBody<B = CappedBody> {
+    inner: Incoming,
+    finished: bool,
+    give_back: Option<GiveBack<B>>,
+}
+
+impl<B> Body for PooledBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.finished = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for PooledBody<B> {
+    fn drop(&mut self) {
+        if (self.finished || self.inner.is_end_stream())
+            && let Some(give_back) = self.give_back.take()
+        {
+            give_back.give_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/1.1 instance that counts the connections it accepts and answers every
+    /// request "ok"; with `close_after_answer`, it closes each connection after one answer,
+    /// without saying so, as an instance that timed an idle connection out would.
+    async fn instance(close_after_answer: bool) -> (Authority, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        // Requests without bodies: a request ends with its blank line.
+                        while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            request.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() || close_after_answer {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (authority, accepted)
+    }
+
+    fn get() -> Request<Empty<Bytes>> {
+        Request::builder()
+            .uri("/x")
+            .header("host", "upstream")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    async fn read_to_end(resp: Response<PooledBody<Empty<Bytes>>>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_carries_the_next_request() {
+        let (authority, accepted) = instance(false).await;
+        let client = UpstreamClient::default();
+        for _ in 0..5 {
+            let resp = client.request(&authority, get()).await.unwrap();
+            assert_eq!(read_to_end(resp).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_unread_closes_its_connection() {
+        let (authority, accepted) = instance(false).await;
+        let client = UpstreamClient::default();
+        let unread = client.request(&authority, get()).await.unwrap();
+        assert_eq!(unread.status(), 200);
+        drop(unread);
+        let resp = client.request(&authority, get()).await.unwrap();
+        assert_eq!(read_to_end(resp).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_connections_of_their_own_and_reuse_them() {
+        let (authority, accepted) = instance(false).await;
+        let client = UpstreamClient::default();
+        for _ in 0..3 {
+            // Four responses held at once need four connections; read, they serve the
+            // next four.
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                held.push(client.request(&authority, get()).await.unwrap());
+            }
+            for resp in held {
+                assert_eq!(read_to_end(resp).await, "ok");
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_instance_closed_is_not_used_again() {
+        let (authority, accepted) = instance(true).await;
+        let client = UpstreamClient::default();
+        for _ in 0..3 {
+            let resp = client.request(&authority, get()).await.unwrap();
+            assert_eq!(read_to_end(resp).await, "ok");
+            // Time for the connection's task to see the instance's close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_is_gone_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        drop(listener);
+        let client = UpstreamClient::default();
+        let Err(err) = client.request(&authority, get()).await else {
+            panic!("a request to a closed port was answered");
+        };
+        assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
+    }
 }

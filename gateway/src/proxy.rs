@@ -4,7 +4,7 @@
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use poem::http::uri::{Authority, PathAndQuery, Scheme};
+use poem::http::uri::PathAndQuery;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 
 use platform::context;
@@ -14,6 +14,7 @@ use platform::runtime::ResponseBody;
 use crate::body::{CappedBody, ForwardBodyError};
 use crate::forward::UpstreamClient;
 use crate::live::{ClientKey, Live};
+use crate::upstreams::Target;
 use crate::{Gateway, routes};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not strings:
@@ -125,16 +126,20 @@ pub async fn forward(
             wait.as_secs().max(1),
         ))
     })?;
-    let Some(authority) = gateway.upstreams.pick(service) else {
+    let Some(target) = gateway.upstreams.pick(service) else {
         upstream.record(permit, false);
         return Err(refused(Problem::unavailable(
             format!("no instance of {service} is available"),
             5,
         )));
     };
-    let outgoing = build_request(req, authority, &about, gateway.max_body_bytes());
+    let outgoing = build_request(req, &target, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(about.live.upstream_timeout, client.request(outgoing)).await;
+    let result = tokio::time::timeout(
+        about.live.upstream_timeout,
+        client.request(&target.authority, outgoing),
+    )
+    .await;
     upstream.record_latency(started.elapsed());
     let answer = match result {
         Err(_) => {
@@ -176,28 +181,29 @@ fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
     })
 }
 
-/// The request to send upstream: the caller's, re-addressed, hop-by-hop headers dropped,
-/// forwarding and tracing headers set, the body streamed as it arrives.
+/// The request to send upstream: the caller's, for the picked instance (origin-form target,
+/// its Host), hop-by-hop headers dropped, forwarding and tracing headers set, the body
+/// streamed as it arrives.
 fn build_request(
     req: Request<Incoming>,
-    authority: Authority,
+    target: &Target,
     about: &Forwarding<'_>,
     max_body_bytes: usize,
 ) -> Request<CappedBody> {
     let (mut parts, body) = req.into_parts();
-    let target = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = poem::http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(target);
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+    if parts.uri.scheme().is_some() {
+        // An absolute-form target (RFC 9112 §3.2.2) names the gateway: only its path and
+        // query go on.
+        let origin_form = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(origin_form);
+    }
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    if let Some(host) = headers.remove(header::HOST) {
+    if let Some(host) = headers.insert(header::HOST, target.host.clone()) {
         headers.insert(X_FORWARDED_HOST, host);
     }
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -1,6 +1,6 @@
 //! The healthy instances of each upstream, kept fresh by discovery watches, and picked
-//! round-robin. Each is kept as the URI authority requests to it carry, parsed once per
-//! change instead of once per request.
+//! round-robin. Each is kept as the authority and Host header requests to it carry, parsed
+//! once per change instead of once per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,12 +9,29 @@ use std::time::Duration;
 
 use platform::CancellationToken;
 use platform::discovery::{Discovery, Instance};
+use poem::http::HeaderValue;
 use poem::http::uri::Authority;
+
+/// Where a request to one instance goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub authority: Authority,
+    /// The Host header for it.
+    pub host: HeaderValue,
+}
+
+impl Target {
+    fn of(instance: &Instance) -> Result<Self, poem::http::Error> {
+        let authority = Authority::try_from(instance.authority())?;
+        let host = HeaderValue::from_str(authority.as_str())?;
+        Ok(Self { authority, host })
+    }
+}
 
 #[derive(Clone)]
 pub struct Upstreams {
     discovery: Arc<dyn Discovery>,
-    instances: Arc<RwLock<HashMap<String, Arc<Vec<Authority>>>>>,
+    instances: Arc<RwLock<HashMap<String, Arc<Vec<Target>>>>>,
     next: Arc<AtomicUsize>,
 }
 
@@ -28,7 +45,7 @@ impl Upstreams {
     }
 
     /// The next instance of `service`, round-robin; None when none is healthy.
-    pub fn pick(&self, service: &str) -> Option<Authority> {
+    pub fn pick(&self, service: &str) -> Option<Target> {
         let instances = self.instances.read().expect("upstreams lock poisoned");
         let all = instances.get(service).filter(|all| !all.is_empty())?;
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -45,10 +62,10 @@ impl Upstreams {
     }
 
     fn set(&self, service: &str, instances: Vec<Instance>) {
-        let authorities = instances
+        let targets = instances
             .iter()
             .filter_map(|instance| {
-                Authority::try_from(instance.authority())
+                Target::of(instance)
                     .inspect_err(|e| {
                         tracing::warn!(service, instance = %instance.id, error = %e, "instance address is not a valid authority; skipped");
                     })
@@ -58,7 +75,7 @@ impl Upstreams {
         self.instances
             .write()
             .expect("upstreams lock poisoned")
-            .insert(service.to_owned(), Arc::new(authorities));
+            .insert(service.to_owned(), Arc::new(targets));
     }
 
     /// Follows `service` with blocking queries until cancelled: a new or dead instance is

@@ -69,7 +69,13 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
     assert_eq!(echoed["path"], "/api/v1/cart/items?x=1");
     assert_eq!(headers["x-request-id"], "req-42");
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
-    assert!(headers.contains_key("x-forwarded-host"));
+    let gateway_host = edge.server.addr.to_string();
+    assert_eq!(headers["x-forwarded-host"], gateway_host);
+    assert!(
+        headers["host"].starts_with("127.0.0.1:") && headers["host"] != gateway_host,
+        "the instance is addressed as itself: {}",
+        headers["host"]
+    );
     assert!(headers["traceparent"].starts_with("00-"));
     assert!(
         headers.contains_key("authorization"),
