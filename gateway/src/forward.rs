@@ -21,7 +21,8 @@ use hyper_util::rt::TokioIo;
 use poem::http::uri::Authority;
 use poem::http::{Request, Response};
 
-use crate::body::CappedBody;
+/// The caller's body, forwarded under the gateway's size limit.
+pub type CappedBody = platform::body_limit::CappedBody<Incoming>;
 
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

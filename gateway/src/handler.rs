@@ -10,12 +10,12 @@ use hyper::body::{Bytes, Incoming};
 use poem::endpoint::BoxEndpoint;
 use poem::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
+use platform::body_limit;
 use platform::context;
 use platform::metrics::{RouteMetrics, method_label};
 use platform::problem::Problem;
 use platform::runtime::{ConnectionAddrs, Handler, PoemHandler, ResponseBody};
 
-use crate::body;
 use crate::forward::UpstreamClient;
 use crate::proxy::{self, Forwarding, Refused};
 use crate::{Gateway, SERVICE};
@@ -86,7 +86,7 @@ impl Handler for GatewayHandler {
         } else if let Some(too_large) =
             context::declared_body_too_large(req.headers(), self.gateway.max_body_bytes())
         {
-            body::discard(req.into_body());
+            body_limit::discard(req.into_body());
             Err(Refused::from(too_large))
         } else {
             let about = Forwarding {

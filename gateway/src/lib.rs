@@ -2,7 +2,6 @@
 //! through discovery, with a circuit breaker and a time limit per upstream, CORS, edge JWT
 //! checks and per-client rate limits, all tunable at run time through config.
 
-mod body;
 pub mod breaker;
 mod docs;
 mod forward;

@@ -11,7 +11,9 @@ use platform::context;
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use crate::body::{CappedBody, ForwardBodyError};
+use platform::body_limit::CappedBodyError;
+
+use crate::forward::CappedBody;
 use crate::forward::UpstreamClient;
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
@@ -174,9 +176,9 @@ pub async fn forward(
 /// 413, if an upstream call failed because the caller's body outgrew the limit.
 fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
     std::iter::successors(Some(err), |e| e.source()).find_map(|e| {
-        match e.downcast_ref::<ForwardBodyError>()? {
-            ForwardBodyError::TooLarge(max) => Some(Problem::body_too_large(*max)),
-            ForwardBodyError::Incoming(_) => None,
+        match e.downcast_ref::<CappedBodyError<hyper::Error>>()? {
+            CappedBodyError::TooLarge(max) => Some(Problem::body_too_large(*max)),
+            CappedBodyError::Inner(_) => None,
         }
     })
 }

@@ -282,26 +282,65 @@ async fn an_oversized_body_is_413_at_the_gateway() {
     assert_eq!(cart.hits(), 0);
 }
 
-#[tokio::test]
-async fn an_oversized_chunked_body_is_413_at_the_gateway() {
-    let mut edge = Edge::start(&[]).await;
-    let cart = Upstream::new();
-    edge.add("cart", &cart).await;
-    // No Content-Length to refuse up front: the limit is met while the body streams.
-    let chunks = (0..32).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024]));
-    let resp = edge
-        .client
+/// A cart PUT of `bytes` sent chunked: no Content-Length to refuse up front, so a limit is
+/// met while the body streams.
+async fn put_chunked(edge: &Edge, bytes: usize) -> reqwest::Response {
+    let chunk = 64 * 1024;
+    let chunks = (0..bytes / chunk).map(move |_| Ok::<_, std::io::Error>(vec![b'x'; chunk]));
+    edge.client
         .put(edge.url("/api/v1/cart/items/x"))
         .bearer_auth(edge.token())
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
         .await
-        .unwrap();
-    let problem = expect_problem(resp, 413).await;
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_is_413_at_the_gateway() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let problem = expect_problem(put_chunked(&edge, 2 * 1024 * 1024).await, 413).await;
     assert_eq!(
         problem["detail"],
         "the request body is larger than the limit of 1048576 bytes"
     );
+    assert_eq!(
+        edge.ready().await["upstreams"]["cart"]["breaker"],
+        "closed",
+        "a caller's oversized body is not the upstream's failure"
+    );
+}
+
+#[tokio::test]
+async fn a_service_refusing_a_body_under_the_gateway_limit_is_heard_as_413() {
+    let mut edge = Edge::start(&[]).await;
+    // The services' own limit (256 KiB) is below the gateway's (1 MiB): the service refuses
+    // first, and its answer, not a broken connection, reaches the caller.
+    let cart = Upstream::with_body_limit(256 * 1024);
+    edge.add("cart", &cart).await;
+    let service_detail = "the request body is larger than the limit of 262144 bytes";
+    let gateway_detail = "the request body is larger than the limit of 1048576 bytes";
+    for _ in 0..10 {
+        let declared = edge
+            .client
+            .put(edge.url("/api/v1/cart/items/x"))
+            .bearer_auth(edge.token())
+            .body(vec![b'x'; 512 * 1024])
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(declared, 413).await;
+        assert_eq!(problem["detail"], service_detail);
+        let problem = expect_problem(put_chunked(&edge, 2 * 1024 * 1024).await, 413).await;
+        // Whichever limit is met first refuses: the service's as it reads, or the
+        // gateway's as it forwards.
+        assert!(
+            [service_detail, gateway_detail].contains(&problem["detail"].as_str().unwrap()),
+            "{problem}"
+        );
+    }
     assert_eq!(
         edge.ready().await["upstreams"]["cart"]["breaker"],
         "closed",

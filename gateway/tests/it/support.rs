@@ -8,7 +8,7 @@ use platform::config::LocalConfig;
 use platform::discovery::{Discovery, LocalDiscovery};
 use platform::runtime::{Serving, serve};
 use platform::testing::TestIdentity;
-use poem::{Request, Response};
+use poem::{EndpointExt, Request, Response};
 use uuid::Uuid;
 
 /// An upstream whose answers the test controls: status, delay; it counts its hits and
@@ -18,6 +18,8 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     pub status: Arc<AtomicU16>,
     pub delay_ms: Arc<AtomicU64>,
+    /// The request-body limit a service applies (none: reads any body).
+    pub body_limit: Option<usize>,
 }
 
 impl Upstream {
@@ -25,6 +27,14 @@ impl Upstream {
         let u = Self::default();
         u.status.store(200, Ordering::SeqCst);
         u
+    }
+
+    /// An upstream that limits request bodies as the services do.
+    pub fn with_body_limit(max: usize) -> Self {
+        Self {
+            body_limit: Some(max),
+            ..Self::new()
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -39,9 +49,9 @@ impl Upstream {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
-    fn endpoint(&self) -> impl poem::Endpoint<Output = Response> + use<> {
+    fn endpoint(&self) -> poem::endpoint::BoxEndpoint<'static, Response> {
         let this = self.clone();
-        poem::Route::new()
+        let route = poem::Route::new()
             .at("/health", poem::endpoint::make_sync(|_| "ok"))
             .at(
                 "/*path",
@@ -69,7 +79,14 @@ impl Upstream {
                             .body(body.to_string())
                     }
                 }),
-            )
+            );
+        match self.body_limit {
+            Some(max) => route
+                .with(platform::context::RequestContext::new("upstream", max))
+                .map_to_response()
+                .boxed(),
+            None => route.boxed(),
+        }
     }
 }
 

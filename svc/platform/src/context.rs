@@ -3,13 +3,16 @@
 //! problem's `instance` is the request id).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use futures::StreamExt;
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
 use poem::http::HeaderValue;
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::OperationId;
 
+use crate::body_limit::{self, CappedBody, CappedBodyError};
 use crate::metrics::RouteMetrics;
 use crate::problem::{Problem, into_problem_response};
 
@@ -99,12 +102,16 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         let max = self.max_body_bytes;
         let resp = CURRENT
             .scope(info, async move {
+                let body = req.take_body();
                 if let Some(too_large) = declared_body_too_large(req.headers(), max) {
+                    body_limit::discard(BoxBody::from(body));
                     return too_large.into_response();
                 }
-                let body = limit_body(req.take_body(), max);
-                req.set_body(body);
-                match self.inner.call(req).await {
+                let went_over = Arc::new(AtomicBool::new(false));
+                if !body.is_empty() {
+                    req.set_body(capped_body(body, max, went_over.clone()));
+                }
+                let mut resp = match self.inner.call(req).await {
                     Ok(resp) => resp.into_response(),
                     Err(err) => {
                         let operation = err.data::<OperationId>().copied();
@@ -114,7 +121,17 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                         }
                         resp
                     }
+                };
+                if went_over.load(Ordering::Relaxed) {
+                    // The handler saw its body fail as it read it, and answered that; the
+                    // caller needs to hear why.
+                    let operation = resp.data::<OperationId>().copied();
+                    resp = Problem::body_too_large(max).into_response();
+                    if let Some(op) = operation {
+                        resp.set_data(op);
+                    }
                 }
+                resp
             })
             .await;
         let mut resp = resp;
@@ -160,17 +177,16 @@ fn new_request_id() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &rand::random::<[u8; 10]>()).into_uuid()
 }
 
-/// A body that fails once it has produced more than `max` bytes, for chunked uploads that
-/// declare no length.
-fn limit_body(body: Body, max: usize) -> Body {
-    let mut seen = 0usize;
-    let stream = body.into_bytes_stream().map(move |chunk| {
-        let chunk = chunk?;
-        seen += chunk.len();
-        if seen > max {
-            return Err(std::io::Error::other(Problem::body_too_large(max).detail));
+/// The request body, failing once it has produced more than `max` bytes (for chunked
+/// uploads that declare no length), with the rest then discarded; `went_over` tells that it
+/// did.
+fn capped_body(body: Body, max: usize, went_over: Arc<AtomicBool>) -> Body {
+    let capped = CappedBody::new(BoxBody::from(body), max).map_err(move |e| match e {
+        CappedBodyError::TooLarge(max) => {
+            went_over.store(true, Ordering::Relaxed);
+            std::io::Error::other(Problem::body_too_large(max).detail)
         }
-        Ok(chunk)
+        CappedBodyError::Inner(e) => e,
     });
-    Body::from_bytes_stream(stream)
+    Body::from(BoxBody::new(capped))
 }

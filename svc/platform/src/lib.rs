@@ -1,6 +1,7 @@
 //! The one cross-cutting crate: config, discovery, identity, errors, data, events, HTTP.
 
 pub mod auth;
+pub mod body_limit;
 pub mod boot;
 pub mod config;
 pub mod consul;

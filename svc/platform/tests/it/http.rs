@@ -159,6 +159,37 @@ async fn client_mistakes_get_problem_json_with_the_right_status() {
 }
 
 #[tokio::test]
+async fn a_body_over_the_limit_is_413_whether_declared_or_streamed_and_the_caller_reads_it() {
+    let s = server().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/things", s.url());
+    let limit_detail = "the request body is larger than the limit of 1048576 bytes";
+    // 12 MiB: more than loopback's socket buffers hold, so a server that closed the
+    // connection with the body unread would leave the client a reset, not an answer.
+    let big = 12 * 1024 * 1024;
+    let declared = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(vec![b' '; big])
+        .send()
+        .await
+        .expect("the caller reads the answer to a declared oversized body");
+    let body = expect_problem(declared, 413).await;
+    assert_eq!(body["detail"], limit_detail);
+
+    let chunks = (0..big / (64 * 1024)).map(|_| Ok::<_, std::io::Error>(vec![b' '; 64 * 1024]));
+    let streamed = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("the caller reads the answer to a streamed oversized body");
+    let body = expect_problem(streamed, 413).await;
+    assert_eq!(body["detail"], limit_detail);
+}
+
+#[tokio::test]
 async fn a_request_id_is_kept_and_returned() {
     let s = server().await;
     let resp = reqwest::Client::new()

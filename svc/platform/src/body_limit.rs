@@ -1,15 +1,15 @@
-//! The caller's request body at the gateway: streamed upstream under the size limit, and,
-//! when refused, read to its end and discarded. A server that closes a connection while the
-//! caller is still sending makes the caller's kernel see a reset, and the caller may never
-//! read the 413 it was sent; nginx reads on for a while for the same reason ("lingering
-//! close").
+//! Request bodies under a size limit, and what happens to a refused one: it is read to its
+//! end and discarded. A server that closes a connection while the caller is still sending
+//! makes the caller's kernel see a reset, and the caller may never read the 413 it was sent;
+//! nginx reads on for a while for the same reason ("lingering close"). The services and the
+//! gateway both refuse this way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 
 /// At most this much of a refused body is read and discarded…
 const DISCARD_BYTES: usize = 16 * 1024 * 1024;
@@ -17,24 +17,23 @@ const DISCARD_BYTES: usize = 16 * 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardBodyError {
+pub enum CappedBodyError<E> {
     #[error("the request body went over the limit of {0} bytes")]
     TooLarge(usize),
     #[error("reading the request body failed: {0}")]
-    Incoming(#[from] hyper::Error),
+    Inner(E),
 }
 
-/// A request body on its way upstream: the caller's, streamed as it arrives, failing once
-/// it exceeds the limit (a chunked upload declares no length to check beforehand); what is
-/// left of it then is discarded.
-pub struct CappedBody {
-    inner: Option<Incoming>,
+/// A request body streamed as it arrives, failing once it exceeds the limit (a chunked
+/// upload declares no length to check beforehand); what is left of it then is discarded.
+pub struct CappedBody<B> {
+    inner: Option<B>,
     max: usize,
     seen: usize,
 }
 
-impl CappedBody {
-    pub fn new(inner: Incoming, max: usize) -> Self {
+impl<B> CappedBody<B> {
+    pub fn new(inner: B, max: usize) -> Self {
         Self {
             inner: Some(inner),
             max,
@@ -43,21 +42,24 @@ impl CappedBody {
     }
 }
 
-impl Body for CappedBody {
+impl<B> Body for CappedBody<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+{
     type Data = Bytes;
-    type Error = ForwardBodyError;
+    type Error = CappedBodyError<B::Error>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ForwardBodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(Some(Err(ForwardBodyError::TooLarge(this.max))));
+            return Poll::Ready(Some(Err(CappedBodyError::TooLarge(this.max))));
         };
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(CappedBodyError::Inner(e)))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
@@ -66,25 +68,28 @@ impl Body for CappedBody {
             if let Some(rest) = this.inner.take() {
                 discard(rest);
             }
-            return Poll::Ready(Some(Err(ForwardBodyError::TooLarge(this.max))));
+            return Poll::Ready(Some(Err(CappedBodyError::TooLarge(this.max))));
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.inner.as_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner
             .as_ref()
-            .map_or_else(SizeHint::default, Incoming::size_hint)
+            .map_or_else(SizeHint::default, B::size_hint)
     }
 }
 
 /// Reads what remains of a refused request's body in the background and throws it away
 /// (bounded in size and time), so that the caller can finish sending and read the answer.
-pub fn discard(mut body: Incoming) {
+pub fn discard<B>(mut body: B)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+{
     if body.is_end_stream() {
         return;
     }
