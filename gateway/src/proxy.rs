@@ -7,14 +7,12 @@ use hyper::body::Incoming;
 use poem::http::uri::PathAndQuery;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 
+use platform::body_limit::CappedBodyError;
 use platform::context;
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use platform::body_limit::CappedBodyError;
-
-use crate::forward::CappedBody;
-use crate::forward::UpstreamClient;
+use crate::forward::{CappedBody, UpstreamClient};
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
 use crate::{Gateway, routes};

@@ -107,10 +107,12 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                     body_limit::discard(BoxBody::from(body));
                     return too_large.into_response();
                 }
-                let went_over = Arc::new(AtomicBool::new(false));
-                if !body.is_empty() {
+                // An empty body (most requests) has no limit to go over.
+                let went_over = (!body.is_empty()).then(|| {
+                    let went_over = Arc::new(AtomicBool::new(false));
                     req.set_body(capped_body(body, max, went_over.clone()));
-                }
+                    went_over
+                });
                 let mut resp = match self.inner.call(req).await {
                     Ok(resp) => resp.into_response(),
                     Err(err) => {
@@ -122,7 +124,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                         resp
                     }
                 };
-                if went_over.load(Ordering::Relaxed) {
+                if went_over.is_some_and(|w| w.load(Ordering::Relaxed)) {
                     // The handler saw its body fail as it read it, and answered that; the
                     // caller needs to hear why.
                     let operation = resp.data::<OperationId>().copied();
