@@ -18,11 +18,57 @@ use std::time::{Duration, Instant};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use platform::body_limit::{CappedBody, CappedBodyError};
 use poem::http::uri::Authority;
-use poem::http::{Request, Response};
+use poem::http::{Method, Request, Response};
 
-/// The caller's body, forwarded under the gateway's size limit.
-pub type CappedBody = platform::body_limit::CappedBody<Incoming>;
+/// The caller's body on its way upstream: none, or the caller's under the gateway's size
+/// limit. A request without one can be copied and sent again.
+#[derive(Default)]
+pub enum ForwardBody {
+    #[default]
+    Empty,
+    Capped(CappedBody<Incoming>),
+}
+
+impl ForwardBody {
+    pub fn new(body: Incoming, max: usize) -> Self {
+        if body.is_end_stream() {
+            Self::Empty
+        } else {
+            Self::Capped(CappedBody::new(body, max))
+        }
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = CappedBodyError<hyper::Error>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Capped(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Capped(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Capped(body) => body.size_hint(),
+        }
+    }
+}
 
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,7 +101,7 @@ struct IdleConnections<B> {
 }
 
 /// One worker's connections to the upstream instances, sending request bodies of type `B`.
-pub struct UpstreamClient<B = CappedBody> {
+pub struct UpstreamClient<B = ForwardBody> {
     idle: Arc<Mutex<IdleConnections<B>>>,
 }
 
@@ -72,7 +118,7 @@ impl<B> Default for UpstreamClient<B> {
 
 impl<B> UpstreamClient<B>
 where
-    B: Body + Send + Unpin + 'static,
+    B: Body + Default + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -88,6 +134,7 @@ where
                 Some(sender) => (sender, true),
                 None => (self.connect(authority).await?, false),
             };
+            let again = if reused { repeatable_copy(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
@@ -107,7 +154,15 @@ where
                 Err(mut failed) if reused && failed.message().is_some() => {
                     req = failed.take_message().expect("checked above");
                 }
-                Err(failed) => return Err(UpstreamError::Http(failed.into_error())),
+                Err(failed) => {
+                    // The instance closed an idle connection just after the request went out
+                    // on it, before any answer (an instance shutting down does): a request
+                    // that may be repeated goes again on another connection.
+                    match again.filter(|_| failed.error().is_incomplete_message()) {
+                        Some(copy) => req = copy,
+                        None => return Err(UpstreamError::Http(failed.into_error())),
+                    }
+                }
             }
         }
     }
@@ -168,6 +223,24 @@ where
     }
 }
 
+/// A copy of `req` to send again should its connection fail before any answer, when it may be
+/// sent twice: an idempotent method (RFC 9110 §9.2.2) and no body.
+fn repeatable_copy<B: Body + Default>(req: &Request<B>) -> Option<Request<B>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(B::default());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
 /// What hands a connection back once its response has been read.
 struct GiveBack<B> {
     idle: Arc<Mutex<IdleConnections<B>>>,
@@ -209,7 +282,7 @@ impl<B> GiveBack<B> {
 
 /// An upstream's response body: once read to its end, its connection goes back to the
 /// worker's idle connections; dropped before that, the connection closes with it.
-pub struct PooledBody<B = CappedBody> {
+pub struct PooledBody<B = ForwardBody> {
     inner: Incoming,
     finished: bool,
     give_back: Option<GiveBack<B>>,
@@ -256,7 +329,7 @@ mod tests {
 
     use http_body_util::{BodyExt, Empty};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -362,6 +435,79 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    /// An instance that answers each connection's first request and hands the connection
+    /// to the test, which closes it when it likes.
+    async fn instance_handing_over_connections() -> (Authority, Arc<Mutex<Vec<TcpStream>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let handed = answered.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client closed before its request was complete");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                handed.lock().unwrap().push(stream);
+            }
+        });
+        (authority, answered)
+    }
+
+    /// A client whose one idle connection the instance has just closed, before the
+    /// connection's task (on this same thread, and not run since) could see it; and what the
+    /// instance answers on connections after that.
+    async fn idle_connection_closed_unseen() -> (
+        Authority,
+        Arc<Mutex<Vec<TcpStream>>>,
+        UpstreamClient<Empty<Bytes>>,
+    ) {
+        let (authority, answered) = instance_handing_over_connections().await;
+        let client = UpstreamClient::default();
+        let resp = client.request(&authority, get()).await.unwrap();
+        assert_eq!(read_to_end(resp).await, "ok");
+        // Let the connection's task settle into waiting for the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        answered.lock().unwrap().clear();
+        (authority, answered, client)
+    }
+
+    #[tokio::test]
+    async fn a_request_on_an_idle_connection_closed_as_it_was_sent_goes_again_on_a_new_one() {
+        let (authority, answered, client) = idle_connection_closed_unseen().await;
+        let resp = client.request(&authority, get()).await.unwrap();
+        assert_eq!(read_to_end(resp).await, "ok");
+        assert_eq!(
+            answered.lock().unwrap().len(),
+            1,
+            "answered on a second connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_post_on_an_idle_connection_closed_as_it_was_sent_is_not_sent_twice() {
+        let (authority, answered, client) = idle_connection_closed_unseen().await;
+        let mut post = get();
+        *post.method_mut() = Method::POST;
+        // The instance may have acted on it: only the caller can tell whether to repeat it.
+        let Err(err) = client.request(&authority, post).await else {
+            panic!("a POST was sent again");
+        };
+        assert!(
+            matches!(&err, UpstreamError::Http(e) if e.is_incomplete_message()),
+            "{err:?}"
+        );
+        assert!(answered.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use platform::context;
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use crate::forward::{CappedBody, UpstreamClient};
+use crate::forward::{ForwardBody, UpstreamClient};
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
 use crate::{Gateway, routes};
@@ -189,7 +189,7 @@ fn build_request(
     target: &Target,
     about: &Forwarding<'_>,
     max_body_bytes: usize,
-) -> Request<CappedBody> {
+) -> Request<ForwardBody> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_some() {
         // An absolute-form target (RFC 9112 §3.2.2) names the gateway: only its path and
@@ -224,7 +224,7 @@ fn build_request(
     }
     // HTTP/2 from the caller, HTTP/1.1 to the upstream: the pool speaks HTTP/1.1.
     parts.version = poem::http::Version::HTTP_11;
-    Request::from_parts(parts, CappedBody::new(body, max_body_bytes))
+    Request::from_parts(parts, ForwardBody::new(body, max_body_bytes))
 }
 
 /// A W3C traceparent for a request that arrived without one (ids from the thread-local RNG:
