@@ -95,6 +95,13 @@ struct IdleConnection<B> {
     since: Instant,
 }
 
+impl<B> IdleConnection<B> {
+    /// Neither closed by the instance nor idle for too long.
+    fn is_usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) <= IDLE_TIMEOUT
+    }
+}
+
 struct IdleConnections<B> {
     by_instance: HashMap<Authority, Vec<IdleConnection<B>>>,
     last_sweep: Option<Instant>,
@@ -105,6 +112,14 @@ pub struct UpstreamClient<B = ForwardBody> {
     idle: Arc<Mutex<IdleConnections<B>>>,
 }
 
+impl<B> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            idle: self.idle.clone(),
+        }
+    }
+}
+
 impl<B> Default for UpstreamClient<B> {
     fn default() -> Self {
         Self {
@@ -113,6 +128,61 @@ impl<B> Default for UpstreamClient<B> {
                 last_sweep: None,
             })),
         }
+    }
+}
+
+/// The idle connections themselves: taken out for a request, put back after its answer.
+impl<B> UpstreamClient<B> {
+    fn lock(&self) -> MutexGuard<'_, IdleConnections<B>> {
+        self.idle
+            .lock()
+            .expect("upstream connections lock poisoned")
+    }
+
+    /// The most recently used idle connection to `authority` that is ready for a request.
+    /// Closed and expired ones are dropped; ones not ready yet (their connection task has
+    /// not caught up with the end of the last response) stay for later.
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
+        let mut idle = self.lock();
+        let conns = idle.by_instance.get_mut(authority)?;
+        let now = Instant::now();
+        let mut not_ready = Vec::new();
+        let mut found = None;
+        while let Some(conn) = conns.pop() {
+            if !conn.is_usable(now) {
+                continue;
+            }
+            if conn.sender.is_ready() {
+                found = Some(conn.sender);
+                break;
+            }
+            not_ready.push(conn);
+        }
+        conns.extend(not_ready.into_iter().rev());
+        found
+    }
+
+    /// Puts a connection whose answer has been read back among the idle ones.
+    fn put_back(&self, authority: Authority, sender: SendRequest<B>) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // Connections to instances no longer asked for are not checked out again: drop the
+        // closed and expired ones of every instance now and then.
+        if idle
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) > IDLE_TIMEOUT)
+        {
+            idle.last_sweep = Some(now);
+            for conns in idle.by_instance.values_mut() {
+                conns.retain(|c| c.is_usable(now));
+            }
+            idle.by_instance.retain(|_, conns| !conns.is_empty());
+        }
+        let conns = idle.by_instance.entry(authority).or_default();
+        if conns.len() >= MAX_IDLE_PER_INSTANCE {
+            conns.remove(0);
+        }
+        conns.push(IdleConnection { sender, since: now });
     }
 }
 
@@ -142,7 +212,7 @@ where
                         inner: body,
                         finished: false,
                         give_back: Some(GiveBack {
-                            idle: self.idle.clone(),
+                            client: self.clone(),
                             authority: authority.clone(),
                             sender,
                         }),
@@ -167,50 +237,17 @@ where
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, IdleConnections<B>> {
-        self.idle
-            .lock()
-            .expect("upstream connections lock poisoned")
-    }
-
-    /// The most recently used idle connection to `authority` that is ready for a request.
-    /// Closed and expired ones are dropped; ones not ready yet (their connection task has
-    /// not caught up with the end of the last response) stay for later.
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
-        let mut idle = self.lock();
-        let conns = idle.by_instance.get_mut(authority)?;
-        let now = Instant::now();
-        let mut not_ready = Vec::new();
-        let mut found = None;
-        while let Some(conn) = conns.pop() {
-            if conn.sender.is_closed() || now.duration_since(conn.since) > IDLE_TIMEOUT {
-                continue;
-            }
-            if conn.sender.is_ready() {
-                found = Some(conn.sender);
-                break;
-            }
-            not_ready.push(conn);
-        }
-        conns.extend(not_ready.into_iter().rev());
-        found
-    }
-
     async fn connect(&self, authority: &Authority) -> Result<SendRequest<B>, UpstreamError> {
+        let connect_error = |source| UpstreamError::Connect {
+            authority: authority.clone(),
+            source,
+        };
         let connecting = tokio::net::TcpStream::connect(authority.as_str());
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(authority.clone()))?
-            .map_err(|source| UpstreamError::Connect {
-                authority: authority.clone(),
-                source,
-            })?;
-        stream
-            .set_nodelay(true)
-            .map_err(|source| UpstreamError::Connect {
-                authority: authority.clone(),
-                source,
-            })?;
+            .map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
@@ -243,41 +280,9 @@ fn repeatable_copy<B: Body + Default>(req: &Request<B>) -> Option<Request<B>> {
 
 /// What hands a connection back once its response has been read.
 struct GiveBack<B> {
-    idle: Arc<Mutex<IdleConnections<B>>>,
+    client: UpstreamClient<B>,
     authority: Authority,
     sender: SendRequest<B>,
-}
-
-impl<B> GiveBack<B> {
-    fn give_back(self) {
-        let now = Instant::now();
-        let mut idle = self
-            .idle
-            .lock()
-            .expect("upstream connections lock poisoned");
-        // Connections to instances no longer asked for are not checked out again: drop the
-        // closed and expired ones of every instance now and then.
-        if idle
-            .last_sweep
-            .is_none_or(|at| now.duration_since(at) > IDLE_TIMEOUT)
-        {
-            idle.last_sweep = Some(now);
-            for conns in idle.by_instance.values_mut() {
-                conns.retain(|c| {
-                    !c.sender.is_closed() && now.duration_since(c.since) <= IDLE_TIMEOUT
-                });
-            }
-            idle.by_instance.retain(|_, conns| !conns.is_empty());
-        }
-        let conns = idle.by_instance.entry(self.authority).or_default();
-        if conns.len() >= MAX_IDLE_PER_INSTANCE {
-            conns.remove(0);
-        }
-        conns.push(IdleConnection {
-            sender: self.sender,
-            since: now,
-        });
-    }
 }
 
 /// An upstream's response body: once read to its end, its connection goes back to the
@@ -318,7 +323,9 @@ impl<B> Drop for PooledBody<B> {
         if (self.finished || self.inner.is_end_stream())
             && let Some(give_back) = self.give_back.take()
         {
-            give_back.give_back();
+            give_back
+                .client
+                .put_back(give_back.authority, give_back.sender);
         }
     }
 }

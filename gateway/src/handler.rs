@@ -32,15 +32,12 @@ pub struct GatewayHandler {
 }
 
 impl GatewayHandler {
-    pub(crate) fn new(
-        gateway: Gateway,
-        own_routes: BoxEndpoint<'static>,
-        upstream_client: UpstreamClient,
-    ) -> Self {
+    /// A worker's handler, with upstream connections of its own.
+    pub(crate) fn new(gateway: Gateway, own_routes: BoxEndpoint<'static>) -> Self {
         Self {
             gateway,
             own_routes: PoemHandler::new(own_routes),
-            upstream_client,
+            upstream_client: UpstreamClient::default(),
             metrics: RouteMetrics::new(SERVICE),
         }
     }

@@ -262,11 +262,7 @@ impl Gateway {
     /// instances) with upstream connections of its own, so that a request and the
     /// connection carrying it are driven by the same thread.
     fn worker_handler(&self) -> GatewayHandler {
-        GatewayHandler::new(
-            self.clone(),
-            self.own_routes(),
-            forward::UpstreamClient::default(),
-        )
+        GatewayHandler::new(self.clone(), self.own_routes())
     }
 
     /// Serves on `config.workers` threads (see [`platform::workers`]) until `shutdown`.
