@@ -2,6 +2,13 @@
 
 use platform::boot::Environment;
 
+// jemalloc rather than glibc's malloc: hyper takes and frees two 8 KiB read buffers per
+// proxied request, which glibc serves on its slow large-chunk path. Measured on the product
+// page: about 10% less CPU per request on the gateway's worker thread, for about 5 MB more
+// resident memory (README, "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     platform::telemetry::init();

@@ -24,8 +24,9 @@ apt_install() {
 }
 
 ensure_build_deps() {
-  # consulrs pulls reqwest 0.11 with native TLS: it links OpenSSL.
-  apt_install pkg-config libssl-dev gcc
+  # consulrs pulls reqwest 0.11 with native TLS: it links OpenSSL. jemalloc (the gateway's
+  # allocator) is built from its C sources with make.
+  apt_install pkg-config libssl-dev gcc make
 }
 
 ensure_postgres() {

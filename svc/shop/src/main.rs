@@ -7,6 +7,10 @@ use platform::boot::{self, Environment};
 use platform::config::{ConfigSource, LocalConfig, Settings, default_seed_path};
 use platform::{CancellationToken, runtime};
 
+// The gateway's allocator (see gateway/src/main.rs): the gateway runs in this process too.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
