@@ -141,8 +141,7 @@ impl Breaker {
         }
     }
 
-    fn too_many_failures(&self, outcomes: impl Iterator<Item = bool>, total: usize) -> bool {
-        let failures = outcomes.filter(|ok| !ok).count();
+    fn too_many_failures(&self, (failures, total): (usize, usize)) -> bool {
         failures as f64 >= self.config.failure_rate * total as f64
     }
 
@@ -159,17 +158,16 @@ impl Breaker {
                 while outcomes.len() > window {
                     outcomes.pop_front();
                 }
-                (outcomes.len() == window).then(|| outcomes.iter().copied().collect::<Vec<_>>())
+                (outcomes.len() == window).then(|| failures_of(outcomes.iter()))
             }
             State::HalfOpen { outcomes, .. } => {
                 outcomes.push(success);
-                (outcomes.len() == trials).then(|| outcomes.clone())
+                (outcomes.len() == trials).then(|| failures_of(outcomes.iter()))
             }
             State::Open { .. } => None,
         };
         let Some(judged) = verdict else { return };
-        let total = judged.len();
-        if self.too_many_failures(judged.into_iter(), total) {
+        if self.too_many_failures(judged) {
             self.transition(State::Open {
                 until: now + self.config.open_for,
             });
@@ -179,6 +177,12 @@ impl Breaker {
             });
         }
     }
+}
+
+/// The failures among `outcomes`, and how many outcomes there are.
+fn failures_of<'a>(outcomes: impl ExactSizeIterator<Item = &'a bool>) -> (usize, usize) {
+    let total = outcomes.len();
+    (outcomes.filter(|ok| !**ok).count(), total)
 }
 
 #[cfg(test)]
