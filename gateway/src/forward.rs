@@ -400,10 +400,8 @@ mod tests {
             if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
                 return Some(end);
             }
-            let mut buf = [0u8; 16 * 1024];
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
+            if !read_more(stream, received).await {
+                return None;
             }
         }
     }
@@ -418,10 +416,20 @@ mod tests {
             if len == 0 {
                 return true;
             }
-            let mut buf = [0u8; 64 * 1024];
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
+            if !read_more(stream, received).await {
+                return false;
+            }
+        }
+    }
+
+    /// Appends what the client sends next to `received`; false once it has closed.
+    async fn read_more(stream: &mut TcpStream, received: &mut Vec<u8>) -> bool {
+        let mut buf = [0u8; 64 * 1024];
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                received.extend_from_slice(&buf[..n]);
+                true
             }
         }
     }
