@@ -95,7 +95,7 @@ impl Handler for GatewayHandler {
         };
         let (mut resp, route) = answer.unwrap_or_else(|refused| {
             (
-                problem_response(&refused.problem, &request_id),
+                problem_response(&refused.problem, request_id.as_str()),
                 refused.service.unwrap_or(NO_ROUTE),
             )
         });
@@ -112,9 +112,7 @@ impl Handler for GatewayHandler {
             );
         }
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            headers.insert(context::REQUEST_ID, id);
-        }
+        headers.insert(context::REQUEST_ID, request_id.header_value());
         let status = resp.status().as_u16();
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics.record(method, route, status, elapsed);

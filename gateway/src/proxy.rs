@@ -2,13 +2,15 @@
 //! request goes upstream as it came (re-addressed, headers adjusted, body streamed) and the
 //! upstream's response comes back the same way.
 
+use std::net::IpAddr;
+
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use poem::http::uri::PathAndQuery;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
 
 use platform::body_limit::CappedBodyError;
-use platform::context;
+use platform::context::{self, RequestId};
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
@@ -59,9 +61,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Forwarding<'a> {
     /// The config in force when the request arrived.
     pub live: &'a Live,
-    pub request_id: &'a str,
+    pub request_id: &'a RequestId,
     /// The address the request came from.
-    pub client: std::net::IpAddr,
+    pub client: IpAddr,
 }
 
 /// A request that was not forwarded, or whose upstream call failed: the problem, and the
@@ -214,13 +216,9 @@ fn build_request(
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Ok(id) = HeaderValue::from_str(about.request_id) {
-        headers.insert(X_REQUEST_ID, id);
-    }
-    if !headers.contains_key(&TRACEPARENT)
-        && let Ok(v) = HeaderValue::try_from(new_traceparent())
-    {
-        headers.insert(TRACEPARENT, v);
+    headers.insert(X_REQUEST_ID, about.request_id.header_value());
+    if !headers.contains_key(&TRACEPARENT) {
+        headers.insert(TRACEPARENT, new_traceparent());
     }
     // HTTP/2 from the caller, HTTP/1.1 to the upstream: the pool speaks HTTP/1.1.
     parts.version = poem::http::Version::HTTP_11;
@@ -229,8 +227,12 @@ fn build_request(
 
 /// A W3C traceparent for a request that arrived without one (ids from the thread-local RNG:
 /// no system call per request; all-zero ids are invalid, hence `max(1)`).
-fn new_traceparent() -> String {
+fn new_traceparent() -> HeaderValue {
     let trace = rand::random::<u128>().max(1);
     let span = rand::random::<u64>().max(1);
-    format!("00-{trace:032x}-{span:016x}-01")
+    // 00-<32 hex digits>-<16 hex digits>-01
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex::encode_to_slice(trace.to_be_bytes(), &mut text[3..35]).expect("32 digits fit");
+    hex::encode_to_slice(span.to_be_bytes(), &mut text[36..52]).expect("16 digits fit");
+    HeaderValue::from_bytes(&text).expect("hex digits and dashes")
 }

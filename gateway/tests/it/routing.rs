@@ -64,9 +64,8 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
         resp.headers()
     );
     let echoed: Value = resp.json().await.unwrap();
-    let headers: HashMap<String, String> =
-        serde_json::from_value(echoed["headers"].clone()).unwrap();
     assert_eq!(echoed["path"], "/api/v1/cart/items?x=1");
+    let headers = headers_of(&echoed);
     assert_eq!(headers["x-request-id"], "req-42");
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     let gateway_host = edge.server.addr.to_string();
@@ -76,12 +75,48 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
         "the instance is addressed as itself: {}",
         headers["host"]
     );
-    assert!(headers["traceparent"].starts_with("00-"));
+    let traceparent: Vec<&str> = headers["traceparent"].split('-').collect();
+    assert!(
+        matches!(traceparent[..], ["00", trace, span, "01"]
+            if trace.len() == 32 && span.len() == 16
+                && [trace, span].iter().all(|id| id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+                && [trace, span].iter().all(|id| id.bytes().any(|b| b != b'0'))),
+        "a W3C traceparent: {}",
+        headers["traceparent"]
+    );
     assert!(
         headers.contains_key("authorization"),
         "services check the token again"
     );
     assert!(!headers.contains_key("x-drop-me"));
+
+    // A caller behind another proxy, naming no header in Connection.
+    let resp = edge
+        .client
+        .get(edge.url("/api/v1/cart/items"))
+        .bearer_auth(edge.token())
+        .header("x-forwarded-for", "10.0.0.7")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("te", "trailers")
+        .send()
+        .await
+        .unwrap();
+    let headers = headers_the_instance_saw(resp).await;
+    assert_eq!(headers["x-forwarded-for"], "10.0.0.7, 127.0.0.1");
+    assert!(
+        !headers.contains_key("proxy-authorization") && !headers.contains_key("te"),
+        "hop-by-hop request headers are dropped: {headers:?}"
+    );
+}
+
+/// The request headers the test instance echoed.
+fn headers_of(echoed: &Value) -> HashMap<String, String> {
+    serde_json::from_value(echoed["headers"].clone()).unwrap()
+}
+
+async fn headers_the_instance_saw(resp: reqwest::Response) -> HashMap<String, String> {
+    assert_eq!(resp.status(), 200);
+    headers_of(&resp.json().await.unwrap())
 }
 
 #[tokio::test]

@@ -96,7 +96,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             .map(str::to_owned);
         let method = crate::metrics::method_label(req.method());
         let info = RequestInfo {
-            request_id: request_id.clone(),
+            request_id: request_id.as_str().to_owned(),
             traceparent,
         };
         let max = self.max_body_bytes;
@@ -137,9 +137,8 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             })
             .await;
         let mut resp = resp;
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert(REQUEST_ID, v);
-        }
+        resp.headers_mut()
+            .insert(REQUEST_ID, request_id.header_value());
         let status = resp.status().as_u16();
         let route = crate::metrics::route_label(&resp);
         let elapsed = started.elapsed().as_secs_f64();
@@ -149,14 +148,35 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
     }
 }
 
+/// The id a request goes by, as text and as the header value it travels in (made once: a
+/// proxied request sends it upstream and back to its caller).
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only valid ids (ASCII) are made.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn header_value(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The id a request goes by: the caller's `X-Request-Id` when it is a sensible one, else a
 /// new one.
-pub fn request_id_of(headers: &poem::http::HeaderMap) -> String {
+pub fn request_id_of(headers: &poem::http::HeaderMap) -> RequestId {
     headers
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_request_id(v))
-        .map_or_else(|| new_request_id().to_string(), str::to_owned)
+        .filter(|v| v.to_str().is_ok_and(valid_request_id))
+        .map_or_else(new_request_id, |v| RequestId(v.clone()))
 }
 
 /// 413 for a request whose declared length (Content-Length) is over `max` bytes, before
@@ -172,11 +192,17 @@ pub fn declared_body_too_large(headers: &poem::http::HeaderMap, max: usize) -> O
 
 /// A time-ordered id (UUIDv7) whose random part comes from the thread-local generator:
 /// `Uuid::now_v7` asks the kernel for randomness on every call, a system call per request.
-fn new_request_id() -> uuid::Uuid {
+fn new_request_id() -> RequestId {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random::<[u8; 10]>()).into_uuid()
+    let id =
+        uuid::Builder::from_unix_timestamp_millis(millis, &rand::random::<[u8; 10]>()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    RequestId(
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+            .expect("hex digits and dashes"),
+    )
 }
 
 /// The request body, failing once it has produced more than `max` bytes (for chunked

@@ -203,6 +203,24 @@ async fn a_request_id_is_kept_and_returned() {
 }
 
 #[tokio::test]
+async fn a_request_without_a_usable_id_gets_a_new_time_ordered_one() {
+    let s = server().await;
+    for sent in [None, Some("not an id!"), Some("")] {
+        let mut req = reqwest::Client::new().get(format!("{}/nowhere", s.url()));
+        if let Some(id) = sent {
+            req = req.header("x-request-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        let given = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let id = uuid::Uuid::parse_str(&given).expect("a UUID");
+        assert_eq!(id.get_version_num(), 7, "{given} for {sent:?}");
+        assert_eq!(given, id.hyphenated().to_string(), "lower-case, hyphenated");
+        let body = expect_problem(resp, 404).await;
+        assert_eq!(body["instance"], given.as_str());
+    }
+}
+
+#[tokio::test]
 async fn operational_routes_answer() {
     let s = server().await;
     let c = reqwest::Client::new();
