@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use poem::http::uri::Scheme;
@@ -157,6 +157,12 @@ impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
     }
 }
 
+/// How long a client may take to start and finish sending a request's head, and how long a
+/// kept-alive connection may wait idle for its next request (nginx allows 60 s and 75 s): a
+/// client that opens connections and sends nothing, or sends a head a byte at a time, cannot
+/// hold them for longer.
+pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Accepts connections on `listener` and serves them with `handler` until `stop`, then gives
 /// the requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's
 /// `Server` runs it, but on the bare socket (poem's server splits every connection into two
@@ -167,10 +173,24 @@ pub(crate) async fn serve_connections(
     handler: impl Handler,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_connections_with(listener, handler, stop, CLIENT_HEAD_TIMEOUT).await
+}
+
+/// [`serve_connections`] allowing clients `head_timeout` instead of [`CLIENT_HEAD_TIMEOUT`].
+pub(crate) async fn serve_connections_with(
+    listener: std::net::TcpListener,
+    handler: impl Handler,
+    stop: CancellationToken,
+    head_timeout: Duration,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
     let handler = Arc::new(handler);
-    let http = auto::Builder::new(TokioExecutor::new());
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let http = Arc::new(http);
     let connections = GracefulShutdown::new();
     loop {
         let (stream, remote_addr) = tokio::select! {
@@ -197,12 +217,23 @@ pub(crate) async fn serve_connections(
             let handler = handler.clone();
             async move { Ok::<_, std::convert::Infallible>(handler.handle(req, addrs).await) }
         });
-        let connection = connections.watch(
-            http.serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        );
+        let http = http.clone();
+        let watcher = connections.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's head timeout starts once it knows the protocol, which it learns from
+            // the first bytes: until they come, the wait is ours. (A peek, not `readable()`,
+            // which may report data that is not there.)
+            let mut first = [0u8; 1];
+            tokio::select! {
+                peeked = stream.peek(&mut first) => if !matches!(peeked, Ok(1..)) { return },
+                _ = tokio::time::sleep(head_timeout) => return,
+                _ = stop.cancelled() => return,
+            }
+            let connection = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

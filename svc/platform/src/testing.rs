@@ -84,6 +84,15 @@ impl TestServer {
         E: IntoEndpoint,
         E::Endpoint: 'static,
     {
+        Self::start_with_head_timeout(app, crate::runtime::CLIENT_HEAD_TIMEOUT).await
+    }
+
+    /// [`TestServer::start`], allowing clients `head_timeout` to send a request's head.
+    pub async fn start_with_head_timeout<E>(app: E, head_timeout: std::time::Duration) -> Self
+    where
+        E: IntoEndpoint,
+        E::Endpoint: 'static,
+    {
         // The services' own accept loop, never stopped: dropping the handle aborts it.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener
@@ -92,8 +101,13 @@ impl TestServer {
         let addr = listener.local_addr().expect("a TCP address");
         let handler = crate::runtime::PoemHandler::new(app);
         let task = tokio::spawn(async move {
-            let _ = crate::runtime::serve_connections(listener, handler, CancellationToken::new())
-                .await;
+            let _ = crate::runtime::serve_connections_with(
+                listener,
+                handler,
+                CancellationToken::new(),
+                head_timeout,
+            )
+            .await;
         });
         Self { addr, task }
     }

@@ -10,6 +10,9 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[derive(Object)]
 #[oai(deny_unknown_fields)]
@@ -40,6 +43,10 @@ impl Api {
 }
 
 async fn server() -> TestServer {
+    server_with_head_timeout(platform::runtime::CLIENT_HEAD_TIMEOUT).await
+}
+
+async fn server_with_head_timeout(head_timeout: Duration) -> TestServer {
     let key =
         platform::auth::SigningKey::from_pem(&platform::auth::SigningKey::generate_pem()).unwrap();
     let verifier = platform::auth::JwtVerifier::from_jwks(&key.jwks()).unwrap();
@@ -50,7 +57,7 @@ async fn server() -> TestServer {
         1024 * 1024,
     )
     .data(verifier);
-    TestServer::start(app).await
+    TestServer::start_with_head_timeout(app, head_timeout).await
 }
 
 async fn expect_problem(resp: reqwest::Response, status: u16) -> Value {
@@ -276,4 +283,41 @@ async fn operational_routes_answer() {
         "{metrics}"
     );
     assert!(metrics.contains("http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_whole_request_in_time_is_disconnected() {
+    let head_timeout = Duration::from_millis(300);
+    let s = server_with_head_timeout(head_timeout).await;
+    let half_a_head = "GET /health HTTP/1.1\r\nHost: x\r\n";
+    let idle_after_an_answer = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (what, sent, answered) in [
+        ("nothing", "", false),
+        ("half a head", half_a_head, false),
+        (
+            "nothing after its first request",
+            idle_after_an_answer,
+            true,
+        ),
+    ] {
+        let started = Instant::now();
+        let mut conn = TcpStream::connect(s.addr).await.unwrap();
+        conn.write_all(sent.as_bytes()).await.unwrap();
+        let mut received = Vec::new();
+        // Closed, or reset: either ends the read.
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut received))
+            .await
+            .unwrap_or_else(|_| panic!("a client that sent {what} is still connected after 10 s"));
+        let waited = started.elapsed();
+        assert!(
+            waited >= head_timeout,
+            "a client that sent {what} was let go after {waited:?}"
+        );
+        let received = String::from_utf8_lossy(&received);
+        assert_eq!(
+            received.starts_with("HTTP/1.1 200"),
+            answered,
+            "a client that sent {what} got: {received:?}"
+        );
+    }
 }
