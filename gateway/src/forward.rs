@@ -72,8 +72,9 @@ impl Body for ForwardBody {
 
 /// How long connecting to an instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// An idle connection older than this is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle connection older than this is closed rather than reused (the instances close
+/// theirs a little later).
+const IDLE_TIMEOUT: Duration = platform::runtime::IDLE_CONNECTION_REUSE;
 /// At most this many idle connections are kept per instance.
 const MAX_IDLE_PER_INSTANCE: usize = 256;
 

@@ -157,7 +157,7 @@ impl Gateway {
             config.jwt_public_keys.clone()
         };
         let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(platform::runtime::IDLE_CONNECTION_REUSE)
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))

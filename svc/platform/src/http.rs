@@ -87,7 +87,7 @@ impl ServiceClient {
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(crate::runtime::IDLE_CONNECTION_REUSE)
             .build()
             .expect("the HTTP client builds");
         Self {

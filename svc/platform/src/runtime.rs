@@ -163,6 +163,11 @@ impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
 /// hold them for longer.
 pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long our clients keep an idle connection to one of our servers for reuse: less than
+/// [`CLIENT_HEAD_TIMEOUT`], so that the client retires it before the server closes it, rather
+/// than the server closing it just as a request goes out on it.
+pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
+
 /// Accepts connections on `listener` and serves them with `handler` until `stop`, then gives
 /// the requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's
 /// `Server` runs it, but on the bare socket (poem's server splits every connection into two
