@@ -112,6 +112,7 @@ job "gateway" {
           MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_GATEWAY_MAX_BODY_BYTES={{ key "micromart/gateway/max_body_bytes" | toJSON }}
           MICROMART_GATEWAY_UPSTREAM_TIMEOUT_MS={{ key "micromart/gateway/upstream_timeout_ms" | toJSON }}
+          MICROMART_GATEWAY_CALLER_BODY_TIMEOUT_MS={{ key "micromart/gateway/caller_body_timeout_ms" | toJSON }}
           MICROMART_GATEWAY_BREAKER_WINDOW={{ key "micromart/gateway/breaker_window" | toJSON }}
           MICROMART_GATEWAY_BREAKER_FAILURE_RATE_PERCENT={{ key "micromart/gateway/breaker_failure_rate_percent" | toJSON }}
           MICROMART_GATEWAY_BREAKER_OPEN_MS={{ key "micromart/gateway/breaker_open_ms" | toJSON }}

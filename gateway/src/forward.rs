@@ -21,23 +21,34 @@ use hyper_util::rt::TokioIo;
 use platform::body_limit::{CappedBody, CappedBodyError};
 use poem::http::uri::Authority;
 use poem::http::{Method, Request, Response};
+use tokio::sync::oneshot;
 
 /// The caller's body on its way upstream: none, or the caller's under the gateway's size
-/// limit. A request without one can be copied and sent again.
+/// limit, telling when it has all been sent. A request without one can be copied and sent
+/// again.
 #[derive(Default)]
 pub enum ForwardBody {
     #[default]
     Empty,
-    Capped(CappedBody<Incoming>),
+    Capped {
+        body: CappedBody<Incoming>,
+        sent: Option<oneshot::Sender<()>>,
+    },
 }
 
 impl ForwardBody {
-    pub fn new(body: Incoming, max: usize) -> Self {
+    /// The body, and for one that is not empty what resolves once it has all gone upstream
+    /// (or has failed, or was dropped unsent).
+    pub fn new(body: Incoming, max: usize) -> (Self, Option<oneshot::Receiver<()>>) {
         if body.is_end_stream() {
-            Self::Empty
-        } else {
-            Self::Capped(CappedBody::new(body, max))
+            return (Self::Empty, None);
         }
+        let (sent, all_sent) = oneshot::channel();
+        let body = Self::Capped {
+            body: CappedBody::new(body, max),
+            sent: Some(sent),
+        };
+        (body, Some(all_sent))
     }
 }
 
@@ -51,21 +62,30 @@ impl Body for ForwardBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Capped(body) => Pin::new(body).poll_frame(cx),
+            Self::Capped { body, sent } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // A body of known length may end with its last frame, not a final None.
+                if (matches!(polled, Poll::Ready(None)) || body.is_end_stream())
+                    && let Some(sent) = sent.take()
+                {
+                    let _ = sent.send(());
+                }
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Capped(body) => body.is_end_stream(),
+            Self::Capped { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Capped(body) => body.size_hint(),
+            Self::Capped { body, .. } => body.size_hint(),
         }
     }
 }

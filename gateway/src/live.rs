@@ -22,7 +22,10 @@ pub enum ClientKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Live {
     pub breaker: BreakerConfig,
+    /// Limit of an upstream call, counted from when the request's body has all been sent.
     pub upstream_timeout: Duration,
+    /// How long a caller may take to send its whole request body.
+    pub caller_body_timeout: Duration,
     /// Origins allowed by CORS, exactly as browsers send them.
     pub cors_origins: Vec<String>,
     /// Requests per second each client may make, and the burst above it.
@@ -55,6 +58,7 @@ impl Live {
                 half_open_calls: s.get_or("breaker_half_open_calls", 3)?,
             },
             upstream_timeout: s.millis("upstream_timeout_ms", 5_000)?,
+            caller_body_timeout: s.millis("caller_body_timeout_ms", 30_000)?,
             cors_origins: origins
                 .split(',')
                 .map(|o| o.trim().trim_end_matches('/').to_owned())

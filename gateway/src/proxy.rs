@@ -8,6 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use poem::http::uri::PathAndQuery;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use tokio::sync::oneshot;
 
 use platform::body_limit::CappedBodyError;
 use platform::context::{self, RequestId};
@@ -135,20 +136,29 @@ pub async fn forward(
             5,
         )));
     };
-    let outgoing = build_request(req, &target, &about, gateway.max_body_bytes());
+    let (outgoing, body_sent) = build_request(req, &target, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(
-        about.live.upstream_timeout,
+    let result = within_limits(
         client.request(&target.authority, outgoing),
+        body_sent,
+        about.live,
     )
     .await;
     upstream.record_latency(started.elapsed());
     let answer = match result {
-        Err(_) => {
+        Err(Late::Upstream) => {
             upstream.record(permit, false);
             return Err(refused(Problem::timeout(format!(
                 "{service} did not answer within {} ms",
                 about.live.upstream_timeout.as_millis()
+            ))));
+        }
+        Err(Late::Caller) => {
+            // The caller's slowness, not the upstream's: the breaker does not count it.
+            upstream.record(permit, true);
+            return Err(refused(Problem::request_timeout(format!(
+                "the request body did not arrive within {} ms",
+                about.live.caller_body_timeout.as_millis()
             ))));
         }
         Ok(Err(err)) if let Some(too_large) = body_too_large(&err) => {
@@ -173,6 +183,42 @@ pub async fn forward(
     Ok((Response::from_parts(parts, body), service))
 }
 
+/// Who made an upstream call take too long.
+enum Late {
+    Upstream,
+    Caller,
+}
+
+/// `answer`, unless the upstream takes longer than its limit once the request's body (if any)
+/// has all been sent (an upstream cannot answer a request before it has read it), or the
+/// caller takes longer than its own limit to send that body.
+async fn within_limits<F: Future>(
+    answer: F,
+    body_sent: Option<oneshot::Receiver<()>>,
+    limits: &Live,
+) -> Result<F::Output, Late> {
+    let limit = limits.upstream_timeout;
+    let Some(mut body_sent) = body_sent else {
+        return tokio::time::timeout(limit, answer)
+            .await
+            .map_err(|_| Late::Upstream);
+    };
+    tokio::pin!(answer);
+    let deadline = tokio::time::sleep(limits.caller_body_timeout);
+    tokio::pin!(deadline);
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            out = &mut answer => return Ok(out),
+            _ = &mut body_sent, if sending => {
+                sending = false;
+                deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+            }
+            _ = &mut deadline => return Err(if sending { Late::Caller } else { Late::Upstream }),
+        }
+    }
+}
+
 /// 413, if an upstream call failed because the caller's body outgrew the limit.
 fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
     std::iter::successors(Some(err), |e| e.source()).find_map(|e| {
@@ -185,13 +231,13 @@ fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
 
 /// The request to send upstream: the caller's, for the picked instance (origin-form target,
 /// its Host), hop-by-hop headers dropped, forwarding and tracing headers set, the body
-/// streamed as it arrives.
+/// streamed as it arrives; and what tells when that body has all been sent.
 fn build_request(
     req: Request<Incoming>,
     target: &Target,
     about: &Forwarding<'_>,
     max_body_bytes: usize,
-) -> Request<ForwardBody> {
+) -> (Request<ForwardBody>, Option<oneshot::Receiver<()>>) {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_some() {
         // An absolute-form target (RFC 9112 §3.2.2) names the gateway: only its path and
@@ -222,7 +268,8 @@ fn build_request(
     }
     // HTTP/2 from the caller, HTTP/1.1 to the upstream: the pool speaks HTTP/1.1.
     parts.version = poem::http::Version::HTTP_11;
-    Request::from_parts(parts, ForwardBody::new(body, max_body_bytes))
+    let (body, body_sent) = ForwardBody::new(body, max_body_bytes);
+    (Request::from_parts(parts, body), body_sent)
 }
 
 /// A W3C traceparent for a request that arrived without one (ids from the thread-local RNG:

@@ -348,6 +348,75 @@ async fn a_service_refusing_a_body_under_the_gateway_limit_is_heard_as_413() {
     );
 }
 
+/// A cart PUT whose body's second kilobyte follows its first after `pause`.
+async fn put_with_a_pause(edge: &Edge, pause: Duration) -> reqwest::Response {
+    use futures::StreamExt;
+    let halves = futures::stream::iter([Duration::ZERO, pause]).then(|wait| async move {
+        tokio::time::sleep(wait).await;
+        Ok::<_, std::io::Error>(vec![b'x'; 1024])
+    });
+    edge.client
+        .put(edge.url("/api/v1/cart/items/x"))
+        .bearer_auth(edge.token())
+        .body(reqwest::Body::wrap_stream(halves))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_upstream_limit_counts_from_when_the_body_has_all_been_sent() {
+    // The upstream limit is 300 ms; the caller takes 600 ms to send its body.
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    for _ in 0..3 {
+        assert_eq!(
+            put_with_a_pause(&edge, Duration::from_millis(600))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(cart.hits(), 3);
+    assert_eq!(edge.ready().await["upstreams"]["cart"]["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure() {
+    let mut edge = Edge::start(&[("caller_body_timeout_ms", "300")]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    // More than enough to open the breaker, were they counted as the upstream's failures.
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        let problem =
+            expect_problem(put_with_a_pause(&edge, Duration::from_secs(3)).await, 408).await;
+        assert_eq!(
+            problem["detail"],
+            "the request body did not arrive within 300 ms"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "answered before the body ended"
+        );
+    }
+    assert_eq!(
+        edge.ready().await["upstreams"]["cart"]["breaker"],
+        "closed",
+        "a slow caller is not the upstream's failure"
+    );
+    let resp = edge
+        .client
+        .put(edge.url("/api/v1/cart/items/x"))
+        .bearer_auth(edge.token())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn docs_list_every_service_document() {
     let mut edge = Edge::start(&[]).await;

@@ -147,6 +147,10 @@ impl Problem {
     pub fn timeout(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "dependency-timeout", detail)
     }
+    /// The caller took too long to send its request.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", detail)
+    }
 
     /// An unexpected failure: logged in full with the request id, answered without internals.
     pub fn internal(err: impl std::fmt::Display) -> Self {
