@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,8 +25,7 @@ use poem::http::{Method, Request, Response};
 use tokio::sync::oneshot;
 
 /// The caller's body on its way upstream: none, or the caller's under the gateway's size
-/// limit, telling when it has all been sent. A request without one can be copied and sent
-/// again.
+/// limit, telling how far it has gone. A request without one can be copied and sent again.
 #[derive(Default)]
 pub enum ForwardBody {
     #[default]
@@ -33,22 +33,43 @@ pub enum ForwardBody {
     Capped {
         body: CappedBody<Incoming>,
         sent: Option<oneshot::Sender<()>>,
+        waiting_on_caller: Arc<AtomicBool>,
     },
 }
 
+/// How far a caller's body has gone upstream.
+pub struct BodyProgress {
+    /// Resolves once the body has all been sent (or has failed, or was dropped unsent).
+    pub sent: oneshot::Receiver<()>,
+    pub(crate) waiting_on_caller: Arc<AtomicBool>,
+}
+
+impl BodyProgress {
+    /// Whether the body waits for the caller's next bytes, rather than for the upstream to
+    /// take the last ones (or for a connection to it).
+    pub fn waiting_on_caller(&self) -> bool {
+        self.waiting_on_caller.load(Ordering::Relaxed)
+    }
+}
+
 impl ForwardBody {
-    /// The body, and for one that is not empty what resolves once it has all gone upstream
-    /// (or has failed, or was dropped unsent).
-    pub fn new(body: Incoming, max: usize) -> (Self, Option<oneshot::Receiver<()>>) {
+    /// The body, and for one that is not empty, its progress.
+    pub fn new(body: Incoming, max: usize) -> (Self, Option<BodyProgress>) {
         if body.is_end_stream() {
             return (Self::Empty, None);
         }
         let (sent, all_sent) = oneshot::channel();
+        let waiting_on_caller = Arc::new(AtomicBool::new(false));
         let body = Self::Capped {
             body: CappedBody::new(body, max),
             sent: Some(sent),
+            waiting_on_caller: waiting_on_caller.clone(),
         };
-        (body, Some(all_sent))
+        let progress = BodyProgress {
+            sent: all_sent,
+            waiting_on_caller,
+        };
+        (body, Some(progress))
     }
 }
 
@@ -62,8 +83,13 @@ impl Body for ForwardBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Capped { body, sent } => {
+            Self::Capped {
+                body,
+                sent,
+                waiting_on_caller,
+            } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                waiting_on_caller.store(polled.is_pending(), Ordering::Relaxed);
                 // A body of known length may end with its last frame, not a final None.
                 if (matches!(polled, Poll::Ready(None)) || body.is_end_stream())
                     && let Some(sent) = sent.take()

@@ -8,14 +8,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use poem::http::uri::PathAndQuery;
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
-use tokio::sync::oneshot;
 
 use platform::body_limit::CappedBodyError;
 use platform::context::{self, RequestId};
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use crate::forward::{ForwardBody, UpstreamClient};
+use crate::forward::{BodyProgress, ForwardBody, UpstreamClient};
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
 use crate::{Gateway, routes};
@@ -136,11 +135,11 @@ pub async fn forward(
             5,
         )));
     };
-    let (outgoing, body_sent) = build_request(req, &target, &about, gateway.max_body_bytes());
+    let (outgoing, body) = build_request(req, &target, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
     let result = within_limits(
         client.request(&target.authority, outgoing),
-        body_sent,
+        body,
         about.live,
     )
     .await;
@@ -194,11 +193,11 @@ enum Late {
 /// caller takes longer than its own limit to send that body.
 async fn within_limits<F: Future>(
     answer: F,
-    body_sent: Option<oneshot::Receiver<()>>,
+    body: Option<BodyProgress>,
     limits: &Live,
 ) -> Result<F::Output, Late> {
     let limit = limits.upstream_timeout;
-    let Some(mut body_sent) = body_sent else {
+    let Some(mut body) = body else {
         return tokio::time::timeout(limit, answer)
             .await
             .map_err(|_| Late::Upstream);
@@ -210,11 +209,16 @@ async fn within_limits<F: Future>(
     loop {
         tokio::select! {
             out = &mut answer => return Ok(out),
-            _ = &mut body_sent, if sending => {
+            _ = &mut body.sent, if sending => {
                 sending = false;
                 deadline.as_mut().reset(tokio::time::Instant::now() + limit);
             }
-            _ = &mut deadline => return Err(if sending { Late::Caller } else { Late::Upstream }),
+            // A body held up because the upstream does not take it is the upstream's delay.
+            _ = &mut deadline => return Err(if sending && body.waiting_on_caller() {
+                Late::Caller
+            } else {
+                Late::Upstream
+            }),
         }
     }
 }
@@ -231,13 +235,13 @@ fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
 
 /// The request to send upstream: the caller's, for the picked instance (origin-form target,
 /// its Host), hop-by-hop headers dropped, forwarding and tracing headers set, the body
-/// streamed as it arrives; and what tells when that body has all been sent.
+/// streamed as it arrives; and how far that body has gone.
 fn build_request(
     req: Request<Incoming>,
     target: &Target,
     about: &Forwarding<'_>,
     max_body_bytes: usize,
-) -> (Request<ForwardBody>, Option<oneshot::Receiver<()>>) {
+) -> (Request<ForwardBody>, Option<BodyProgress>) {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_some() {
         // An absolute-form target (RFC 9112 §3.2.2) names the gateway: only its path and
@@ -268,8 +272,8 @@ fn build_request(
     }
     // HTTP/2 from the caller, HTTP/1.1 to the upstream: the pool speaks HTTP/1.1.
     parts.version = poem::http::Version::HTTP_11;
-    let (body, body_sent) = ForwardBody::new(body, max_body_bytes);
-    (Request::from_parts(parts, body), body_sent)
+    let (body, progress) = ForwardBody::new(body, max_body_bytes);
+    (Request::from_parts(parts, body), progress)
 }
 
 /// A W3C traceparent for a request that arrived without one (ids from the thread-local RNG:
@@ -282,4 +286,84 @@ fn new_traceparent() -> HeaderValue {
     hex::encode_to_slice(trace.to_be_bytes(), &mut text[3..35]).expect("32 digits fit");
     hex::encode_to_slice(span.to_be_bytes(), &mut text[36..52]).expect("16 digits fit");
     HeaderValue::from_bytes(&text).expect("hex digits and dashes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use platform::config::Settings;
+    use tokio::sync::oneshot;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    fn limits() -> Live {
+        let settings = Settings::default()
+            .with("upstream_timeout_ms", "300")
+            .with("caller_body_timeout_ms", "1000");
+        Live::from_settings(&settings).unwrap()
+    }
+
+    fn progress(waiting_on_caller: bool) -> (oneshot::Sender<()>, BodyProgress) {
+        let (sent, all_sent) = oneshot::channel();
+        let progress = BodyProgress {
+            sent: all_sent,
+            waiting_on_caller: Arc::new(AtomicBool::new(waiting_on_caller)),
+        };
+        (sent, progress)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_coming_is_the_callers_delay_and_one_not_taken_the_upstreams() {
+        let live = limits();
+        for (waiting_on_caller, caller_late) in [(true, true), (false, false)] {
+            let (_sent, body) = progress(waiting_on_caller);
+            let started = Instant::now();
+            let late = within_limits(std::future::pending::<()>(), Some(body), &live)
+                .await
+                .unwrap_err();
+            assert_eq!(matches!(late, Late::Caller), caller_late);
+            assert_eq!(started.elapsed(), Duration::from_millis(1000));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upstream_limit_starts_when_the_body_has_gone() {
+        let live = limits();
+        let (sent, body) = progress(true);
+        let started = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            sent.send(()).unwrap();
+        });
+        let late = within_limits(std::future::pending::<()>(), Some(body), &live)
+            .await
+            .unwrap_err();
+        assert!(matches!(late, Late::Upstream));
+        assert_eq!(started.elapsed(), Duration::from_millis(900 + 300));
+        // Without a body the limit starts at once.
+        let started = Instant::now();
+        let late = within_limits(std::future::pending::<()>(), None, &live)
+            .await
+            .unwrap_err();
+        assert!(matches!(late, Late::Upstream));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_within_the_limits_is_passed_on() {
+        let live = limits();
+        let (_sent, body) = progress(false);
+        let answer = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            42
+        };
+        assert_eq!(
+            within_limits(answer, Some(body), &live).await.ok(),
+            Some(42)
+        );
+    }
 }
