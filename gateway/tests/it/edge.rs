@@ -384,6 +384,7 @@ async fn the_upstream_limit_counts_from_when_the_body_has_all_been_sent() {
 
 #[tokio::test]
 async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure() {
+    use futures::StreamExt;
     let mut edge = Edge::start(&[("caller_body_timeout_ms", "300")]).await;
     let cart = Upstream::new();
     edge.add("cart", &cart).await;
@@ -401,6 +402,25 @@ async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure
             "answered before the body ended"
         );
     }
+    // A caller still sending, a byte every 50 ms, reads its 408 too.
+    let trickle = futures::stream::iter(0..60).then(|_| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, std::io::Error>(vec![b' '])
+    });
+    let started = std::time::Instant::now();
+    let resp = edge
+        .client
+        .put(edge.url("/api/v1/cart/items/x"))
+        .bearer_auth(edge.token())
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 408).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered before the body ended"
+    );
     assert_eq!(
         edge.ready().await["upstreams"]["cart"]["breaker"],
         "closed",
