@@ -268,18 +268,22 @@ async fn an_oversized_body_is_413_at_the_gateway() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();
     edge.add("cart", &cart).await;
-    let resp = edge
-        .client
-        .put(edge.url("/api/v1/cart/items/x"))
-        .bearer_auth(edge.token())
-        // Larger than loopback's socket buffers: had the gateway closed the connection with
-        // the body unread, the client would see a reset instead of the 413 (14 of 20 runs).
-        .body(vec![b'x'; 12 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
+    // Larger than loopback's socket buffers: had the gateway closed the connection with the
+    // body unread, the client would see a reset instead of the 413 (14 of 20 runs).
+    let resp = put_cart_item(&edge, vec![b'x'; 12 * 1024 * 1024]).await;
     expect_problem(resp, 413).await;
     assert_eq!(cart.hits(), 0);
+}
+
+/// A cart PUT with `body`, as the signed-in customer.
+async fn put_cart_item(edge: &Edge, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    edge.client
+        .put(edge.url("/api/v1/cart/items/x"))
+        .bearer_auth(edge.token())
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A cart PUT of `bytes` sent chunked: no Content-Length to refuse up front, so a limit is
@@ -287,13 +291,11 @@ async fn an_oversized_body_is_413_at_the_gateway() {
 async fn put_chunked(edge: &Edge, bytes: usize) -> reqwest::Response {
     let chunk = 64 * 1024;
     let chunks = (0..bytes / chunk).map(move |_| Ok::<_, std::io::Error>(vec![b'x'; chunk]));
-    edge.client
-        .put(edge.url("/api/v1/cart/items/x"))
-        .bearer_auth(edge.token())
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap()
+    put_cart_item(
+        edge,
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -323,14 +325,7 @@ async fn a_service_refusing_a_body_under_the_gateway_limit_is_heard_as_413() {
     let service_detail = "the request body is larger than the limit of 262144 bytes";
     let gateway_detail = "the request body is larger than the limit of 1048576 bytes";
     for _ in 0..10 {
-        let declared = edge
-            .client
-            .put(edge.url("/api/v1/cart/items/x"))
-            .bearer_auth(edge.token())
-            .body(vec![b'x'; 512 * 1024])
-            .send()
-            .await
-            .unwrap();
+        let declared = put_cart_item(&edge, vec![b'x'; 512 * 1024]).await;
         let problem = expect_problem(declared, 413).await;
         assert_eq!(problem["detail"], service_detail);
         let problem = expect_problem(put_chunked(&edge, 2 * 1024 * 1024).await, 413).await;
@@ -355,13 +350,7 @@ async fn put_with_a_pause(edge: &Edge, pause: Duration) -> reqwest::Response {
         tokio::time::sleep(wait).await;
         Ok::<_, std::io::Error>(vec![b'x'; 1024])
     });
-    edge.client
-        .put(edge.url("/api/v1/cart/items/x"))
-        .bearer_auth(edge.token())
-        .body(reqwest::Body::wrap_stream(halves))
-        .send()
-        .await
-        .unwrap()
+    put_cart_item(edge, reqwest::Body::wrap_stream(halves)).await
 }
 
 #[tokio::test]
@@ -408,14 +397,7 @@ async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure
         Ok::<_, std::io::Error>(vec![b' '])
     });
     let started = std::time::Instant::now();
-    let resp = edge
-        .client
-        .put(edge.url("/api/v1/cart/items/x"))
-        .bearer_auth(edge.token())
-        .body(reqwest::Body::wrap_stream(trickle))
-        .send()
-        .await
-        .unwrap();
+    let resp = put_cart_item(&edge, reqwest::Body::wrap_stream(trickle)).await;
     expect_problem(resp, 408).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -426,15 +408,7 @@ async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure
         "closed",
         "a slow caller is not the upstream's failure"
     );
-    let resp = edge
-        .client
-        .put(edge.url("/api/v1/cart/items/x"))
-        .bearer_auth(edge.token())
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(put_cart_item(&edge, "{}").await.status(), 200);
 }
 
 #[tokio::test]
