@@ -9,7 +9,6 @@
 //! A worker's connections are its own, and a connection is handed back by the response body
 //! that read it to the end, with no task of its own.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,7 +149,7 @@ impl<B> IdleConnection<B> {
 }
 
 struct IdleConnections<B> {
-    by_instance: HashMap<Authority, Vec<IdleConnection<B>>>,
+    by_instance: foldhash::HashMap<Authority, Vec<IdleConnection<B>>>,
     last_sweep: Option<Instant>,
 }
 
@@ -171,7 +170,7 @@ impl<B> Default for UpstreamClient<B> {
     fn default() -> Self {
         Self {
             idle: Arc::new(Mutex::new(IdleConnections {
-                by_instance: HashMap::new(),
+                by_instance: foldhash::HashMap::default(),
                 last_sweep: None,
             })),
         }

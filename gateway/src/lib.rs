@@ -13,7 +13,6 @@ pub mod routes;
 pub mod testing;
 mod upstreams;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -128,7 +127,7 @@ impl Upstream {
 }
 
 struct Inner {
-    upstreams: HashMap<&'static str, Upstream>,
+    upstreams: foldhash::HashMap<&'static str, Upstream>,
     live: RwLock<Arc<Live>>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<live::ClientKey>>>,
     verifier: JwtVerifier,

@@ -2,7 +2,6 @@
 //! round-robin. Each is kept as the authority and Host header requests to it carry, parsed
 //! once per change instead of once per request.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -31,7 +30,7 @@ impl Target {
 #[derive(Clone)]
 pub struct Upstreams {
     discovery: Arc<dyn Discovery>,
-    instances: Arc<RwLock<HashMap<String, Arc<Vec<Target>>>>>,
+    instances: Arc<RwLock<foldhash::HashMap<String, Arc<Vec<Target>>>>>,
     next: Arc<AtomicUsize>,
 }
 

@@ -1,6 +1,5 @@
 //! Prometheus metrics: one recorder per process, rendered by every service's `/metrics`.
 
-use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
@@ -71,7 +70,7 @@ type RouteKey = (&'static str, &'static str, u16);
 /// allocates and hashes the labels, a measurable share of a proxied request.
 pub struct RouteMetrics {
     service: &'static str,
-    handles: RwLock<HashMap<RouteKey, (Counter, Histogram)>>,
+    handles: RwLock<foldhash::HashMap<RouteKey, (Counter, Histogram)>>,
 }
 
 impl RouteMetrics {
