@@ -4,18 +4,19 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, IntoEndpoint};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::discovery::{Discovery, DiscoveryError, Registration};
 
@@ -158,9 +159,9 @@ impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
 }
 
 /// How long a client may take to start and finish sending a request's head, and how long a
-/// kept-alive connection may wait idle for its next request (nginx allows 60 s and 75 s): a
-/// client that opens connections and sends nothing, or sends a head a byte at a time, cannot
-/// hold them for longer.
+/// connection may stay open with no request in flight, whatever its protocol (nginx allows
+/// 60 s and 75 s): a client that opens connections and sends nothing, sends a head a byte at a
+/// time, or keeps an HTTP/2 connection open unused, cannot hold them for longer.
 pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long our clients keep an idle connection to one of our servers for reuse: less than
@@ -169,7 +170,9 @@ pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 
 /// Accepts connections on `listener` and serves them with `handler` until `stop`, then gives
-/// the requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's
+/// the requests in flight 10 s to finish. A connection with no request in flight for the head
+/// timeout is closed gracefully: hyper limits an HTTP/1 head and the wait for the next one,
+/// but neither the first bytes it reads to tell HTTP/1 from HTTP/2 nor an HTTP/2 connection. hyper's HTTP/1.1 and HTTP/2 server, as poem's
 /// `Server` runs it, but on the bare socket (poem's server splits every connection into two
 /// boxed halves behind a lock) and with Nagle's algorithm off (a response written in two
 /// parts, head then streamed body, must not wait for the client's delayed ACK).
@@ -196,7 +199,7 @@ pub(crate) async fn serve_connections_with(
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
     let http = Arc::new(http);
-    let connections = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (stream, remote_addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -218,39 +221,122 @@ pub(crate) async fn serve_connections_with(
             local,
             remote: remote_addr,
         };
+        let activity = Arc::new(ConnectionActivity::default());
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, std::convert::Infallible>(handler.handle(req, addrs).await) }
+            let in_flight = InFlight::start(&requests);
+            async move {
+                let resp = handler.handle(req, addrs).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let http = http.clone();
-        let watcher = connections.watcher();
         let stop = stop.clone();
-        tokio::spawn(async move {
-            // hyper's head timeout starts once it knows the protocol, which it learns from
-            // the first bytes: until they come, the wait is ours. (A peek, not `readable()`,
-            // which may report data that is not there.)
-            let mut first = [0u8; 1];
-            tokio::select! {
-                peeked = stream.peek(&mut first) => if !matches!(peeked, Ok(1..)) { return },
-                _ = tokio::time::sleep(head_timeout) => return,
-                _ = stop.cancelled() => return,
-            }
+        connections.spawn(async move {
             let connection = http
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
+            tokio::pin!(connection);
+            // The stop and the idle limit are watched by a task of their own: polled beside
+            // the connection at each of its wake-ups, they cost ~500 instructions a proxied
+            // request (`scripts/bench instructions`); a oneshot costs next to nothing.
+            let (close, mut told_to_close) = tokio::sync::oneshot::channel::<()>();
+            let watchdog = tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = activity.idle_for(head_timeout) => {}
+                }
+                let _ = close.send(());
+            });
+            let mut closing = false;
+            let ended = loop {
+                tokio::select! {
+                    biased;
+                    ended = connection.as_mut() => break ended,
+                    _ = &mut told_to_close, if !closing => {}
+                }
+                // Answers what is in flight, then closes.
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            };
+            watchdog.abort();
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     // Finish what is in flight; a connection kept busy longer is dropped.
-    if tokio::time::timeout(Duration::from_secs(10), connections.shutdown())
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(10), connections.wait())
         .await
         .is_err()
     {
         tracing::warn!("connections still busy 10 s after the stop; closing them");
     }
     Ok(())
+}
+
+/// Whether a connection is in use: the requests it has in flight, and when the last one
+/// ended (time since `opened`, in microseconds).
+struct ConnectionActivity {
+    opened: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    last_ended_us: AtomicU64,
+}
+
+impl Default for ConnectionActivity {
+    fn default() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ended_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnectionActivity {
+    /// Resolves once the connection has had no request in flight for `limit`. Checked at
+    /// deadlines rather than on every request, so a request costs two atomic updates.
+    async fn idle_for(&self, limit: Duration) {
+        let mut deadline = self.opened + limit;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            let now = tokio::time::Instant::now();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                deadline = now + limit;
+                continue;
+            }
+            let last_ended = Duration::from_micros(self.last_ended_us.load(Ordering::Acquire));
+            deadline = self.opened + last_ended + limit;
+            if deadline <= now {
+                // A request starting just now is still answered: the close is graceful.
+                return;
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection, until its response (head) is ready or it is dropped.
+struct InFlight(Arc<ConnectionActivity>);
+
+impl InFlight {
+    fn start(activity: &Arc<ConnectionActivity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let since_opened = activity.opened.elapsed().as_micros() as u64;
+        activity
+            .last_ended_us
+            .fetch_max(since_opened, Ordering::AcqRel);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives.

@@ -294,6 +294,12 @@ async fn a_client_that_sends_no_whole_request_in_time_is_disconnected() {
     for (what, sent, answered) in [
         ("nothing", "", false),
         ("half a head", half_a_head, false),
+        // hyper reads these bytes to tell HTTP/2 from HTTP/1, with no limit of its own.
+        (
+            "the start of an HTTP/2 preface",
+            "PRI * HTTP/2.0\r\n",
+            false,
+        ),
         (
             "nothing after its first request",
             idle_after_an_answer,
@@ -320,4 +326,85 @@ async fn a_client_that_sends_no_whole_request_in_time_is_disconnected() {
             "a client that sent {what} got: {received:?}"
         );
     }
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`, driven by a task that ends when the
+/// connection does; and when it was opened.
+async fn http2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    Instant,
+) {
+    let opened = Instant::now();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    (send, tokio::spawn(connection), opened)
+}
+
+async fn http2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<hyper::body::Bytes>>,
+    url: String,
+) -> (u16, hyper::body::Bytes) {
+    use http_body_util::BodyExt;
+    let req = poem::http::Request::get(url)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("an HTTP/2 answer");
+    let status = resp.status().as_u16();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_limit() {
+    let head_timeout = Duration::from_millis(300);
+    let s = server_with_head_timeout(head_timeout).await;
+    // One that never asks, and one that asks once then waits: both closed, neither early.
+    for requests in [0, 1] {
+        let (mut send, connection, opened) = http2_connection(s.addr).await;
+        let mut last_answered = opened;
+        for _ in 0..requests {
+            let (status, _) = http2_get(&mut send, format!("{}/health", s.url())).await;
+            assert_eq!(status, 200);
+            last_answered = Instant::now();
+        }
+        tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("an HTTP/2 connection after {requests} requests is open after 10 s")
+            })
+            .unwrap()
+            .expect("a graceful close");
+        let idle = last_answered.elapsed();
+        assert!(
+            idle >= head_timeout,
+            "closed after {idle:?} with no request in flight"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_taking_longer_than_the_limit_is_answered_over_either_protocol() {
+    let head_timeout = Duration::from_millis(300);
+    let slow = poem::endpoint::make(move |_| async move {
+        tokio::time::sleep(head_timeout * 2).await;
+        "done"
+    });
+    let s = TestServer::start_with_head_timeout(slow, head_timeout).await;
+    let resp = reqwest::get(format!("{}/slow", s.url())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "done");
+    let (mut send, connection, _) = http2_connection(s.addr).await;
+    let (status, body) = http2_get(&mut send, format!("{}/slow", s.url())).await;
+    assert_eq!((status, &body[..]), (200, &b"done"[..]));
+    // Used again after the wait, it still answers.
+    let (status, _) = http2_get(&mut send, format!("{}/slow", s.url())).await;
+    assert_eq!(status, 200);
+    assert!(!connection.is_finished());
 }
