@@ -242,7 +242,7 @@ pub(crate) async fn serve_connections_with(
             // The stop and the idle limit are watched by a task of their own: polled beside
             // the connection at each of its wake-ups, they cost ~500 instructions a proxied
             // request (`scripts/bench instructions`); a oneshot costs next to nothing.
-            let (close, mut told_to_close) = tokio::sync::oneshot::channel::<()>();
+            let (close, told_to_close) = tokio::sync::oneshot::channel::<()>();
             let watchdog = tokio::spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
@@ -250,16 +250,18 @@ pub(crate) async fn serve_connections_with(
                 }
                 let _ = close.send(());
             });
-            let mut closing = false;
-            let ended = loop {
-                tokio::select! {
-                    biased;
-                    ended = connection.as_mut() => break ended,
-                    _ = &mut told_to_close, if !closing => {}
+            let ended = tokio::select! {
+                biased;
+                ended = connection.as_mut() => ended,
+                _ = told_to_close => {
+                    // Answers what is in flight, then closes; over HTTP/2 only once the
+                    // client has answered a ping, which a hostile one never does: so within
+                    // the limit, or not at all.
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(head_timeout, connection.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
                 }
-                // Answers what is in flight, then closes.
-                connection.as_mut().graceful_shutdown();
-                closing = true;
             };
             watchdog.abort();
             if let Err(e) = ended {

@@ -300,6 +300,12 @@ async fn a_client_that_sends_no_whole_request_in_time_is_disconnected() {
             "PRI * HTTP/2.0\r\n",
             false,
         ),
+        // Told to go away, it must answer a ping before the connection closes: it never does.
+        (
+            "an HTTP/2 preface and no request",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+            false,
+        ),
         (
             "nothing after its first request",
             idle_after_an_answer,
