@@ -22,6 +22,7 @@ use platform::body_limit::{CappedBody, CappedBodyError};
 use poem::http::uri::Authority;
 use poem::http::{Method, Request, Response};
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 /// The caller's body on its way upstream: none, or the caller's under the gateway's size
 /// limit, telling how far it has gone. A request without one can be copied and sent again.
@@ -69,6 +70,19 @@ impl ForwardBody {
             waiting_on_caller,
         };
         (body, Some(progress))
+    }
+}
+
+impl Drop for ForwardBody {
+    fn drop(&mut self) {
+        // Dropped unfinished (the upstream answered before reading it all, failed, or was
+        // too slow to take it), the caller's body is read on and thrown away: a connection
+        // closed on a caller still sending resets it, and it may never read its answer.
+        if let Self::Capped { body, .. } = self
+            && let Some(rest) = body.take_unfinished()
+        {
+            platform::body_limit::discard(rest);
+        }
     }
 }
 
@@ -136,15 +150,41 @@ pub enum UpstreamError {
     Http(#[source] hyper::Error),
 }
 
-struct IdleConnection<B> {
+/// One connection to an instance: where requests go in, and the task that drives it.
+struct Connection<B> {
     sender: SendRequest<B>,
+    task: AbortHandle,
+}
+
+/// Aborts a connection's task when dropped armed: a request given up before its answer (the
+/// limit passed) leaves its connection mid-exchange, of no further use, and the connection
+/// holds the caller's body, which it would keep unread for as long as the instance does
+/// not take it.
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(&mut self) -> AbortHandle {
+        self.0.take().expect("armed once")
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+struct IdleConnection<B> {
+    conn: Connection<B>,
     since: Instant,
 }
 
 impl<B> IdleConnection<B> {
     /// Neither closed by the instance nor idle for too long.
     fn is_usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) <= IDLE_TIMEOUT
+        !self.conn.sender.is_closed() && now.duration_since(self.since) <= IDLE_TIMEOUT
     }
 }
 
@@ -188,7 +228,7 @@ impl<B> UpstreamClient<B> {
     /// The most recently used idle connection to `authority` that is ready for a request.
     /// Closed and expired ones are dropped; ones not ready yet (their connection task has
     /// not caught up with the end of the last response) stay for later.
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<B>> {
+    fn checkout(&self, authority: &Authority) -> Option<Connection<B>> {
         let mut idle = self.lock();
         let conns = idle.by_instance.get_mut(authority)?;
         let now = Instant::now();
@@ -198,8 +238,8 @@ impl<B> UpstreamClient<B> {
             if !conn.is_usable(now) {
                 continue;
             }
-            if conn.sender.is_ready() {
-                found = Some(conn.sender);
+            if conn.conn.sender.is_ready() {
+                found = Some(conn.conn);
                 break;
             }
             not_ready.push(conn);
@@ -209,7 +249,7 @@ impl<B> UpstreamClient<B> {
     }
 
     /// Puts a connection whose answer has been read back among the idle ones.
-    fn put_back(&self, authority: Authority, sender: SendRequest<B>) {
+    fn put_back(&self, authority: Authority, conn: Connection<B>) {
         let now = Instant::now();
         let mut idle = self.lock();
         // Connections to instances no longer asked for are not checked out again: drop the
@@ -228,7 +268,7 @@ impl<B> UpstreamClient<B> {
         if conns.len() >= MAX_IDLE_PER_INSTANCE {
             conns.remove(0);
         }
-        conns.push(IdleConnection { sender, since: now });
+        conns.push(IdleConnection { conn, since: now });
     }
 }
 
@@ -246,10 +286,11 @@ where
         mut req: Request<B>,
     ) -> Result<Response<PooledBody<B>>, UpstreamError> {
         loop {
-            let (mut sender, reused) = match self.checkout(authority) {
-                Some(sender) => (sender, true),
+            let (Connection { mut sender, task }, reused) = match self.checkout(authority) {
+                Some(conn) => (conn, true),
                 None => (self.connect(authority).await?, false),
             };
+            let mut in_flight = AbortOnDrop(Some(task));
             let again = if reused { repeatable_copy(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -260,7 +301,10 @@ where
                         give_back: Some(GiveBack {
                             client: self.clone(),
                             authority: authority.clone(),
-                            sender,
+                            conn: Connection {
+                                sender,
+                                task: in_flight.disarm(),
+                            },
                         }),
                     };
                     return Ok(Response::from_parts(parts, body));
@@ -283,7 +327,7 @@ where
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<B>, UpstreamError> {
+    async fn connect(&self, authority: &Authority) -> Result<Connection<B>, UpstreamError> {
         let connect_error = |source| UpstreamError::Connect {
             authority: authority.clone(),
             source,
@@ -297,12 +341,13 @@ where
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "upstream connection ended with an error");
             }
-        });
-        Ok(sender)
+        })
+        .abort_handle();
+        Ok(Connection { sender, task })
     }
 }
 
@@ -328,7 +373,7 @@ fn repeatable_copy<B: Body + Default>(req: &Request<B>) -> Option<Request<B>> {
 struct GiveBack<B> {
     client: UpstreamClient<B>,
     authority: Authority,
-    sender: SendRequest<B>,
+    conn: Connection<B>,
 }
 
 /// An upstream's response body: once read to its end, its connection goes back to the
@@ -371,7 +416,7 @@ impl<B> Drop for PooledBody<B> {
         {
             give_back
                 .client
-                .put_back(give_back.authority, give_back.sender);
+                .put_back(give_back.authority, give_back.conn);
         }
     }
 }
@@ -590,7 +635,11 @@ mod tests {
             assert_eq!(read_to_end(resp).await, "ok");
             // The connection is ready again once the whole body has gone out.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !client.lock().by_instance[&authority][0].sender.is_ready() {
+            while !client.lock().by_instance[&authority][0]
+                .conn
+                .sender
+                .is_ready()
+            {
                 assert!(
                     Instant::now() < deadline,
                     "the connection did not become ready"

@@ -157,6 +157,13 @@ pub async fn forward(
                 about.live.upstream_timeout.as_millis()
             ))));
         }
+        Err(Late::UpstreamNotReading) => {
+            upstream.record(permit, false);
+            return Err(refused(Problem::timeout(format!(
+                "{service} did not take the request body within {} ms",
+                about.live.caller_body_timeout.as_millis()
+            ))));
+        }
         Err(Late::Caller) => {
             // The caller's slowness, not the upstream's: the breaker does not count it.
             upstream.record(permit, true);
@@ -188,8 +195,13 @@ pub async fn forward(
 }
 
 /// Who made an upstream call take too long.
+#[derive(Debug, PartialEq)]
 enum Late {
+    /// No answer within the limit once the body had gone.
     Upstream,
+    /// The body not all taken by the upstream by the caller's deadline.
+    UpstreamNotReading,
+    /// The body not all sent by the caller by its deadline.
     Caller,
 }
 
@@ -219,10 +231,10 @@ async fn within_limits<F: Future>(
                 deadline.as_mut().reset(tokio::time::Instant::now() + limit);
             }
             // A body held up because the upstream does not take it is the upstream's delay.
-            _ = &mut deadline => return Err(if sending && body.waiting_on_caller() {
-                Late::Caller
-            } else {
-                Late::Upstream
+            _ = &mut deadline => return Err(match (sending, body.waiting_on_caller()) {
+                (true, true) => Late::Caller,
+                (true, false) => Late::UpstreamNotReading,
+                (false, _) => Late::Upstream,
             }),
         }
     }
@@ -342,13 +354,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_still_coming_is_the_callers_delay_and_one_not_taken_the_upstreams() {
         let live = limits();
-        for (waiting_on_caller, caller_late) in [(true, true), (false, false)] {
+        for waiting_on_caller in [true, false] {
             let (_sent, body) = progress(waiting_on_caller);
             let started = Instant::now();
             let late = within_limits(std::future::pending::<()>(), Some(body), &live)
                 .await
                 .unwrap_err();
-            assert_eq!(matches!(late, Late::Caller), caller_late);
+            let expected = if waiting_on_caller {
+                Late::Caller
+            } else {
+                Late::UpstreamNotReading
+            };
+            assert_eq!(late, expected);
             assert_eq!(started.elapsed(), Duration::from_millis(1000));
         }
     }

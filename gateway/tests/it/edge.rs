@@ -412,6 +412,77 @@ async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure
 }
 
 #[tokio::test]
+async fn a_caller_whose_body_the_upstream_does_not_take_reads_its_504() {
+    use platform::discovery::{Discovery, Registration};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An instance that accepts connections and never reads them, with a small receive
+    // buffer: most of a 12 MiB body is still with the caller when the limit is reached.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(16).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    let edge = Edge::start(&[
+        ("caller_body_timeout_ms", "500"),
+        ("max_body_bytes", "33554432"),
+    ])
+    .await;
+    edge.discovery
+        .register(&Registration::new("cart", "127.0.0.1", port))
+        .await
+        .unwrap();
+    edge.wait_for_instances("cart", 1).await;
+    let body = vec![b' '; 12 * 1024 * 1024];
+    let resp = edge
+        .client
+        .put(edge.url("/api/v1/cart/items/x"))
+        .bearer_auth(edge.token())
+        .body(body.clone())
+        .send()
+        .await
+        .expect("the caller reads its answer, not a reset");
+    let problem = expect_problem(resp, 504).await;
+    assert_eq!(
+        problem["detail"],
+        "cart did not take the request body within 500 ms"
+    );
+    // A caller that reads only once it has sent its whole request (as many simple clients
+    // do) reads it too: the gateway reads on and throws the rest away.
+    let raw_caller = async {
+        let mut conn = tokio::net::TcpStream::connect(edge.server.addr)
+            .await
+            .unwrap();
+        let head = format!(
+            "PUT /api/v1/cart/items/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+            edge.token(),
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body)
+            .await
+            .expect("the whole body is taken, not reset");
+        let mut answer = vec![0; 1024];
+        let n = conn
+            .read(&mut answer)
+            .await
+            .expect("an answer, not a reset");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), raw_caller)
+        .await
+        .expect("answered within 10 s");
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    drop(socket);
+}
+
+#[tokio::test]
 async fn docs_list_every_service_document() {
     let mut edge = Edge::start(&[]).await;
     let users = Upstream::new();

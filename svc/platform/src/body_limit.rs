@@ -42,6 +42,13 @@ impl<B> CappedBody<B> {
     }
 }
 
+impl<B: Body> CappedBody<B> {
+    /// What is left of the body, unless it has all been read (or refused).
+    pub fn take_unfinished(&mut self) -> Option<B> {
+        self.inner.take_if(|inner| !inner.is_end_stream())
+    }
+}
+
 impl<B> Body for CappedBody<B>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -90,10 +97,14 @@ pub fn discard<B>(mut body: B)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
 {
+    // Outside a runtime (a body dropped at shutdown) there is no one left to answer.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     if body.is_end_stream() {
         return;
     }
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let drain = async {
             let mut seen = 0;
             while let Some(Ok(frame)) = body.frame().await {
