@@ -228,7 +228,13 @@ pub(crate) async fn serve_connections_with(
             let in_flight = InFlight::start(&requests);
             async move {
                 let resp = handler.handle(req, addrs).await;
-                drop(in_flight);
+                // In flight until its body has gone, however long it streams.
+                let resp = resp.map(|body| {
+                    ResponseBody::new(InFlightBody {
+                        body,
+                        _in_flight: in_flight,
+                    })
+                });
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
@@ -320,8 +326,34 @@ impl ConnectionActivity {
     }
 }
 
-/// A request in flight on a connection, until its response (head) is ready or it is dropped.
+/// A request in flight on a connection, until its response has been sent or it is dropped.
 struct InFlight(Arc<ConnectionActivity>);
+
+/// A response body that keeps its request in flight until it is dropped (sent, or given up).
+struct InFlightBody {
+    body: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = hyper::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl InFlight {
     fn start(activity: &Arc<ConnectionActivity>) -> Self {

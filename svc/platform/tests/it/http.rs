@@ -414,3 +414,23 @@ async fn a_request_taking_longer_than_the_limit_is_answered_over_either_protocol
     assert_eq!(status, 200);
     assert!(!connection.is_finished());
 }
+
+#[tokio::test]
+async fn a_response_streaming_for_longer_than_the_limit_is_sent_whole_over_either_protocol() {
+    use futures::StreamExt;
+    let head_timeout = Duration::from_millis(300);
+    // Ten parts, 100 ms apart: the body takes over three times the limit.
+    let streaming = poem::endpoint::make(|_| async {
+        let parts = futures::stream::iter(0..10).then(|i| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(i.to_string())
+        });
+        poem::Body::from_bytes_stream(parts)
+    });
+    let s = TestServer::start_with_head_timeout(streaming, head_timeout).await;
+    let resp = reqwest::get(format!("{}/stream", s.url())).await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "0123456789");
+    let (mut send, _, _) = http2_connection(s.addr).await;
+    let (status, body) = http2_get(&mut send, format!("{}/stream", s.url())).await;
+    assert_eq!((status, &body[..]), (200, &b"0123456789"[..]));
+}
