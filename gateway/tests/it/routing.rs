@@ -42,15 +42,15 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
     let cart = Upstream::new();
     edge.add("cart", &cart).await;
     let resp = edge
-        .client
-        .get(edge.url("/api/v1/cart/items?x=1"))
-        .bearer_auth(edge.token())
-        .header("x-request-id", "req-42")
-        .header("connection", "keep-alive, x-drop-me")
-        .header("x-drop-me", "1")
-        .send()
-        .await
-        .unwrap();
+        .get_with_headers(
+            "/api/v1/cart/items?x=1",
+            &[
+                ("x-request-id", "req-42"),
+                ("connection", "keep-alive, x-drop-me"),
+                ("x-drop-me", "1"),
+            ],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-request-id"], "req-42");
     assert!(
@@ -92,15 +92,15 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
 
     // A caller behind another proxy, naming no header in Connection.
     let resp = edge
-        .client
-        .get(edge.url("/api/v1/cart/items"))
-        .bearer_auth(edge.token())
-        .header("x-forwarded-for", "10.0.0.7")
-        .header("proxy-authorization", "Basic c2VjcmV0")
-        .header("te", "trailers")
-        .send()
-        .await
-        .unwrap();
+        .get_with_headers(
+            "/api/v1/cart/items",
+            &[
+                ("x-forwarded-for", "10.0.0.7"),
+                ("proxy-authorization", "Basic c2VjcmV0"),
+                ("te", "trailers"),
+            ],
+        )
+        .await;
     let headers = headers_the_instance_saw(resp).await;
     assert_eq!(headers["x-forwarded-for"], "10.0.0.7, 127.0.0.1");
     assert!(

@@ -204,9 +204,19 @@ impl Edge {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .bearer_auth(self.token())
+        self.get_with_headers(path, &[]).await
+    }
+
+    /// A GET as a signed-in customer, with `headers` added.
+    pub async fn get_with_headers(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let req = self.client.get(self.url(path)).bearer_auth(self.token());
+        headers
+            .iter()
+            .fold(req, |req, (name, value)| req.header(*name, *value))
             .send()
             .await
             .unwrap()

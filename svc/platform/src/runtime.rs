@@ -170,12 +170,13 @@ pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 
 /// Accepts connections on `listener` and serves them with `handler` until `stop`, then gives
-/// the requests in flight 10 s to finish. A connection with no request in flight for the head
-/// timeout is closed gracefully: hyper limits an HTTP/1 head and the wait for the next one,
-/// but neither the first bytes it reads to tell HTTP/1 from HTTP/2 nor an HTTP/2 connection. hyper's HTTP/1.1 and HTTP/2 server, as poem's
+/// the requests in flight 10 s to finish. hyper's HTTP/1.1 and HTTP/2 server, as poem's
 /// `Server` runs it, but on the bare socket (poem's server splits every connection into two
 /// boxed halves behind a lock) and with Nagle's algorithm off (a response written in two
 /// parts, head then streamed body, must not wait for the client's delayed ACK).
+/// A connection with no request in flight for the head timeout is closed gracefully: hyper
+/// limits an HTTP/1 head and the wait for the next one, but neither the first bytes it reads
+/// to tell HTTP/1 from HTTP/2 nor an HTTP/2 connection.
 pub(crate) async fn serve_connections(
     listener: std::net::TcpListener,
     handler: impl Handler,
@@ -329,6 +330,24 @@ impl ConnectionActivity {
 /// A request in flight on a connection, until its response has been sent or it is dropped.
 struct InFlight(Arc<ConnectionActivity>);
 
+impl InFlight {
+    fn start(activity: &Arc<ConnectionActivity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let since_opened = activity.opened.elapsed().as_micros() as u64;
+        activity
+            .last_ended_us
+            .fetch_max(since_opened, Ordering::AcqRel);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A response body that keeps its request in flight until it is dropped (sent, or given up).
 struct InFlightBody {
     body: ResponseBody,
@@ -352,24 +371,6 @@ impl hyper::body::Body for InFlightBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl InFlight {
-    fn start(activity: &Arc<ConnectionActivity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        Self(activity.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        let since_opened = activity.opened.elapsed().as_micros() as u64;
-        activity
-            .last_ended_us
-            .fetch_max(since_opened, Ordering::AcqRel);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
