@@ -338,7 +338,11 @@ where
             .map_err(|_| UpstreamError::ConnectTimeout(authority.clone()))?
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        // One buffer written at once, as the gateway's server side does (see
+        // platform::runtime::serve_connections_with).
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
         let task = tokio::spawn(async move {
