@@ -158,10 +158,12 @@ impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
     }
 }
 
-/// How long a client may take to start and finish sending a request's head, and how long a
-/// connection may stay open with no request in flight, whatever its protocol (nginx allows
-/// 60 s and 75 s): a client that opens connections and sends nothing, sends a head a byte at a
-/// time, or keeps an HTTP/2 connection open unused, cannot hold them for longer.
+/// How long a client may take to start and finish sending a request's head, how long a
+/// connection may stay open with no request in flight, whatever its protocol, and how long a
+/// client may leave the answer it is sent untaken (nginx allows 60 s, 75 s and 60 s): a
+/// client that opens connections and sends nothing, sends a head a byte at a time, keeps an
+/// HTTP/2 connection open unused, or stops reading a long answer, cannot hold them (nor, at
+/// the gateway, the upstream connection the answer comes on) for longer.
 pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long our clients keep an idle connection to one of our servers for reuse: less than
@@ -176,7 +178,8 @@ pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 /// parts, head then streamed body, must not wait for the client's delayed ACK).
 /// A connection with no request in flight for the head timeout is closed gracefully: hyper
 /// limits an HTTP/1 head and the wait for the next one, but neither the first bytes it reads
-/// to tell HTTP/1 from HTTP/2 nor an HTTP/2 connection.
+/// to tell HTTP/1 from HTTP/2 nor an HTTP/2 connection. One whose client has taken nothing of
+/// an answer for between one and two head timeouts is dropped: hyper has no send limit.
 pub(crate) async fn serve_connections(
     listener: std::net::TcpListener,
     handler: impl Handler,
@@ -235,12 +238,7 @@ pub(crate) async fn serve_connections_with(
             async move {
                 let resp = handler.handle(req, addrs).await;
                 // In flight until its body has gone, however long it streams.
-                let resp = resp.map(|body| {
-                    ResponseBody::new(InFlightBody {
-                        body,
-                        _in_flight: in_flight,
-                    })
-                });
+                let resp = resp.map(|body| ResponseBody::new(InFlightBody::new(body, in_flight)));
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
@@ -254,26 +252,33 @@ pub(crate) async fn serve_connections_with(
             // The stop and the idle limit are watched by a task of their own: polled beside
             // the connection at each of its wake-ups, they cost ~500 instructions a proxied
             // request (`scripts/bench instructions`); a oneshot costs next to nothing.
-            let (close, told_to_close) = tokio::sync::oneshot::channel::<()>();
+            let (close, told_to_close) = tokio::sync::oneshot::channel();
             let watchdog = tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = activity.idle_for(head_timeout) => {}
-                }
-                let _ = close.send(());
+                let why = tokio::select! {
+                    _ = stop.cancelled() => Closing::Stop,
+                    why = activity.idle_or_stalled(head_timeout) => why,
+                };
+                let _ = close.send(why);
             });
             let ended = tokio::select! {
                 biased;
                 ended = connection.as_mut() => ended,
-                _ = told_to_close => {
-                    // Answers what is in flight, then closes; over HTTP/2 only once the
-                    // client has answered a ping, which a hostile one never does: so within
-                    // the limit, or not at all.
-                    connection.as_mut().graceful_shutdown();
-                    tokio::time::timeout(head_timeout, connection.as_mut())
-                        .await
-                        .unwrap_or(Ok(()))
-                }
+                why = told_to_close => match why {
+                    Ok(Closing::Stalled) => {
+                        // Nothing in flight can be finished for a client that takes nothing.
+                        tracing::debug!(client = %remote_addr, "client stopped taking its answer; connection dropped");
+                        Ok(())
+                    }
+                    Ok(Closing::Stop | Closing::Idle) | Err(_) => {
+                        // Answers what is in flight, then closes; over HTTP/2 only once the
+                        // client has answered a ping, which a hostile one never does: so
+                        // within the limit, or not at all.
+                        connection.as_mut().graceful_shutdown();
+                        tokio::time::timeout(head_timeout, connection.as_mut())
+                            .await
+                            .unwrap_or(Ok(()))
+                    }
+                },
             };
             watchdog.abort();
             if let Err(e) = ended {
@@ -292,12 +297,27 @@ pub(crate) async fn serve_connections_with(
     Ok(())
 }
 
+/// Why a connection is closed before its client closes it.
+enum Closing {
+    /// The server stops.
+    Stop,
+    /// No request in flight for the limit.
+    Idle,
+    /// An answer has been waiting for its client to take it for the limit or longer.
+    Stalled,
+}
+
 /// Whether a connection is in use: the requests it has in flight, and when the last one
-/// ended (time since `opened`, in microseconds).
+/// ended (time since `opened`, in microseconds); and whether its client takes its answers.
 struct ConnectionActivity {
     opened: tokio::time::Instant,
     in_flight: AtomicUsize,
     last_ended_us: AtomicU64,
+    /// Response bodies that have produced a part and not been asked for the next one: the
+    /// part waits for room in the client's socket (or HTTP/2 window).
+    waiting_on_client: AtomicUsize,
+    /// How many times a response body has been asked for its next part.
+    body_polls: AtomicU64,
 }
 
 impl Default for ConnectionActivity {
@@ -306,19 +326,29 @@ impl Default for ConnectionActivity {
             opened: tokio::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ended_us: AtomicU64::new(0),
+            waiting_on_client: AtomicUsize::new(0),
+            body_polls: AtomicU64::new(0),
         }
     }
 }
 
 impl ConnectionActivity {
-    /// Resolves once the connection has had no request in flight for `limit`. Checked at
-    /// deadlines rather than on every request, so a request costs two atomic updates.
-    async fn idle_for(&self, limit: Duration) {
+    /// Resolves once the connection has had no request in flight for `limit`, or an answer
+    /// has waited on its client for a whole period of `limit` in which no body was asked for
+    /// anything (so after between one and two limits). Checked at deadlines rather than on
+    /// every request, so a request costs a few atomic updates.
+    async fn idle_or_stalled(&self, limit: Duration) -> Closing {
         let mut deadline = self.opened + limit;
+        let mut body_polls = self.body_polls.load(Ordering::Acquire);
         loop {
             tokio::time::sleep_until(deadline).await;
             let now = tokio::time::Instant::now();
             if self.in_flight.load(Ordering::Acquire) > 0 {
+                let polls_now = self.body_polls.load(Ordering::Acquire);
+                if polls_now == body_polls && self.waiting_on_client.load(Ordering::Acquire) > 0 {
+                    return Closing::Stalled;
+                }
+                body_polls = polls_now;
                 deadline = now + limit;
                 continue;
             }
@@ -326,7 +356,7 @@ impl ConnectionActivity {
             deadline = self.opened + last_ended + limit;
             if deadline <= now {
                 // A request starting just now is still answered: the close is graceful.
-                return;
+                return Closing::Idle;
             }
         }
     }
@@ -353,10 +383,34 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is dropped (sent, or given up).
+/// A response body that keeps its request in flight until it is dropped (sent, or given up),
+/// and tells its connection when a part of it waits on the client.
 struct InFlightBody {
     body: ResponseBody,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    waiting_on_client: bool,
+}
+
+impl InFlightBody {
+    fn new(body: ResponseBody, in_flight: InFlight) -> Self {
+        Self {
+            body,
+            in_flight,
+            waiting_on_client: false,
+        }
+    }
+
+    fn set_waiting_on_client(&mut self, waiting: bool) {
+        if self.waiting_on_client != waiting {
+            self.waiting_on_client = waiting;
+            let count = &self.in_flight.0.waiting_on_client;
+            if waiting {
+                count.fetch_add(1, Ordering::AcqRel);
+            } else {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 impl hyper::body::Body for InFlightBody {
@@ -367,7 +421,15 @@ impl hyper::body::Body for InFlightBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        this.in_flight.0.body_polls.fetch_add(1, Ordering::AcqRel);
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        // The last part of a body is hyper's to send once the body is dropped: the idle limit
+        // covers it. Any other part is followed by a poll for the next once it has gone.
+        let more_to_come =
+            matches!(polled, std::task::Poll::Ready(Some(Ok(_)))) && !this.body.is_end_stream();
+        this.set_waiting_on_client(more_to_come);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -376,6 +438,12 @@ impl hyper::body::Body for InFlightBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for InFlightBody {
+    fn drop(&mut self) {
+        self.set_waiting_on_client(false);
     }
 }
 

@@ -434,3 +434,90 @@ async fn a_response_streaming_for_longer_than_the_limit_is_sent_whole_over_eithe
     let (status, body) = http2_get(&mut send, format!("{}/stream", s.url())).await;
     assert_eq!((status, &body[..]), (200, &b"0123456789"[..]));
 }
+
+/// A server whose limits are `head_timeout`, answering every request with `LONG_ANSWER`
+/// bytes streamed in 64 KiB parts, far more than loopback's socket buffers hold.
+const LONG_ANSWER: usize = 16 << 20;
+
+async fn server_of_long_answers(head_timeout: Duration) -> TestServer {
+    use futures::StreamExt;
+    let long = poem::endpoint::make(|_| async {
+        let parts = futures::stream::iter(0..LONG_ANSWER / (64 << 10))
+            .map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 << 10]));
+        poem::Body::from_bytes_stream(parts)
+    });
+    TestServer::start_with_head_timeout(long, head_timeout).await
+}
+
+/// An HTTP/1.1 connection that has asked for the long answer, with a small receive buffer.
+async fn asked_for_a_long_answer(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    conn.write_all(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn a_client_that_stops_taking_its_answer_is_disconnected_and_a_slow_one_is_not() {
+    let head_timeout = Duration::from_millis(300);
+    let s = server_of_long_answers(head_timeout).await;
+
+    // One that reads in bursts with pauses shorter than the limit gets it all.
+    let mut slow = asked_for_a_long_answer(s.addr).await;
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    while received.len() < LONG_ANSWER {
+        tokio::time::sleep(head_timeout * 2 / 3).await;
+        // A burst: what has arrived, and what follows within 20 ms.
+        while let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(20), slow.read(&mut buf)).await
+        {
+            let n = read.expect("the slow reader's connection stays open");
+            assert!(
+                n > 0,
+                "closed after {} bytes of a slow reader's answer",
+                received.len()
+            );
+            received.extend_from_slice(&buf[..n]);
+        }
+    }
+    let head_end = received.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        received.len() > LONG_ANSWER + head_end,
+        "the whole answer arrived"
+    );
+
+    // One that never reads is dropped within two limits of its answer stalling: reading
+    // afterwards finds the answer cut short.
+    let mut stalled = asked_for_a_long_answer(s.addr).await;
+    tokio::time::sleep(head_timeout * 4).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut received))
+        .await
+        .expect("a stalled client's connection is closed");
+    assert!(
+        received.len() < LONG_ANSWER,
+        "a client that stopped reading was kept: {} bytes, then {read:?}",
+        received.len()
+    );
+
+    // Over HTTP/2: an answer whose body is left unread (its stream window full) is cut.
+    let (mut send, connection, _) = http2_connection(s.addr).await;
+    let req = poem::http::Request::get(format!("{}/long", s.url()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("an HTTP/2 answer");
+    assert_eq!(resp.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("a stalled HTTP/2 connection is closed");
+    assert!(
+        ended.unwrap().is_err(),
+        "the connection was dropped, not closed gracefully"
+    );
+    drop(resp);
+}
