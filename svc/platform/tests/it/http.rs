@@ -465,12 +465,13 @@ async fn a_client_that_stops_taking_its_answer_is_disconnected_and_a_slow_one_is
     let head_timeout = Duration::from_millis(300);
     let s = server_of_long_answers(head_timeout).await;
 
-    // One that reads in bursts with pauses shorter than the limit gets it all.
+    // One that reads in bursts with pauses well within the limit (a loaded machine may
+    // stretch them) gets it all.
     let mut slow = asked_for_a_long_answer(s.addr).await;
     let mut received = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     while received.len() < LONG_ANSWER {
-        tokio::time::sleep(head_timeout * 2 / 3).await;
+        tokio::time::sleep(head_timeout / 3).await;
         // A burst: what has arrived, and what follows within 20 ms.
         while let Ok(read) =
             tokio::time::timeout(Duration::from_millis(20), slow.read(&mut buf)).await
