@@ -8,7 +8,7 @@ use clients::{cart, inventory, notification, orders, payment, products, users};
 use platform::CancellationToken;
 use platform::auth::Role;
 use platform::discovery::{Discovery, LocalDiscovery};
-use platform::runtime::{Background, Serving, serve};
+use platform::runtime::{Background, Serving};
 use platform::testing::smtp::SmtpServer;
 use platform::testing::{TestDb, TestIdentity, redis_prefix, settings};
 use uuid::Uuid;
@@ -157,16 +157,7 @@ where
     E::Endpoint: 'static,
 {
     background.spawn(stop);
-    serve(
-        name,
-        app,
-        "127.0.0.1:0",
-        "127.0.0.1",
-        discovery.clone(),
-        stop.clone(),
-    )
-    .await
-    .unwrap()
+    platform::testing::serve_registered(name, app, discovery.clone(), stop).await
 }
 
 #[tokio::test]

@@ -363,3 +363,27 @@ mod json_keys {
         }
     }
 }
+
+/// Serves `app` as `service` on a port the OS picks on loopback, registered with
+/// `discovery`, until `stop`: how a test runs a service for others to find.
+pub async fn serve_registered<E>(
+    service: &str,
+    app: E,
+    discovery: std::sync::Arc<dyn crate::discovery::Discovery>,
+    stop: &CancellationToken,
+) -> crate::runtime::Serving
+where
+    E: IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    crate::runtime::serve(
+        service,
+        app,
+        "127.0.0.1:0",
+        "127.0.0.1",
+        discovery,
+        stop.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{service} serves: {e}"))
+}

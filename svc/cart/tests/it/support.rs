@@ -4,7 +4,7 @@ use std::time::Duration;
 use platform::CancellationToken;
 use platform::auth::Role;
 use platform::discovery::{Discovery, LocalDiscovery, Registration};
-use platform::runtime::{Serving, serve};
+use platform::runtime::Serving;
 use platform::testing::{TestDb, TestIdentity, settings};
 use reqwest::{Client, RequestBuilder};
 use serde_json::{Value, json};
@@ -57,16 +57,8 @@ impl Shop {
         )
         .await
         .unwrap();
-        let products = serve(
-            "products",
-            products_app,
-            "127.0.0.1:0",
-            "127.0.0.1",
-            d.clone(),
-            stop.clone(),
-        )
-        .await
-        .unwrap();
+        let products =
+            platform::testing::serve_registered("products", products_app, d.clone(), &stop).await;
 
         let s = settings("inventory", &idb, &identity).await;
         let (_, inventory_app) = inventory::app(
@@ -75,16 +67,13 @@ impl Shop {
         )
         .await
         .unwrap();
-        let inventory = serve(
+        let inventory = platform::testing::serve_registered(
             "inventory",
             inventory_app,
-            "127.0.0.1:0",
-            "127.0.0.1",
             d.clone(),
-            inventory_stop.clone(),
+            &inventory_stop,
         )
-        .await
-        .unwrap();
+        .await;
 
         let s = settings("cart", &cdb, &identity)
             .await
@@ -93,16 +82,7 @@ impl Shop {
             cart::app(cart::CartConfig::from_settings(&s).unwrap(), d.clone())
                 .await
                 .unwrap();
-        let cart = serve(
-            "cart",
-            cart_app,
-            "127.0.0.1:0",
-            "127.0.0.1",
-            d.clone(),
-            stop.clone(),
-        )
-        .await
-        .unwrap();
+        let cart = platform::testing::serve_registered("cart", cart_app, d.clone(), &stop).await;
 
         Self {
             cart: cart_state,

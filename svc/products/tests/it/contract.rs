@@ -58,16 +58,13 @@ async fn products_on_port_zero_is_found_through_discovery_and_leaves_it_on_shutd
     let shop = Shop::start().await;
     let discovery = Arc::new(LocalDiscovery::new());
     let shutdown = CancellationToken::new();
-    let serving = platform::runtime::serve(
+    let serving = platform::testing::serve_registered(
         products::SERVICE,
         shop.products.app(),
-        "127.0.0.1:0",
-        "127.0.0.1",
         discovery.clone(),
-        shutdown.clone(),
+        &shutdown,
     )
-    .await
-    .unwrap();
+    .await;
     assert_ne!(serving.addr.port(), 0);
     let found = discovery.resolve(products::SERVICE).await.unwrap();
     assert_eq!(found.len(), 1);

@@ -4,7 +4,7 @@ use std::time::Duration;
 use platform::CancellationToken;
 use platform::auth::Role;
 use platform::discovery::{Discovery, LocalDiscovery};
-use platform::runtime::{Background, Serving, serve};
+use platform::runtime::{Background, Serving};
 use platform::testing::smtp::SmtpServer;
 use platform::testing::{TestDb, TestIdentity, redis_prefix, settings};
 use poem::EndpointExt;
@@ -144,16 +144,8 @@ impl Saga {
         let mut tasks = std::collections::HashMap::new();
         for (name, app, background) in services {
             tasks.insert(name, (background.clone(), background().spawn(&stop)));
-            let server = serve(
-                name,
-                app,
-                "127.0.0.1:0",
-                "127.0.0.1",
-                discovery.clone(),
-                stop.clone(),
-            )
-            .await
-            .unwrap();
+            let server =
+                platform::testing::serve_registered(name, app, discovery.clone(), &stop).await;
             urls.insert(name, server.url());
             servers.push(server);
         }

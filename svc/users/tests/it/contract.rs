@@ -19,16 +19,13 @@ async fn users_on_port_zero_is_found_through_discovery() {
     let shop = Shop::start().await;
     let discovery = Arc::new(LocalDiscovery::new());
     let shutdown = CancellationToken::new();
-    let serving = platform::runtime::serve(
+    let serving = platform::testing::serve_registered(
         "users",
         shop.users.app(),
-        "127.0.0.1:0",
-        "127.0.0.1",
         discovery.clone(),
-        shutdown.clone(),
+        &shutdown,
     )
-    .await
-    .unwrap();
+    .await;
     assert_ne!(serving.addr.port(), 0);
     let found = discovery.resolve("users").await.unwrap();
     assert_eq!(found.len(), 1);
@@ -99,16 +96,8 @@ async fn users_runs_in_consul_mode_from_the_imported_kv_seed() {
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
-    let serving = platform::runtime::serve(
-        "users",
-        app,
-        "127.0.0.1:0",
-        "127.0.0.1",
-        consul.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let serving =
+        platform::testing::serve_registered("users", app, consul.clone(), &shutdown).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let instance = loop {
         if let Some(i) = consul.resolve("users").await.unwrap().into_iter().next() {
