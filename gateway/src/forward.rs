@@ -196,11 +196,15 @@ struct IdleConnections<B> {
 }
 
 impl<B> IdleConnections<B> {
-    fn of(&mut self, authority: &Authority) -> Option<&mut Vec<IdleConnection<B>>> {
+    fn position(&self, authority: &Authority) -> Option<usize> {
         self.by_instance
-            .iter_mut()
-            .find(|(a, _)| a.as_str() == authority.as_str())
-            .map(|(_, conns)| conns)
+            .iter()
+            .position(|(a, _)| a.as_str() == authority.as_str())
+    }
+
+    fn of(&mut self, authority: &Authority) -> Option<&mut Vec<IdleConnection<B>>> {
+        let i = self.position(authority)?;
+        Some(&mut self.by_instance[i].1)
     }
 }
 
@@ -275,10 +279,11 @@ impl<B> UpstreamClient<B> {
             }
             idle.by_instance.retain(|(_, conns)| !conns.is_empty());
         }
-        if idle.of(&authority).is_none() {
-            idle.by_instance.push((authority.clone(), Vec::new()));
-        }
-        let conns = idle.of(&authority).expect("added above");
+        let i = idle.position(&authority).unwrap_or_else(|| {
+            idle.by_instance.push((authority, Vec::new()));
+            idle.by_instance.len() - 1
+        });
+        let conns = &mut idle.by_instance[i].1;
         if conns.len() >= MAX_IDLE_PER_INSTANCE {
             conns.remove(0);
         }
