@@ -135,6 +135,30 @@ impl Drop for TestServer {
 /// The internal credential the tests' services share.
 pub const INTERNAL_TOKEN: &str = "test-internal-token";
 
+/// Serves `app` as `service` on a port the OS picks on loopback, registered with
+/// `discovery`, until `stop`: how a test runs a service for others to find.
+pub async fn serve_registered<E>(
+    service: &str,
+    app: E,
+    discovery: std::sync::Arc<dyn crate::discovery::Discovery>,
+    stop: &CancellationToken,
+) -> crate::runtime::Serving
+where
+    E: IntoEndpoint,
+    E::Endpoint: 'static,
+{
+    crate::runtime::serve(
+        service,
+        app,
+        "127.0.0.1:0",
+        "127.0.0.1",
+        discovery,
+        stop.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{service} serves: {e}"))
+}
+
 /// A signing key of the tests' own, standing in for users: mints access tokens that the
 /// services under test verify with `jwks`.
 pub struct TestIdentity {
@@ -362,28 +386,4 @@ mod json_keys {
             );
         }
     }
-}
-
-/// Serves `app` as `service` on a port the OS picks on loopback, registered with
-/// `discovery`, until `stop`: how a test runs a service for others to find.
-pub async fn serve_registered<E>(
-    service: &str,
-    app: E,
-    discovery: std::sync::Arc<dyn crate::discovery::Discovery>,
-    stop: &CancellationToken,
-) -> crate::runtime::Serving
-where
-    E: IntoEndpoint,
-    E::Endpoint: 'static,
-{
-    crate::runtime::serve(
-        service,
-        app,
-        "127.0.0.1:0",
-        "127.0.0.1",
-        discovery,
-        stop.clone(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{service} serves: {e}"))
 }
