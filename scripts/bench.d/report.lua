@@ -13,8 +13,25 @@ request = function()
   return wrk.format(method or "GET", nil, headers, body)
 end
 
+-- Each wait is drawn from an exponential distribution of that mean: arrivals then come as
+-- independent clients' would. A fixed wait keeps the connections in step, so requests
+-- arrive in bursts of all connections at once and p99 measures how fast a burst drains.
+local thread_count = 0
+function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("seed", thread_count)
+end
+
+function init(args)
+  -- `seed` is the global setup() set in this thread's state.
+  math.randomseed(os.time() * 1000 + (seed or 0))
+end
+
 if pace and pace > 0 then
-  delay = function() return pace end
+  delay = function()
+    -- 1 - random() is in (0, 1]: the log is finite. wrk takes whole milliseconds.
+    return math.floor(-pace * math.log(1 - math.random()) + 0.5)
+  end
 end
 
 done = function(summary, latency, requests)
