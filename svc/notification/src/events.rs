@@ -11,7 +11,7 @@ use contracts::internal::UserContact;
 use contracts::money::Money;
 use platform::consumer::{EventHandler, HandlerError};
 use platform::http::ServiceClient;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::channel::{Medium, Message};
@@ -110,11 +110,7 @@ pub struct Notifier {
 impl Notifier {
     /// The contact of `user_id` as users knows it, kept for next time. `None` when users has
     /// no such (active) account; an error (the event is retried later) when users cannot say.
-    async fn look_up(
-        &self,
-        tx: &mut PgConnection,
-        user_id: Uuid,
-    ) -> Result<Option<Contact>, HandlerError> {
+    async fn look_up(&self, db: &PgPool, user_id: Uuid) -> Result<Option<Contact>, HandlerError> {
         let path = format!("/internal/users/{user_id}/contact");
         match self.users.get::<UserContact>(&path, None).await {
             Ok(found) => {
@@ -124,7 +120,7 @@ impl Notifier {
                     name: found.name,
                     phone: found.phone.filter(|p| !p.trim().is_empty()),
                 };
-                store::upsert_contact(tx, &contact).await?;
+                store::upsert_contact(&mut *db.acquire().await?, &contact).await?;
                 Ok(Some(contact))
             }
             Err(err) if err.status() == Some(404) => Ok(None),
@@ -253,6 +249,21 @@ impl Notifier {
 
 #[async_trait]
 impl EventHandler for Notifier {
+    /// An order's event can overtake the customer's UserRegistered (they travel on different
+    /// streams): users is asked for the contact then, before the event's transaction opens,
+    /// so a slow users holds no transaction open. What it gives is kept, as the
+    /// registration's would be.
+    async fn prepare(&self, db: &PgPool, event: &Envelope) -> Result<(), HandlerError> {
+        let Some(incoming) = Incoming::parse(event)? else {
+            return Ok(());
+        };
+        if incoming.names_its_address() || store::contact(db, incoming.user_id()).await?.is_some() {
+            return Ok(());
+        }
+        self.look_up(db, incoming.user_id()).await?;
+        Ok(())
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
         let Some(incoming) = Incoming::parse(event)? else {
             return Ok(());
@@ -270,13 +281,8 @@ impl EventHandler for Notifier {
             )
             .await?;
         }
-        let contact = match store::contact(&mut *tx, user_id).await? {
-            Some(contact) => Some(contact),
-            // An order's event overtook the customer's UserRegistered (they travel on
-            // different streams): ask users rather than drop the message.
-            None if !incoming.names_its_address() => self.look_up(tx, user_id).await?,
-            None => None,
-        };
+        // None here: users has no such account either (see `prepare`).
+        let contact = store::contact(&mut *tx, user_id).await?;
         let notice = self.compose(&incoming, contact.as_ref());
         let address = notice
             .address

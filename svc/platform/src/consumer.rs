@@ -20,6 +20,14 @@ use crate::redis::{Redis, RedisError};
 /// the event as processed. An error rolls both back; the entry is retried.
 #[async_trait]
 pub trait EventHandler: Send + Sync {
+    /// What an event needs done before its transaction opens: a call to another service,
+    /// which must not keep a transaction (and a pooled connection) open while it waits. It
+    /// may run more than once for one event (a redelivery, a duplicate), so what it stores
+    /// must bear repeating. An error retries the entry later, as one from `handle` does.
+    async fn prepare(&self, _db: &PgPool, _event: &Envelope) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
     async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError>;
 }
 
@@ -395,6 +403,10 @@ impl Consumer {
                 return Ok(Outcome::DeadLettered);
             }
         };
+        if let Err(err) = self.handler.prepare(&self.pool, &envelope).await {
+            tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "preparing the event failed; the entry will be retried");
+            return Ok(Outcome::Failed);
+        }
         let mut tx = self.pool.begin().await?;
         let fresh = sqlx::query(
             "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3)

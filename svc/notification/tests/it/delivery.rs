@@ -346,12 +346,7 @@ async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_user
     })
     .await;
     let user = registered("Olga", None);
-    svc.users.knows(contracts::internal::UserContact {
-        user_id: user.user_id,
-        email: user.email.clone(),
-        name: user.name.clone(),
-        phone: None,
-    });
+    svc.users.knows(&user);
 
     // users cannot answer: the event is kept for later, nothing recorded, nothing lost.
     svc.users.set_down(true);
@@ -383,4 +378,37 @@ async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_user
     svc.send_due().await;
     assert_eq!(svc.rows_of(user.user_id).await.len(), 2);
     assert_eq!(smtp.messages_to(&user.email).len(), 2);
+}
+
+#[tokio::test]
+async fn users_is_asked_for_a_contact_with_no_transaction_open() {
+    let svc = Service::start(Options {
+        claim_idle_ms: 0,
+        ..Options::default()
+    })
+    .await;
+    let user = registered("Pia", None);
+    svc.users.knows(&user);
+    // A slow users: a transaction open while it answers would hold a pooled connection and
+    // the event's row for as long.
+    let held = svc.users.hold().await;
+    svc.producer.publish(&paid(user.user_id, 1500)).await;
+    let while_asked = async {
+        svc.users.asked().await;
+        let waiting = svc.transactions_waiting().await;
+        drop(held);
+        waiting
+    };
+    let (handled, waiting) = tokio::join!(svc.consume(), while_asked);
+    assert_eq!(
+        waiting, 0,
+        "a transaction stayed open while users was asked"
+    );
+    assert_eq!(handled, 1);
+    let rows = svc.rows_of(user.user_id).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].recipient.as_str()),
+        ("queued", user.email.as_str())
+    );
 }

@@ -58,34 +58,49 @@ impl SmsProvider {
 }
 
 /// Users as notification asks it for a contact: knows what the test tells it, answers 404
-/// for anyone else, 503 while `down`.
+/// for anyone else, 503 while `down`, and nothing while `hold` keeps it.
 pub struct UsersDouble {
     _server: TestServer,
     known: Arc<Mutex<HashMap<Uuid, UserContact>>>,
     down: Arc<AtomicBool>,
+    /// Each request takes a read guard before answering: a write guard held holds them.
+    answering: Arc<tokio::sync::RwLock<()>>,
+    asked: Arc<tokio::sync::Notify>,
 }
 
 impl UsersDouble {
     async fn start(discovery: &LocalDiscovery) -> Self {
         let known: Arc<Mutex<HashMap<Uuid, UserContact>>> = Arc::default();
         let down: Arc<AtomicBool> = Arc::default();
-        let (k, d) = (known.clone(), down.clone());
+        let answering: Arc<tokio::sync::RwLock<()>> = Arc::default();
+        let asked: Arc<tokio::sync::Notify> = Arc::default();
+        let (k, d, a, n) = (
+            known.clone(),
+            down.clone(),
+            answering.clone(),
+            asked.clone(),
+        );
         let app = poem::Route::new().at(
             "/internal/users/:id/contact",
-            poem::get(poem::endpoint::make_sync(move |req: poem::Request| {
-                use poem::IntoResponse;
-                assert_eq!(
-                    req.header("x-internal-token"),
-                    Some(testing::INTERNAL_TOKEN),
-                    "notification sends the internal credential"
-                );
-                if d.load(Ordering::SeqCst) {
-                    return poem::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
-                }
-                let id: Uuid = req.path_params::<Uuid>().unwrap();
-                match k.lock().unwrap().get(&id) {
-                    Some(c) => poem::web::Json(c.clone()).into_response(),
-                    None => poem::http::StatusCode::NOT_FOUND.into_response(),
+            poem::get(poem::endpoint::make(move |req: poem::Request| {
+                let (k, d, a, n) = (k.clone(), d.clone(), a.clone(), n.clone());
+                async move {
+                    use poem::IntoResponse;
+                    assert_eq!(
+                        req.header("x-internal-token"),
+                        Some(testing::INTERNAL_TOKEN),
+                        "notification sends the internal credential"
+                    );
+                    n.notify_one();
+                    let _answering = a.read().await;
+                    if d.load(Ordering::SeqCst) {
+                        return poem::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
+                    let id: Uuid = req.path_params::<Uuid>().unwrap();
+                    match k.lock().unwrap().get(&id) {
+                        Some(c) => poem::web::Json(c.clone()).into_response(),
+                        None => poem::http::StatusCode::NOT_FOUND.into_response(),
+                    }
                 }
             })),
         );
@@ -98,11 +113,30 @@ impl UsersDouble {
             _server: server,
             known,
             down,
+            answering,
+            asked,
         }
     }
 
-    /// Users knows `contact` (its UserRegistered has not reached notification).
-    pub fn knows(&self, contact: UserContact) {
+    /// Holds every answer until the guard is dropped.
+    pub async fn hold(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.answering.clone().write_owned().await
+    }
+
+    /// Returns once a request has reached users (or had, since the last call).
+    pub async fn asked(&self) {
+        self.asked.notified().await;
+    }
+
+    /// Users knows the user `registered` names (its UserRegistered has not reached
+    /// notification).
+    pub fn knows(&self, registered: &UserRegistered) {
+        let contact = UserContact {
+            user_id: registered.user_id,
+            email: registered.email.clone(),
+            name: registered.name.clone(),
+            phone: registered.phone.clone(),
+        };
         self.known.lock().unwrap().insert(contact.user_id, contact);
     }
 
@@ -287,6 +321,18 @@ impl Service {
         let text = resp.text().await.unwrap();
         assert_eq!(status, 200, "GET {path}: {text}");
         serde_json::from_str(&text).unwrap()
+    }
+
+    /// How many of the database's sessions are inside a transaction, waiting on their
+    /// client.
+    pub async fn transactions_waiting(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(self.notification.pool())
+        .await
+        .unwrap()
     }
 
     /// The stored notifications of `user`, oldest first: (channel, status, attempts).
