@@ -37,6 +37,12 @@ job "users" {
       }
     }
 
+    # On a stop (a rolling update's too), Nomad takes the instance out of Consul, waits this
+    # long, then signals the task: the gateway, following Consul, stops sending to it first,
+    # and what it sent meanwhile is answered (micromart/shared/shutdown_grace_ms does this
+    # for self-registered instances).
+    shutdown_delay = "5s"
+
     # Rolling updates, one allocation at a time, promoted only once the Consul check
     # below passes; a release that never becomes healthy is rolled back.
     update {
@@ -108,6 +114,7 @@ job "users" {
           MICROMART_SHARED_JWT_PUBLIC_KEYS={{ key "micromart/shared/jwt_public_keys" | toJSON }}
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
+          MICROMART_SHARED_SHUTDOWN_GRACE_MS={{ key "micromart/shared/shutdown_grace_ms" | toJSON }}
           MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
           MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_USERS_DATABASE_URL={{ key "micromart/users/database_url" | toJSON }}

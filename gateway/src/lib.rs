@@ -270,7 +270,7 @@ impl Gateway {
         bind: &str,
         advertise: &str,
         discovery: Arc<dyn Discovery>,
-        shutdown: platform::CancellationToken,
+        shutdown: impl Into<platform::runtime::Shutdown>,
     ) -> Result<platform::runtime::Serving, platform::runtime::ServeError> {
         let gateway = self.clone();
         platform::workers::serve_on_workers(

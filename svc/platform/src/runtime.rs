@@ -1,5 +1,5 @@
 //! Serving a service: bind (port 0 allowed), register with discovery, run until told to
-//! stop, then deregister before draining in-flight requests.
+//! stop, then deregister, answer through a grace period, and drain in-flight requests.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +31,27 @@ pub enum ServeError {
     Discovery(#[from] DiscoveryError),
 }
 
+/// When and how a server stops: once `token` is cancelled it leaves discovery, goes on
+/// answering for `grace`, then stops accepting connections and drains what is in flight.
+/// The grace is for callers that picked this instance before they heard it left (the
+/// gateway follows discovery within moments): their requests are answered, not refused,
+/// and none goes out on a connection this instance is closing.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    pub token: CancellationToken,
+    pub grace: Duration,
+}
+
+/// Stops as soon as the token is cancelled (tests, and servers no caller picks by itself).
+impl From<CancellationToken> for Shutdown {
+    fn from(token: CancellationToken) -> Self {
+        Self {
+            token,
+            grace: Duration::ZERO,
+        }
+    }
+}
+
 /// A running HTTP server.
 pub struct Serving {
     pub addr: SocketAddr,
@@ -45,14 +66,14 @@ impl Serving {
 }
 
 /// Binds `bind`, registers `service` under `advertise` (the address peers reach it at) and
-/// serves `app` until `shutdown` is cancelled.
+/// serves `app` until `shutdown` says stop.
 pub async fn serve<E>(
     service: &str,
     app: E,
     bind: &str,
     advertise: &str,
     discovery: Arc<dyn Discovery>,
-    shutdown: CancellationToken,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<Serving, ServeError>
 where
     E: IntoEndpoint,
@@ -76,7 +97,7 @@ where
     let task = stop_when_told(
         discovery,
         registration.id.clone(),
-        shutdown,
+        shutdown.into(),
         stop,
         vec![Box::pin(async move {
             server
@@ -92,18 +113,26 @@ where
 }
 
 /// Waits for `shutdown`, leaves discovery first (so that no new request is routed here),
-/// then stops the accept loops and waits until they have drained.
+/// answers through the grace period, then stops the accept loops and waits until they have
+/// drained.
 pub(crate) fn stop_when_told(
     discovery: Arc<dyn Discovery>,
     id: String,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     stop: CancellationToken,
     servers: Vec<BoxFuture<'static, std::io::Result<()>>>,
 ) -> JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
-        shutdown.cancelled().await;
+        shutdown.token.cancelled().await;
         if let Err(e) = discovery.deregister(&id).await {
             tracing::warn!(error = %e, "deregistration failed");
+        }
+        if !shutdown.grace.is_zero() {
+            tracing::info!(
+                grace_ms = shutdown.grace.as_millis() as u64,
+                "left discovery; answering until the grace period ends"
+            );
+            tokio::time::sleep(shutdown.grace).await;
         }
         stop.cancel();
         for server in servers {
@@ -541,29 +570,38 @@ pub async fn run_serving_until_signal(
     settings: &crate::config::Settings,
     default_bind: &str,
     discovery: Arc<dyn Discovery>,
-    start: impl AsyncFnOnce(
-        String,
-        String,
-        Arc<dyn Discovery>,
-        CancellationToken,
-    ) -> Result<Serving, ServeError>,
+    start: impl AsyncFnOnce(String, String, Arc<dyn Discovery>, Shutdown) -> Result<Serving, ServeError>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let bind: String = settings.get_or("http_bind", default_bind.to_owned())?;
     let advertise: String = settings.get_or("advertise_address", "127.0.0.1".to_owned())?;
     // Under Nomad the job's service block registers the instance; registering again from
-    // here would list it twice.
-    let discovery: Arc<dyn Discovery> = if settings.get_or("self_register", true)? {
-        discovery
-    } else {
-        Arc::new(crate::discovery::LocalDiscovery::new())
+    // here would list it twice. Nomad also leaves discovery for it, and its shutdown_delay
+    // is the grace period.
+    let (discovery, grace): (Arc<dyn Discovery>, Duration) =
+        if settings.get_or("self_register", true)? {
+            let grace_ms: u64 = settings.get_or("shutdown_grace_ms", 2000)?;
+            (discovery, Duration::from_millis(grace_ms))
+        } else {
+            (
+                Arc::new(crate::discovery::LocalDiscovery::new()),
+                Duration::ZERO,
+            )
+        };
+    let stop_serving = CancellationToken::new();
+    let stop_background = CancellationToken::new();
+    let tasks = background.spawn(&stop_background);
+    let shutdown = Shutdown {
+        token: stop_serving.clone(),
+        grace,
     };
-    let shutdown = CancellationToken::new();
-    let tasks = background.spawn(&shutdown);
-    let serving = start(bind, advertise, discovery, shutdown.clone()).await?;
+    let serving = start(bind, advertise, discovery, shutdown).await?;
     tracing::info!(service, url = %serving.url(), "listening");
     termination_signal().await;
-    shutdown.cancel();
+    stop_serving.cancel();
     serving.task.await??;
+    // The background tasks stop last: the outbox relay's last pass then finds the writes of
+    // every request served, the grace period's included.
+    stop_background.cancel();
     for task in tasks {
         task.await.ok();
     }

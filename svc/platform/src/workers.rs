@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{Discovery, Registration};
-use crate::runtime::{Handler, ServeError, Serving, serve_connections, stop_when_told};
+use crate::runtime::{Handler, ServeError, Serving, Shutdown, serve_connections, stop_when_told};
 
 /// The number of worker threads `configured` asks for: 0 means one per available core.
 pub fn worker_count(configured: usize) -> usize {
@@ -32,7 +32,7 @@ pub async fn serve_on_workers<F, H>(
     bind: &str,
     advertise: &str,
     discovery: Arc<dyn Discovery>,
-    shutdown: CancellationToken,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<Serving, ServeError>
 where
     F: Fn() -> H + Send + Sync + 'static,
@@ -75,7 +75,13 @@ where
                 .unwrap_or_else(|_| Err(std::io::Error::other("a worker thread panicked")))
         }));
     }
-    let task = stop_when_told(discovery, registration.id.clone(), shutdown, stop, servers);
+    let task = stop_when_told(
+        discovery,
+        registration.id.clone(),
+        shutdown.into(),
+        stop,
+        servers,
+    );
     Ok(Serving {
         addr,
         registration,

@@ -1,5 +1,6 @@
 //! Serving on worker threads: every worker answers on the one registered port, and a stop
-//! deregisters the instance, lets the request in flight finish and closes the port.
+//! deregisters the instance, lets the request in flight finish and closes the port. With a
+//! grace period, the instance answers new requests for that long after leaving discovery.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use platform::CancellationToken;
 use platform::discovery::{Discovery, LocalDiscovery};
-use platform::runtime::PoemHandler;
+use platform::runtime::{PoemHandler, Shutdown};
 use poem::{Route, handler};
 
 #[handler]
@@ -75,5 +76,69 @@ async fn workers_share_one_port_and_stop_after_the_request_in_flight() {
     assert!(
         reqwest::get(format!("{url}/thread")).await.is_err(),
         "the port is closed after the stop"
+    );
+}
+
+#[tokio::test]
+async fn after_leaving_discovery_an_instance_answers_through_its_grace_period() {
+    let discovery: Arc<dyn Discovery> = Arc::new(LocalDiscovery::new());
+    let token = CancellationToken::new();
+    let grace = Duration::from_secs(2);
+    let serving = platform::workers::serve_on_workers(
+        "things",
+        1,
+        || PoemHandler::new(Route::new().at("/thread", thread_name)),
+        "127.0.0.1:0",
+        "127.0.0.1",
+        discovery.clone(),
+        Shutdown {
+            token: token.clone(),
+            grace,
+        },
+    )
+    .await
+    .expect("the worker starts");
+    let url = serving.url();
+    // A caller's connection from before the stop, as the gateway keeps them.
+    let kept = reqwest::Client::new();
+    assert_eq!(
+        kept.get(format!("{url}/thread"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let stopped_at = std::time::Instant::now();
+    token.cancel();
+    while !discovery.resolve("things").await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Out of discovery, and still answering: on the kept connection and on a new one.
+    let on_kept = kept.get(format!("{url}/thread")).send().await.unwrap();
+    assert_eq!(on_kept.status(), 200);
+    let on_new = reqwest::Client::new()
+        .get(format!("{url}/thread"))
+        .send()
+        .await;
+    assert_eq!(on_new.expect("a new connection is answered").status(), 200);
+    assert!(
+        stopped_at.elapsed() < grace,
+        "the checks above outlasted the grace period; they prove nothing"
+    );
+
+    tokio::time::timeout(Duration::from_secs(5), serving.task)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .expect("the worker stops cleanly");
+    assert!(
+        stopped_at.elapsed() >= grace,
+        "stopped before the grace period ended"
+    );
+    assert!(
+        reqwest::get(format!("{url}/thread")).await.is_err(),
+        "the port is closed after the grace period"
     );
 }
