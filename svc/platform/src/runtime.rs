@@ -187,9 +187,10 @@ impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
     }
 }
 
-/// How long a client may take to start and finish sending a request's head, how long a
-/// connection may stay open with no request in flight, whatever its protocol, and how long a
-/// client may leave the answer it is sent untaken (nginx allows 60 s, 75 s and 60 s): a
+/// How long a connection may stay open with no request in flight, whatever its protocol
+/// (then it is closed gracefully, and cut off one more period later: so a client has one to
+/// two periods to start and finish sending a request's head), and how long a client may
+/// leave the answer it is sent untaken (nginx allows 60 s, 75 s and 60 s): a
 /// client that opens connections and sends nothing, sends a head a byte at a time, keeps an
 /// HTTP/2 connection open unused, or stops reading a long answer, cannot hold them (nor, at
 /// the gateway, the upstream connection the answer comes on) for longer.
@@ -205,10 +206,11 @@ pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 /// `Server` runs it, but on the bare socket (poem's server splits every connection into two
 /// boxed halves behind a lock) and with Nagle's algorithm off (a response written in two
 /// parts, head then streamed body, must not wait for the client's delayed ACK).
-/// A connection with no request in flight for the head timeout is closed gracefully: hyper
-/// limits an HTTP/1 head and the wait for the next one, but neither the first bytes it reads
-/// to tell HTTP/1 from HTTP/2 nor an HTTP/2 connection. One whose client has taken nothing of
-/// an answer for between one and two head timeouts is dropped: hyper has no send limit.
+/// A connection with no request in flight for the head timeout is closed gracefully, and
+/// dropped one head timeout later if it has not closed by then: that limits a slow HTTP/1
+/// head, the wait for the next one, the first bytes hyper reads to tell HTTP/1 from HTTP/2,
+/// and an unused HTTP/2 connection alike. One whose client has taken nothing of an answer
+/// for between one and two head timeouts is dropped: hyper has no send limit.
 pub(crate) async fn serve_connections(
     listener: std::net::TcpListener,
     handler: impl Handler,
@@ -230,7 +232,12 @@ pub(crate) async fn serve_connections_with(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout)
+        // No head limit of hyper's: it arms a timer of its own for every request's head,
+        // from the end of the last answer (a boxed sleep, registered and dropped again each
+        // time). The connection's watchdog below sets the same limit from the same moment:
+        // no request in flight for `head_timeout` closes the connection, however much of a
+        // head has arrived.
+        .header_read_timeout(None)
         // Head and body copied into one buffer and written at once: for the small answers
         // an API mostly sends, cheaper than hyper's queue of buffers written with writev
         // (with the same in the gateway's upstream connections, -1.8% instructions a

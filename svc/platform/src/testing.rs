@@ -87,7 +87,8 @@ impl TestServer {
         Self::start_with_head_timeout(app, crate::runtime::CLIENT_HEAD_TIMEOUT).await
     }
 
-    /// [`TestServer::start`], allowing clients `head_timeout` to send a request's head.
+    /// [`TestServer::start`] with `head_timeout` for the limits of
+    /// [`crate::runtime::CLIENT_HEAD_TIMEOUT`].
     pub async fn start_with_head_timeout<E>(app: E, head_timeout: std::time::Duration) -> Self
     where
         E: IntoEndpoint,
