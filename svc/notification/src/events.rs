@@ -108,9 +108,9 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// The contact of `user_id` as users knows it, kept for next time. `None` when users has
-    /// no such (active) account; an error (the event is retried later) when users cannot say.
-    async fn look_up(&self, db: &PgPool, user_id: Uuid) -> Result<Option<Contact>, HandlerError> {
+    /// Keeps the contact of `user_id` as users knows it; nothing when users has no such
+    /// (active) account; an error (the event is retried later) when users cannot say.
+    async fn look_up(&self, db: &PgPool, user_id: Uuid) -> Result<(), HandlerError> {
         let path = format!("/internal/users/{user_id}/contact");
         match self.users.get::<UserContact>(&path, None).await {
             Ok(found) => {
@@ -121,9 +121,9 @@ impl Notifier {
                     phone: found.phone.filter(|p| !p.trim().is_empty()),
                 };
                 store::upsert_contact(&mut *db.acquire().await?, &contact).await?;
-                Ok(Some(contact))
+                Ok(())
             }
-            Err(err) if err.status() == Some(404) => Ok(None),
+            Err(err) if err.status() == Some(404) => Ok(()),
             Err(err) => Err(HandlerError::Failed(format!(
                 "no contact yet for user {user_id} and users cannot be asked: {err}"
             ))),
@@ -260,8 +260,7 @@ impl EventHandler for Notifier {
         if incoming.names_its_address() || store::contact(db, incoming.user_id()).await?.is_some() {
             return Ok(());
         }
-        self.look_up(db, incoming.user_id()).await?;
-        Ok(())
+        self.look_up(db, incoming.user_id()).await
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
