@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
@@ -231,12 +231,12 @@ pub(crate) async fn serve_connections_with(
     let handler = Arc::new(handler);
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
-        .timer(TokioTimer::new())
-        // No head limit of hyper's: it arms a timer of its own for every request's head,
-        // from the end of the last answer (a boxed sleep, registered and dropped again each
-        // time). The connection's watchdog below sets the same limit from the same moment:
-        // no request in flight for `head_timeout` closes the connection, however much of a
-        // head has arrived.
+        // No head limit of hyper's (its default, 30 s, once it is given a timer): it arms a
+        // timer of its own for every request's head, from the end of the last answer (a
+        // boxed sleep, registered and dropped again each time). The connection's watchdog
+        // below sets the same limit from the same moment: no request in flight for
+        // `head_timeout` closes the connection, however much of a head has arrived. Set to
+        // none, hyper needs no timer.
         .header_read_timeout(None)
         // Head and body copied into one buffer and written at once: for the small answers
         // an API mostly sends, cheaper than hyper's queue of buffers written with writev
