@@ -248,10 +248,10 @@ impl<B> UpstreamClient<B> {
     }
 
     /// The most recently used idle connection to `authority` that is ready for a request,
-    /// and since when it has been idle. Closed and expired ones are dropped; ones not ready
+    /// and how long it has been idle. Closed and expired ones are dropped; ones not ready
     /// yet (their connection task has not caught up with the end of the last response) stay
     /// for later.
-    fn checkout(&self, authority: &Authority) -> Option<IdleConnection<B>> {
+    fn checkout(&self, authority: &Authority) -> Option<(Connection<B>, Duration)> {
         let mut idle = self.lock();
         let conns = idle.of(authority)?;
         let now = Instant::now();
@@ -262,7 +262,7 @@ impl<B> UpstreamClient<B> {
                 continue;
             }
             if conn.conn.sender.is_ready() {
-                found = Some(conn);
+                found = Some((conn.conn, now.duration_since(conn.since)));
                 break;
             }
             not_ready.push(conn);
@@ -313,14 +313,14 @@ where
         mut req: Request<B>,
     ) -> Result<Response<PooledBody<B>>, UpstreamError> {
         loop {
-            let (Connection { mut sender, task }, idle_since) = match self.checkout(authority) {
-                Some(idle) => (idle.conn, Some(idle.since)),
+            let (Connection { mut sender, task }, idle_for) = match self.checkout(authority) {
+                Some((conn, idle_for)) => (conn, Some(idle_for)),
                 None => (self.connect(authority).await?, None),
             };
-            let reused = idle_since.is_some();
+            let reused = idle_for.is_some();
             let mut in_flight = AbortOnDrop(Some(task));
-            let again = idle_since
-                .filter(|since| since.elapsed() >= REPEAT_AFTER_IDLE)
+            let again = idle_for
+                .filter(|idle_for| *idle_for >= REPEAT_AFTER_IDLE)
                 .and_then(|_| repeatable_copy(&req));
             match sender.try_send_request(req).await {
                 Ok(resp) => {
