@@ -194,10 +194,10 @@ impl<E: Endpoint + 'static> Handler for PoemHandler<E> {
 /// client that opens connections and sends nothing, sends a head a byte at a time, keeps an
 /// HTTP/2 connection open unused, or stops reading a long answer, cannot hold them (nor, at
 /// the gateway, the upstream connection the answer comes on) for longer.
-pub const CLIENT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long our clients keep an idle connection to one of our servers for reuse: less than
-/// [`CLIENT_HEAD_TIMEOUT`], so that the client retires it before the server closes it, rather
+/// [`CLIENT_IDLE_LIMIT`], so that the client retires it before the server closes it, rather
 /// than the server closing it just as a request goes out on it.
 pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 
@@ -206,25 +206,25 @@ pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 /// `Server` runs it, but on the bare socket (poem's server splits every connection into two
 /// boxed halves behind a lock) and with Nagle's algorithm off (a response written in two
 /// parts, head then streamed body, must not wait for the client's delayed ACK).
-/// A connection with no request in flight for the head timeout is closed gracefully, and
-/// dropped one head timeout later if it has not closed by then: that limits a slow HTTP/1
+/// A connection with no request in flight for the idle limit is closed gracefully, and
+/// dropped one idle limit later if it has not closed by then: that limits a slow HTTP/1
 /// head, the wait for the next one, the first bytes hyper reads to tell HTTP/1 from HTTP/2,
 /// and an unused HTTP/2 connection alike. One whose client has taken nothing of an answer
-/// for between one and two head timeouts is dropped: hyper has no send limit.
+/// for between one and two idle limits is dropped: hyper has no send limit.
 pub(crate) async fn serve_connections(
     listener: std::net::TcpListener,
     handler: impl Handler,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_connections_with(listener, handler, stop, CLIENT_HEAD_TIMEOUT).await
+    serve_connections_with(listener, handler, stop, CLIENT_IDLE_LIMIT).await
 }
 
-/// [`serve_connections`] allowing clients `head_timeout` instead of [`CLIENT_HEAD_TIMEOUT`].
+/// [`serve_connections`] allowing clients `idle_limit` instead of [`CLIENT_IDLE_LIMIT`].
 pub(crate) async fn serve_connections_with(
     listener: std::net::TcpListener,
     handler: impl Handler,
     stop: CancellationToken,
-    head_timeout: Duration,
+    idle_limit: Duration,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
@@ -235,7 +235,7 @@ pub(crate) async fn serve_connections_with(
         // timer of its own for every request's head, from the end of the last answer (a
         // boxed sleep, registered and dropped again each time). The connection's watchdog
         // below sets the same limit from the same moment: no request in flight for
-        // `head_timeout` closes the connection, however much of a head has arrived. Set to
+        // `idle_limit` closes the connection, however much of a head has arrived. Set to
         // none, hyper needs no timer.
         .header_read_timeout(None)
         // Head and body copied into one buffer and written at once: for the small answers
@@ -292,7 +292,7 @@ pub(crate) async fn serve_connections_with(
             let watchdog = tokio::spawn(async move {
                 let why = tokio::select! {
                     _ = stop.cancelled() => Closing::Stop,
-                    why = activity.idle_or_stalled(head_timeout) => why,
+                    why = activity.idle_or_stalled(idle_limit) => why,
                 };
                 let _ = close.send(why);
             });
@@ -310,7 +310,7 @@ pub(crate) async fn serve_connections_with(
                         // client has answered a ping, which a hostile one never does: so
                         // within the limit, or not at all.
                         connection.as_mut().graceful_shutdown();
-                        tokio::time::timeout(head_timeout, connection.as_mut())
+                        tokio::time::timeout(idle_limit, connection.as_mut())
                             .await
                             .unwrap_or(Ok(()))
                     }

@@ -84,12 +84,12 @@ impl TestServer {
         E: IntoEndpoint,
         E::Endpoint: 'static,
     {
-        Self::start_with_head_timeout(app, crate::runtime::CLIENT_HEAD_TIMEOUT).await
+        Self::start_with_idle_limit(app, crate::runtime::CLIENT_IDLE_LIMIT).await
     }
 
-    /// [`TestServer::start`] with `head_timeout` for the limits of
-    /// [`crate::runtime::CLIENT_HEAD_TIMEOUT`].
-    pub async fn start_with_head_timeout<E>(app: E, head_timeout: std::time::Duration) -> Self
+    /// [`TestServer::start`] with `idle_limit` for the limits of
+    /// [`crate::runtime::CLIENT_IDLE_LIMIT`].
+    pub async fn start_with_idle_limit<E>(app: E, idle_limit: std::time::Duration) -> Self
     where
         E: IntoEndpoint,
         E::Endpoint: 'static,
@@ -106,7 +106,7 @@ impl TestServer {
                 listener,
                 handler,
                 CancellationToken::new(),
-                head_timeout,
+                idle_limit,
             )
             .await;
         });

@@ -43,10 +43,10 @@ impl Api {
 }
 
 async fn server() -> TestServer {
-    server_with_head_timeout(platform::runtime::CLIENT_HEAD_TIMEOUT).await
+    server_with_idle_limit(platform::runtime::CLIENT_IDLE_LIMIT).await
 }
 
-async fn server_with_head_timeout(head_timeout: Duration) -> TestServer {
+async fn server_with_idle_limit(idle_limit: Duration) -> TestServer {
     let key =
         platform::auth::SigningKey::from_pem(&platform::auth::SigningKey::generate_pem()).unwrap();
     let verifier = platform::auth::JwtVerifier::from_jwks(&key.jwks()).unwrap();
@@ -57,7 +57,7 @@ async fn server_with_head_timeout(head_timeout: Duration) -> TestServer {
         1024 * 1024,
     )
     .data(verifier);
-    TestServer::start_with_head_timeout(app, head_timeout).await
+    TestServer::start_with_idle_limit(app, idle_limit).await
 }
 
 async fn expect_problem(resp: reqwest::Response, status: u16) -> Value {
@@ -287,8 +287,8 @@ async fn operational_routes_answer() {
 
 #[tokio::test]
 async fn a_client_that_sends_no_whole_request_in_time_is_disconnected() {
-    let head_timeout = Duration::from_millis(300);
-    let s = server_with_head_timeout(head_timeout).await;
+    let idle_limit = Duration::from_millis(300);
+    let s = server_with_idle_limit(idle_limit).await;
     let half_a_head = "GET /health HTTP/1.1\r\nHost: x\r\n";
     let idle_after_an_answer = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
     for (what, sent, answered) in [
@@ -322,7 +322,7 @@ async fn a_client_that_sends_no_whole_request_in_time_is_disconnected() {
             .unwrap_or_else(|_| panic!("a client that sent {what} is still connected after 10 s"));
         let waited = started.elapsed();
         assert!(
-            waited >= head_timeout,
+            waited >= idle_limit,
             "a client that sent {what} was let go after {waited:?}"
         );
         let received = String::from_utf8_lossy(&received);
@@ -369,8 +369,8 @@ async fn http2_get(
 
 #[tokio::test]
 async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_limit() {
-    let head_timeout = Duration::from_millis(300);
-    let s = server_with_head_timeout(head_timeout).await;
+    let idle_limit = Duration::from_millis(300);
+    let s = server_with_idle_limit(idle_limit).await;
     // One that never asks, and one that asks once then waits: both closed, neither early.
     for requests in [0, 1] {
         let (mut send, connection, opened) = http2_connection(s.addr).await;
@@ -389,7 +389,7 @@ async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_limit
             .expect("a graceful close");
         let idle = last_answered.elapsed();
         assert!(
-            idle >= head_timeout,
+            idle >= idle_limit,
             "closed after {idle:?} with no request in flight"
         );
     }
@@ -397,12 +397,12 @@ async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_limit
 
 #[tokio::test]
 async fn a_request_taking_longer_than_the_limit_is_answered_over_either_protocol() {
-    let head_timeout = Duration::from_millis(300);
+    let idle_limit = Duration::from_millis(300);
     let slow = poem::endpoint::make(move |_| async move {
-        tokio::time::sleep(head_timeout * 2).await;
+        tokio::time::sleep(idle_limit * 2).await;
         "done"
     });
-    let s = TestServer::start_with_head_timeout(slow, head_timeout).await;
+    let s = TestServer::start_with_idle_limit(slow, idle_limit).await;
     let resp = reqwest::get(format!("{}/slow", s.url())).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "done");
@@ -418,7 +418,7 @@ async fn a_request_taking_longer_than_the_limit_is_answered_over_either_protocol
 #[tokio::test]
 async fn a_response_streaming_for_longer_than_the_limit_is_sent_whole_over_either_protocol() {
     use futures::StreamExt;
-    let head_timeout = Duration::from_millis(300);
+    let idle_limit = Duration::from_millis(300);
     // Ten parts, 100 ms apart: the body takes over three times the limit.
     let streaming = poem::endpoint::make(|_| async {
         let parts = futures::stream::iter(0..10).then(|i| async move {
@@ -427,7 +427,7 @@ async fn a_response_streaming_for_longer_than_the_limit_is_sent_whole_over_eithe
         });
         poem::Body::from_bytes_stream(parts)
     });
-    let s = TestServer::start_with_head_timeout(streaming, head_timeout).await;
+    let s = TestServer::start_with_idle_limit(streaming, idle_limit).await;
     let resp = reqwest::get(format!("{}/stream", s.url())).await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "0123456789");
     let (mut send, _, _) = http2_connection(s.addr).await;
@@ -438,16 +438,16 @@ async fn a_response_streaming_for_longer_than_the_limit_is_sent_whole_over_eithe
 /// How long the long answer is: far more than loopback's socket buffers hold.
 const LONG_ANSWER: usize = 16 << 20;
 
-/// A server whose limits are `head_timeout`, answering every request with `LONG_ANSWER`
+/// A server whose limits are `idle_limit`, answering every request with `LONG_ANSWER`
 /// bytes streamed (chunked, over HTTP/1.1) in 64 KiB parts.
-async fn server_of_long_answers(head_timeout: Duration) -> TestServer {
+async fn server_of_long_answers(idle_limit: Duration) -> TestServer {
     use futures::StreamExt;
     let long = poem::endpoint::make(|_| async {
         let parts = futures::stream::iter(0..LONG_ANSWER / (64 << 10))
             .map(|_| Ok::<_, std::io::Error>(vec![b'x'; 64 << 10]));
         poem::Body::from_bytes_stream(parts)
     });
-    TestServer::start_with_head_timeout(long, head_timeout).await
+    TestServer::start_with_idle_limit(long, idle_limit).await
 }
 
 /// An HTTP/1.1 connection that has asked for the long answer, with a small receive buffer.
@@ -463,8 +463,8 @@ async fn asked_for_a_long_answer(addr: std::net::SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn a_client_that_stops_taking_its_answer_is_disconnected_and_a_slow_one_is_not() {
-    let head_timeout = Duration::from_millis(300);
-    let s = server_of_long_answers(head_timeout).await;
+    let idle_limit = Duration::from_millis(300);
+    let s = server_of_long_answers(idle_limit).await;
 
     // One that reads in bursts with pauses well within the limit (a loaded machine may
     // stretch them) gets it all.
@@ -473,7 +473,7 @@ async fn a_client_that_stops_taking_its_answer_is_disconnected_and_a_slow_one_is
     let mut buf = vec![0u8; 1 << 20];
     // Until the chunked body's last chunk: a count of bytes could stop short of it.
     while !received.ends_with(b"\r\n0\r\n\r\n") {
-        tokio::time::sleep(head_timeout / 3).await;
+        tokio::time::sleep(idle_limit / 3).await;
         // A burst: what has arrived, and what follows within 20 ms.
         while let Ok(read) =
             tokio::time::timeout(Duration::from_millis(20), slow.read(&mut buf)).await
@@ -497,7 +497,7 @@ async fn a_client_that_stops_taking_its_answer_is_disconnected_and_a_slow_one_is
     // One that never reads is dropped within two limits of its answer stalling: reading
     // afterwards finds the answer cut short.
     let mut stalled = asked_for_a_long_answer(s.addr).await;
-    tokio::time::sleep(head_timeout * 4).await;
+    tokio::time::sleep(idle_limit * 4).await;
     let mut received = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut received))
         .await
