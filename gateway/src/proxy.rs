@@ -96,6 +96,12 @@ pub async fn forward(
     about: Forwarding<'_>,
 ) -> Result<(Response<ResponseBody>, &'static str), Refused> {
     let path = req.uri().path();
+    if routes::has_dot_segment(path) {
+        return Err(Problem::bad_request(
+            "the path has a \".\" or \"..\" segment; send it resolved (RFC 3986, section 5.2.4)",
+        )
+        .into());
+    }
     if path == "/internal" || path.starts_with("/internal/") {
         return Err(Problem::not_found("no such resource").into());
     }

@@ -30,6 +30,28 @@ pub fn service_for(path: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether `path` has a `.` or `..` segment, as is or percent-encoded (`%2e`). Clients
+/// resolve those before sending (RFC 3986 §5.2.4); a path that still has them was made to
+/// mean two things: the gateway routes and checks it as it is, and a service that resolved
+/// it would answer another path (`/api/v1/products/../../internal/...`).
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/')
+        .any(|segment| is_dot_segment(segment.as_bytes()))
+}
+
+fn is_dot_segment(mut segment: &[u8]) -> bool {
+    let mut dots = 0;
+    while !segment.is_empty() {
+        segment = match segment {
+            [b'.', rest @ ..] => rest,
+            [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => rest,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
+}
+
 /// Requests that need no access token (SPEC.md, "Gateway").
 pub fn is_public(method: &Method, path: &str) -> bool {
     let get = method == Method::GET || method == Method::HEAD;
@@ -63,6 +85,32 @@ mod tests {
         assert_eq!(service_for("/payroll"), None);
         assert_eq!(service_for("/internal/carts/1"), None);
         assert_eq!(service_for("/api/v1/cart/items/1"), Some("cart"));
+    }
+
+    #[test]
+    fn dot_segments_are_found_as_is_and_percent_encoded_and_nothing_else() {
+        for path in [
+            "/api/v1/products/../../internal/carts/1",
+            "/api/v1/products/./x",
+            "/api/v1/products/%2e%2E/internal",
+            "/api/v1/products/.%2e",
+            "/api/v1/products/..",
+            "/api/v1/products/x/%2E/",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/api/v1/products/0193",
+            "/.well-known/jwks.json",
+            "/api/v1/products/.../x",
+            "/api/v1/products/..x",
+            "/api/v1/products/%2e%2e%2e",
+            "/api/v1/products/%2f",
+            "/api/v1/products/a.b",
+            "/",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 
     #[test]

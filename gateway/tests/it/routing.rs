@@ -37,6 +37,40 @@ async fn unknown_and_internal_routes_are_404_and_reach_no_service() {
 }
 
 #[tokio::test]
+async fn a_path_with_dot_segments_is_400_and_reaches_no_service() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    // HTTP clients resolve dot segments before sending (reqwest would): written by hand.
+    for path in [
+        "/api/v1/cart/../../internal/carts/1",
+        "/api/v1/cart/%2e%2e/%2E%2e/internal/carts/1",
+        "/api/v1/cart/./items",
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(edge.server.addr)
+            .await
+            .unwrap();
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+            edge.token()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(
+            answer.contains("application/problem+json") && answer.contains("segment"),
+            "{path}: {answer}"
+        );
+    }
+    assert_eq!(cart.hits(), 0);
+    // The same request resolved is forwarded.
+    assert_eq!(edge.get("/api/v1/cart/items").await.status(), 200);
+    assert_eq!(cart.hits(), 1);
+}
+
+#[tokio::test]
 async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_ones() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();
