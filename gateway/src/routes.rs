@@ -35,8 +35,12 @@ pub fn service_for(path: &str) -> Option<&'static str> {
 /// mean two things: the gateway routes and checks it as it is, and a service that resolved
 /// it would answer another path (`/api/v1/products/../../internal/...`).
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/')
-        .any(|segment| is_dot_segment(segment.as_bytes()))
+    // Most paths have neither a dot nor a percent sign: one vectorised scan settles those
+    // (splitting every path into segments cost ~850 instructions a request, the scan ~100).
+    memchr::memchr2(b'.', b'%', path.as_bytes()).is_some()
+        && path
+            .split('/')
+            .any(|segment| is_dot_segment(segment.as_bytes()))
 }
 
 fn is_dot_segment(mut segment: &[u8]) -> bool {
