@@ -33,6 +33,9 @@ use crate::upstreams::Upstreams;
 
 pub const SERVICE: &str = "gateway";
 
+/// How often the rate limiter forgets the clients whose buckets have refilled.
+const FORGET_IDLE_CLIENTS_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub live: Live,
@@ -299,6 +302,20 @@ impl Gateway {
         let source = self.inner.source.clone();
         tasks.add("config watch", move |shutdown| {
             live::follow(gateway, source, wait, shutdown)
+        });
+        let gateway = self.clone();
+        tasks.add("rate limit sweep", move |shutdown| async move {
+            let mut every = tokio::time::interval(FORGET_IDLE_CLIENTS_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        let held = live::forget_idle_clients(&gateway.limiter());
+                        metrics::gauge!("gateway_rate_limit_clients").set(held as f64);
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
+            }
         });
         tasks
     }

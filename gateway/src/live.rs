@@ -1,6 +1,7 @@
 //! The numbers operators may change in Consul KV while the gateway runs: breaker, timeout,
 //! CORS and rate limit. A watch re-reads them and applies them without a restart.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,29 @@ use crate::breaker::BreakerConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     User(uuid::Uuid),
-    Address(std::net::IpAddr),
+    Address(IpAddr),
+}
+
+impl ClientKey {
+    /// The key of a client known only by its address. An IPv6 host is usually given a whole
+    /// /64 and may send from any address in it: the /64 is the client, so that stepping
+    /// through its addresses neither escapes the limit nor fills the limiter with keys. An
+    /// IPv4-mapped address (as a dual-stack listener sees IPv4 clients) is its IPv4 address.
+    pub fn address(ip: IpAddr) -> Self {
+        Self::Address(match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+            v4 => v4,
+        })
+    }
+}
+
+/// Forgets the clients whose buckets have refilled (their state is no different from a client
+/// never seen), so that the limiter holds the clients of the last moments rather than every
+/// client since the start; the number it still holds.
+pub fn forget_idle_clients(limiter: &DefaultKeyedRateLimiter<ClientKey>) -> usize {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+    limiter.len()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,5 +166,54 @@ pub async fn follow(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_second: &str) -> Arc<DefaultKeyedRateLimiter<ClientKey>> {
+        let settings = Settings::default()
+            .with("rate_limit_per_second", per_second)
+            .with("rate_limit_burst", "1");
+        Live::from_settings(&settings).unwrap().limiter()
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_ipv4_address() {
+        let key = |ip: &str| ClientKey::address(ip.parse().unwrap());
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2::"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+    }
+
+    #[test]
+    fn clients_whose_buckets_have_refilled_are_forgotten_and_the_others_kept() {
+        let clients: Vec<ClientKey> = (0..100u8)
+            .map(|i| ClientKey::address(IpAddr::from([10, 0, 0, i])))
+            .collect();
+        // One request a second: each bucket is still refilling a moment later.
+        let slow = limiter("1");
+        // A thousand a second: each bucket is full again after a millisecond.
+        let fast = limiter("1000");
+        for client in &clients {
+            slow.check_key(client).unwrap();
+            fast.check_key(client).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(forget_idle_clients(&slow), 100);
+        assert_eq!(forget_idle_clients(&fast), 0);
+        // A forgotten client starts again with a full bucket.
+        assert!(fast.check_key(&clients[0]).is_ok());
+        assert!(
+            slow.check_key(&clients[0]).is_err(),
+            "its bucket is still empty"
+        );
     }
 }

@@ -122,7 +122,7 @@ pub async fn forward(
         })?;
         Some(platform::auth::caller_of(header, gateway.verifier()).map_err(refused)?)
     };
-    let client_key = caller.map_or(ClientKey::Address(about.client), |c| ClientKey::User(c.id));
+    let client_key = caller.map_or(ClientKey::address(about.client), |c| ClientKey::User(c.id));
     if let Err(wait) = gateway.limiter().check_key(&client_key) {
         let secs = wait.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
