@@ -44,15 +44,7 @@ async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_u
         edge.ready().await["upstreams"]["products"]["breaker"],
         "open"
     );
-    let metrics = edge
-        .client
-        .get(edge.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     assert!(
         metrics.contains("gateway_breaker_transitions_total"),
         "{metrics}"

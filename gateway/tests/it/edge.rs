@@ -262,15 +262,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         .unwrap();
     assert_eq!(other.status(), 200, "limits are per client");
     // How many clients the limiter holds, swept of idle ones in the background.
-    let metrics = edge
-        .client
-        .get(edge.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = edge.metrics().await;
     assert!(metrics.contains("gateway_rate_limit_clients"), "{metrics}");
 }
 

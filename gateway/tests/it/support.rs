@@ -175,6 +175,12 @@ impl Edge {
             .unwrap()
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let resp = self.client.get(self.url("/metrics")).send().await.unwrap();
+        resp.text().await.unwrap()
+    }
+
     pub async fn wait_for_instances(&self, service: &str, n: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
