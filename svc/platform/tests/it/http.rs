@@ -81,6 +81,21 @@ async fn expect_problem(resp: reqwest::Response, status: u16) -> Value {
 }
 
 #[tokio::test]
+async fn a_request_head_over_the_connection_buffer_is_431_and_one_within_it_is_served() {
+    let s = server().await;
+    let url = format!("{}/health", s.url());
+    let head_of = |header_bytes: usize| {
+        reqwest::Client::new()
+            .get(&url)
+            .header("x-padding", "p".repeat(header_bytes))
+            .send()
+    };
+    let max = platform::runtime::MAX_CONNECTION_BUFFER;
+    assert_eq!(head_of(max / 2).await.unwrap().status(), 200);
+    assert_eq!(head_of(max + 1).await.unwrap().status(), 431);
+}
+
+#[tokio::test]
 async fn client_mistakes_get_problem_json_with_the_right_status() {
     let s = server().await;
     let c = reqwest::Client::new();
