@@ -11,7 +11,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    platform::telemetry::init();
+    platform::boot::init_process();
     let env = Environment::from_env()?;
     let settings = env.settings(gateway::SERVICE).await?;
     let config = gateway::GatewayConfig::from_settings(&settings)?;

@@ -5,7 +5,7 @@ use platform::config::Settings;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    platform::telemetry::init();
+    platform::boot::init_process();
     let env = Environment::from_env()?;
     let settings = Settings::load(env.config.as_ref(), inventory::SERVICE).await?;
     let config = inventory::InventoryConfig::from_settings(&settings)?;

@@ -15,7 +15,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    platform::telemetry::init();
+    platform::boot::init_process();
     let config = LocalConfig::from_seed(&default_seed_path())?;
     let signing_pem = boot::dev_signing_key()?;
     let key = SigningKey::from_pem(&signing_pem)?;
