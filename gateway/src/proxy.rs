@@ -266,9 +266,15 @@ fn build_request(
     max_body_bytes: usize,
 ) -> (Request<ForwardBody>, Option<BodyProgress>) {
     let (mut parts, body) = req.into_parts();
+    // The host the caller asked for: an absolute-form target's (HTTP/1.1 sent to a proxy,
+    // RFC 9112 §3.2.2, where it outranks Host) or HTTP/2's :authority, else Host.
+    let mut asked_host = None;
     if parts.uri.scheme().is_some() {
-        // An absolute-form target (RFC 9112 §3.2.2) names the gateway: only its path and
-        // query go on.
+        asked_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        // Such a target names the gateway: only its path and query go on.
         let origin_form = parts
             .uri
             .path_and_query()
@@ -278,8 +284,9 @@ fn build_request(
     }
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    if let Some(host) = headers.insert(header::HOST, target.host.clone()) {
-        headers.insert(X_FORWARDED_HOST, host);
+    let host = headers.insert(header::HOST, target.host.clone());
+    if let Some(asked) = asked_host.or(host) {
+        headers.insert(X_FORWARDED_HOST, asked);
     }
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::try_from(format!("{prior}, {}", about.client)).ok(),

@@ -38,26 +38,15 @@ async fn unknown_and_internal_routes_are_404_and_reach_no_service() {
 
 #[tokio::test]
 async fn a_path_with_dot_segments_is_400_and_reaches_no_service() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();
     edge.add("cart", &cart).await;
-    // HTTP clients resolve dot segments before sending (reqwest would): written by hand.
     for path in [
         "/api/v1/cart/../../internal/carts/1",
         "/api/v1/cart/%2e%2e/%2E%2e/internal/carts/1",
         "/api/v1/cart/./items",
     ] {
-        let mut conn = tokio::net::TcpStream::connect(edge.server.addr)
-            .await
-            .unwrap();
-        let head = format!(
-            "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
-            edge.token()
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).await.unwrap();
+        let answer = raw_get(&edge, path, "x").await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
         assert!(
             answer.contains("application/problem+json") && answer.contains("segment"),
@@ -141,6 +130,65 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
         !headers.contains_key("proxy-authorization") && !headers.contains_key("te"),
         "hop-by-hop request headers are dropped: {headers:?}"
     );
+}
+
+#[tokio::test]
+async fn the_host_asked_for_in_an_absolute_target_or_http2_authority_is_forwarded() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    // HTTP/1.1 to a proxy: the target's host outranks Host (RFC 9112 §3.2.2).
+    let answer = raw_get(
+        &edge,
+        "http://shop.example/api/v1/cart/items",
+        "other.example",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let echoed: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(headers_of(&echoed)["x-forwarded-host"], "shop.example");
+    assert_eq!(echoed["path"], "/api/v1/cart/items");
+
+    // HTTP/2: no Host header, the host is the :authority.
+    let stream = tokio::net::TcpStream::connect(edge.server.addr)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let req = hyper::Request::get("http://shop.example/api/v1/cart/items")
+        .header("authorization", format!("Bearer {}", edge.token()))
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let echoed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers_of(&echoed)["x-forwarded-host"], "shop.example");
+}
+
+/// A customer's GET of `target` with `host`, written by hand (HTTP clients would resolve dot
+/// segments and send origin-form targets), and the whole answer.
+async fn raw_get(edge: &Edge, target: &str, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(edge.server.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "GET {target} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
+        edge.token()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    answer
 }
 
 /// The request headers the test instance echoed.
