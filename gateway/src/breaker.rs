@@ -145,6 +145,19 @@ impl Breaker {
         failures as f64 >= self.config.failure_rate * total as f64
     }
 
+    /// Gives back the permit of a call that ended with no outcome (its caller went away
+    /// before the answer). In half-open its place goes to another trial, as Resilience4j's
+    /// `releasePermission` does; kept, a few callers hanging up would hold every place and
+    /// the breaker would refuse calls for good.
+    pub fn release(&mut self, permit: Permit) {
+        if permit.generation != self.generation {
+            return;
+        }
+        if let State::HalfOpen { admitted, .. } = &mut self.state {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+
     /// Records the outcome of a permitted call.
     pub fn record(&mut self, permit: Permit, success: bool, now: Instant) {
         if permit.generation != self.generation {
@@ -301,6 +314,25 @@ mod tests {
             StateName::Closed,
             "the old failures are forgotten"
         );
+    }
+
+    #[test]
+    fn a_trial_given_back_without_an_outcome_lets_another_in() {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        assert!(b.try_acquire(later).is_err());
+        b.release(trials[0]);
+        let replacement = b.try_acquire(later).expect("the given-back place");
+        assert!(b.try_acquire(later).is_err(), "still three at most");
+        for p in [trials[1], trials[2], replacement] {
+            b.record(p, OK, later);
+        }
+        assert_eq!(b.state(), StateName::Closed);
+        // A permit of an earlier state given back changes nothing now.
+        b.release(trials[0]);
+        calls(&mut b, later, &[FAIL; 10]);
+        assert_eq!(b.state(), StateName::Open);
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl Upstream {
         self.breaker.lock().expect("breaker lock poisoned")
     }
 
-    pub(crate) fn acquire(&self) -> Result<Permit, Duration> {
+    /// A call the breaker lets through, or how long until it lets calls through again.
+    pub(crate) fn acquire(&self) -> Result<Call<'_>, Duration> {
         let (before, res, after) = {
             let mut breaker = self.breaker();
             let before = breaker.state();
@@ -98,10 +99,13 @@ impl Upstream {
             metrics::counter!("gateway_breaker_rejected_total", "upstream" => self.service)
                 .increment(1);
         }
-        res
+        res.map(|permit| Call {
+            upstream: self,
+            permit: Some(permit),
+        })
     }
 
-    pub(crate) fn record(&self, permit: Permit, success: bool) {
+    fn record(&self, permit: Permit, success: bool) {
         let (before, after) = {
             let mut breaker = self.breaker();
             let before = breaker.state();
@@ -109,6 +113,10 @@ impl Upstream {
             (before, breaker.state())
         };
         self.observe(before, after);
+    }
+
+    fn release(&self, permit: Permit) {
+        self.breaker().release(permit);
     }
 
     pub(crate) fn record_latency(&self, elapsed: Duration) {
@@ -125,6 +133,30 @@ impl Upstream {
             );
             metrics::counter!("gateway_breaker_transitions_total", "upstream" => self.service, "to" => after.as_str()).increment(1);
             self.state.set(after.gauge());
+        }
+    }
+}
+
+/// A call to an upstream that its breaker let through. Its outcome is recorded with
+/// [`Call::record`]; dropped unrecorded (the caller went away mid-call and its request was
+/// dropped with it), it gives its place back to the breaker.
+pub(crate) struct Call<'a> {
+    upstream: &'a Upstream,
+    permit: Option<Permit>,
+}
+
+impl Call<'_> {
+    pub(crate) fn record(mut self, success: bool) {
+        if let Some(permit) = self.permit.take() {
+            self.upstream.record(permit, success);
+        }
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.upstream.release(permit);
         }
     }
 }

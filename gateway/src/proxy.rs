@@ -133,14 +133,14 @@ pub async fn forward(
         )));
     }
     let upstream = gateway.upstream(service);
-    let permit = upstream.acquire().map_err(|wait| {
+    let call = upstream.acquire().map_err(|wait| {
         refused(Problem::unavailable(
             format!("{service} is failing and calls to it are paused"),
             wait.as_secs().max(1),
         ))
     })?;
     let Some(target) = gateway.upstreams.pick(service) else {
-        upstream.record(permit, false);
+        call.record(false);
         return Err(refused(Problem::unavailable(
             format!("no instance of {service} is available"),
             5,
@@ -157,14 +157,14 @@ pub async fn forward(
     upstream.record_latency(started.elapsed());
     let answer = match result {
         Err(Late::Upstream) => {
-            upstream.record(permit, false);
+            call.record(false);
             return Err(refused(Problem::timeout(format!(
                 "{service} did not answer within {} ms",
                 about.live.upstream_timeout.as_millis()
             ))));
         }
         Err(Late::UpstreamNotReading) => {
-            upstream.record(permit, false);
+            call.record(false);
             return Err(refused(Problem::timeout(format!(
                 "{service} did not take the request body within {} ms",
                 about.live.caller_body_timeout.as_millis()
@@ -172,7 +172,7 @@ pub async fn forward(
         }
         Err(Late::Caller) => {
             // The caller's slowness, not the upstream's: the breaker does not count it.
-            upstream.record(permit, true);
+            call.record(true);
             return Err(refused(Problem::request_timeout(format!(
                 "the request body did not arrive within {} ms",
                 about.live.caller_body_timeout.as_millis()
@@ -180,11 +180,11 @@ pub async fn forward(
         }
         Ok(Err(err)) if let Some(too_large) = body_too_large(&err) => {
             // The caller's fault, not the upstream's: the breaker does not count it.
-            upstream.record(permit, true);
+            call.record(true);
             return Err(refused(too_large));
         }
         Ok(Err(err)) => {
-            upstream.record(permit, false);
+            call.record(false);
             tracing::warn!(service, error = %err, "upstream call failed");
             return Err(refused(Problem::unavailable(
                 format!("{service} could not be reached"),
@@ -193,7 +193,7 @@ pub async fn forward(
         }
         Ok(Ok(resp)) => resp,
     };
-    upstream.record(permit, !answer.status().is_server_error());
+    call.record(!answer.status().is_server_error());
     let (mut parts, body) = answer.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = body.map_err(std::io::Error::other).boxed();

@@ -98,6 +98,40 @@ async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_success
 }
 
 #[tokio::test]
+async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(&edge, &products, &[500; 10]).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    products.answer(200);
+    products.delay(Duration::from_millis(250));
+    // Three callers take the three trials and hang up before the answer: the gateway drops
+    // their calls, with no outcome.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let gave_up = impatient
+            .get(edge.url("/api/v1/products"))
+            .bearer_auth(edge.token())
+            .send()
+            .await
+            .unwrap_err();
+        assert!(gave_up.is_timeout(), "{gave_up}");
+    }
+    // (The gateway sees each hang-up as soon as it reads from that connection again.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    products.delay(Duration::ZERO);
+    calls(&edge, &products, &[200; 3]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "closed"
+    );
+}
+
+#[tokio::test]
 async fn two_failed_trials_reopen_it() {
     let mut edge = Edge::start(&[]).await;
     let products = Upstream::new();
