@@ -18,6 +18,17 @@ async fn calls(edge: &Edge, upstream: &Upstream, statuses: &[u16]) {
     }
 }
 
+/// A gateway whose breaker for products was opened by 10 failures, and whose open period
+/// (`breaker_open_ms` = 400 in tests) has just passed: the next calls are trials.
+async fn past_the_open_period() -> (Edge, Upstream) {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(&edge, &products, &[500; 10]).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    (edge, products)
+}
+
 #[tokio::test]
 async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_upstream() {
     let mut edge = Edge::start(&[]).await;
@@ -72,11 +83,7 @@ async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
 
 #[tokio::test]
 async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_successes_close_it() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
-    calls(&edge, &products, &[500; 10]).await;
-    tokio::time::sleep(Duration::from_millis(450)).await; // breaker_open_ms = 400 in tests
+    let (edge, products) = past_the_open_period().await;
     products.answer(200);
     products.delay(Duration::from_millis(150));
     let trials = (0..3).map(|_| edge.get("/api/v1/products"));
@@ -99,11 +106,7 @@ async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_success
 
 #[tokio::test]
 async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
-    calls(&edge, &products, &[500; 10]).await;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (edge, products) = past_the_open_period().await;
     products.answer(200);
     products.delay(Duration::from_millis(250));
     // Three callers take the three trials and hang up before the answer: the gateway drops
@@ -133,11 +136,7 @@ async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
 
 #[tokio::test]
 async fn two_failed_trials_reopen_it() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
-    calls(&edge, &products, &[500; 10]).await;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (edge, products) = past_the_open_period().await;
     calls(&edge, &products, &[500, 200, 500]).await;
     assert_eq!(
         edge.ready().await["upstreams"]["products"]["breaker"],
