@@ -151,6 +151,10 @@ impl Call<'_> {
             self.upstream.record(permit, success);
         }
     }
+
+    /// Ends a call whose outcome says nothing of the upstream (the caller's own fault or
+    /// slowness): not counted, its place given back.
+    pub(crate) fn release(self) {}
 }
 
 impl Drop for Call<'_> {

@@ -172,16 +172,16 @@ pub async fn forward(
         }
         Err(Late::Caller) => {
             // The caller's slowness, not the upstream's: the breaker does not count it.
-            call.record(true);
+            call.release();
             return Err(refused(Problem::request_timeout(format!(
                 "the request body did not arrive within {} ms",
                 about.live.caller_body_timeout.as_millis()
             ))));
         }
-        Ok(Err(err)) if let Some(too_large) = body_too_large(&err) => {
+        Ok(Err(err)) if let Some(problem) = callers_fault(&err) => {
             // The caller's fault, not the upstream's: the breaker does not count it.
-            call.record(true);
-            return Err(refused(too_large));
+            call.release();
+            return Err(refused(problem));
         }
         Ok(Err(err)) => {
             call.record(false);
@@ -246,12 +246,15 @@ async fn within_limits<F: Future>(
     }
 }
 
-/// 413, if an upstream call failed because the caller's body outgrew the limit.
-fn body_too_large(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
+/// The caller's part in a failed upstream call, if it had one: its body outgrew the limit
+/// (413), or could not be read (400: a malformed chunk, say, or the caller gone mid-body).
+fn callers_fault(err: &(dyn std::error::Error + 'static)) -> Option<Problem> {
     std::iter::successors(Some(err), |e| e.source()).find_map(|e| {
         match e.downcast_ref::<CappedBodyError<hyper::Error>>()? {
             CappedBodyError::TooLarge(max) => Some(Problem::body_too_large(*max)),
-            CappedBodyError::Inner(_) => None,
+            CappedBodyError::Inner(err) => Some(Problem::bad_request(format!(
+                "the request body could not be read: {err}"
+            ))),
         }
     })
 }

@@ -267,6 +267,29 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_malformed_body_is_400_and_no_failure_of_the_upstream() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    // A chunked body whose second chunk size is not hexadecimal: the caller's mistake.
+    let request = format!(
+        "PUT /api/v1/cart/items/x HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n2\r\n{{}}\r\nzz\r\n",
+        edge.token()
+    );
+    for _ in 0..10 {
+        let answer = edge.raw(&request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+    }
+    assert_eq!(
+        edge.ready().await["upstreams"]["cart"]["breaker"],
+        "closed",
+        "ten malformed bodies are not ten failures of cart"
+    );
+    assert_eq!(put_cart_item(&edge, "{}").await.status(), 200);
+}
+
+#[tokio::test]
 async fn an_oversized_body_is_413_at_the_gateway() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();

@@ -177,18 +177,11 @@ async fn the_host_asked_for_in_an_absolute_target_or_http2_authority_is_forwarde
 /// A customer's GET of `target` with `host`, written by hand (HTTP clients would resolve dot
 /// segments and send origin-form targets), and the whole answer.
 async fn raw_get(edge: &Edge, target: &str, host: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(edge.server.addr)
-        .await
-        .unwrap();
-    let head = format!(
+    edge.raw(&format!(
         "GET {target} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {}\r\nconnection: close\r\n\r\n",
         edge.token()
-    );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).await.unwrap();
-    answer
+    ))
+    .await
 }
 
 /// The request headers the test instance echoed.

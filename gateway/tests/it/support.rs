@@ -175,6 +175,19 @@ impl Edge {
             .unwrap()
     }
 
+    /// `request` (head and body, as it goes on the wire) sent on a new connection, and the
+    /// whole answer: for requests HTTP clients would not send as they are.
+    pub async fn raw(&self, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.server.addr)
+            .await
+            .unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
     /// The text of `/metrics`.
     pub async fn metrics(&self) -> String {
         let resp = self.client.get(self.url("/metrics")).send().await.unwrap();
