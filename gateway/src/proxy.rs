@@ -115,23 +115,23 @@ pub async fn forward(
     let caller = if routes::is_public(req.method(), path) {
         None
     } else {
-        let header = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
-            refused(Problem::unauthorized(
-                "a valid bearer access token is required",
-            ))
-        })?;
-        Some(platform::auth::caller_of(header, gateway.verifier()).map_err(refused)?)
+        let checked = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Problem::unauthorized("a valid bearer access token is required"))
+            .and_then(|header| platform::auth::caller_of(header, gateway.verifier()));
+        match checked {
+            Ok(caller) => Some(caller),
+            Err(unauthorized) => {
+                // Refused callers count against their address too: tokens cannot be tried, nor
+                // signatures made to be checked, faster than the rate limit allows.
+                within_rate(gateway, ClientKey::address(about.client)).map_err(refused)?;
+                return Err(refused(unauthorized));
+            }
+        }
     };
     let client_key = caller.map_or(ClientKey::address(about.client), |c| ClientKey::User(c.id));
-    if let Err(wait) = gateway.limiter().check_key(&client_key) {
-        let secs = wait.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        return Err(refused(Problem::too_many_requests(
-            "too many requests from this client; slow down",
-            secs.as_secs().max(1),
-        )));
-    }
+    within_rate(gateway, client_key).map_err(refused)?;
     let upstream = gateway.upstream(service);
     let call = upstream.acquire().map_err(|wait| {
         refused(Problem::unavailable(
@@ -198,6 +198,19 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     let body = body.map_err(std::io::Error::other).boxed();
     Ok((Response::from_parts(parts, body), service))
+}
+
+/// 429, if `client` has used up its rate.
+fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Problem> {
+    gateway.limiter().check_key(&client).map_err(|wait| {
+        let secs = wait.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        Problem::too_many_requests(
+            "too many requests from this client; slow down",
+            secs.as_secs().max(1),
+        )
+    })
 }
 
 /// Who made an upstream call take too long.

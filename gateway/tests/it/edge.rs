@@ -261,6 +261,20 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(other.status(), 200, "limits are per client");
+    // Callers refused for their token count against their address: a forged or missing token
+    // is not tried faster than the limit allows.
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let resp = edge
+            .client
+            .get(edge.url("/api/v1/cart"))
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap();
+        refused.push(resp.status().as_u16());
+    }
+    assert_eq!(refused, [401, 401, 401, 429, 429]);
     // How many clients the limiter holds, swept of idle ones in the background.
     let metrics = edge.metrics().await;
     assert!(metrics.contains("gateway_rate_limit_clients"), "{metrics}");
