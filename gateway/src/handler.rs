@@ -17,6 +17,7 @@ use platform::problem::Problem;
 use platform::runtime::{ConnectionAddrs, Handler, PoemHandler, ResponseBody};
 
 use crate::forward::UpstreamClient;
+use crate::live::ClientKey;
 use crate::proxy::{self, Forwarding, Refused};
 use crate::{Gateway, SERVICE};
 
@@ -45,9 +46,12 @@ impl GatewayHandler {
 
 /// The paths the gateway answers itself.
 fn is_own_route(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/docs")
-        || path.starts_with("/docs/")
-        || path.starts_with("/openapi/")
+    matches!(path, "/health" | "/ready" | "/metrics") || is_document_route(path)
+}
+
+/// The Swagger UI and the services' documents it shows.
+fn is_document_route(path: &str) -> bool {
+    path == "/docs" || path.starts_with("/docs/") || path.starts_with("/openapi/")
 }
 
 impl Handler for GatewayHandler {
@@ -57,6 +61,14 @@ impl Handler for GatewayHandler {
         addrs: ConnectionAddrs,
     ) -> Response<ResponseBody> {
         if is_own_route(req.uri().path()) {
+            // The documents are pages for people, and each costs a call to a service: limited
+            // per address as proxied requests are. Probes and metric scrapes are not.
+            if is_document_route(req.uri().path())
+                && let Err(problem) =
+                    proxy::within_rate(&self.gateway, ClientKey::address(addrs.remote.ip()))
+            {
+                return problem_response(&problem, context::request_id_of(req.headers()).as_str());
+            }
             return self.own_routes.handle(req, addrs).await;
         }
         let started = Instant::now();

@@ -201,7 +201,7 @@ pub async fn forward(
 }
 
 /// 429, if `client` has used up its rate.
-fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Problem> {
+pub(crate) fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Problem> {
     gateway.limiter().check_key(&client).map_err(|wait| {
         let secs = wait.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),

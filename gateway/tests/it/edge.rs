@@ -304,6 +304,28 @@ async fn a_malformed_body_is_400_and_no_failure_of_the_upstream() {
 }
 
 #[tokio::test]
+async fn the_documents_are_rate_limited_and_probes_are_not() {
+    let edge = Edge::start(&[("rate_limit_per_second", "1"), ("rate_limit_burst", "3")]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let resp = edge.client.get(edge.url("/docs")).send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let resp = edge
+        .client
+        .get(edge.url("/openapi/products.json"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 429).await;
+    for path in ["/health", "/ready", "/metrics"] {
+        let resp = edge.client.get(edge.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn an_oversized_body_is_413_at_the_gateway() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();
