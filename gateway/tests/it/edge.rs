@@ -104,12 +104,7 @@ async fn public_routes_need_no_token() {
     let products = Upstream::new();
     edge.add("products", &products).await;
     assert_eq!(
-        edge.client
-            .get(edge.url("/api/v1/products/abc"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        edge.get_anonymous("/api/v1/products/abc").await.status(),
         200
     );
     expect_problem(
@@ -308,19 +303,14 @@ async fn the_documents_are_rate_limited_and_probes_are_not() {
     let edge = Edge::start(&[("rate_limit_per_second", "1"), ("rate_limit_burst", "3")]).await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let resp = edge.client.get(edge.url("/docs")).send().await.unwrap();
+        let resp = edge.get_anonymous("/docs").await;
         statuses.push(resp.status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
-    let resp = edge
-        .client
-        .get(edge.url("/openapi/products.json"))
-        .send()
-        .await
-        .unwrap();
+    let resp = edge.get_anonymous("/openapi/products.json").await;
     expect_problem(resp, 429).await;
     for path in ["/health", "/ready", "/metrics"] {
-        let resp = edge.client.get(edge.url(path)).send().await.unwrap();
+        let resp = edge.get_anonymous(path).await;
         assert_eq!(resp.status(), 200, "{path}");
     }
 }
@@ -542,15 +532,7 @@ async fn docs_list_every_service_document() {
     let mut edge = Edge::start(&[]).await;
     let users = Upstream::new();
     edge.add("users", &users).await;
-    let page = edge
-        .client
-        .get(edge.url("/docs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = edge.get_anonymous("/docs").await.text().await.unwrap();
     for service in [
         "users",
         "products",
@@ -575,23 +557,10 @@ async fn docs_list_every_service_document() {
     ] {
         assert_eq!(page.matches(wiring).count(), 1, "{wiring}");
     }
-    let doc = edge
-        .client
-        .get(edge.url("/openapi/users.json"))
-        .send()
-        .await
-        .unwrap();
+    let doc = edge.get_anonymous("/openapi/users.json").await;
     assert_eq!(doc.status(), 200);
     assert_eq!(users.hits(), 1, "the document comes from the service");
-    expect_problem(
-        edge.client
-            .get(edge.url("/openapi/nothing.json"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    expect_problem(edge.get_anonymous("/openapi/nothing.json").await, 404).await;
 }
 
 /// Sets a gateway key in the running gateway's config source and waits until `applied`

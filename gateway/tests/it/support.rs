@@ -226,6 +226,11 @@ impl Edge {
         self.get_with_headers(path, &[]).await
     }
 
+    /// A GET with no token.
+    pub async fn get_anonymous(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// A GET as a signed-in customer, with `headers` added.
     pub async fn get_with_headers(
         &self,
