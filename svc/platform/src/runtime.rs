@@ -467,11 +467,11 @@ impl hyper::body::Body for InFlightBody {
         let this = &mut *self;
         this.in_flight.0.body_polls.fetch_add(1, Ordering::AcqRel);
         let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        // The last part of a body is hyper's to send once the body is dropped: the idle limit
-        // covers it. Any other part is followed by a poll for the next once it has gone.
-        let more_to_come =
-            matches!(polled, std::task::Poll::Ready(Some(Ok(_)))) && !this.body.is_end_stream();
-        this.set_waiting_on_client(more_to_come);
+        // A part handed over waits on the client until the next is asked for or the body is
+        // dropped. Over HTTP/1 the last part is written as the body is dropped (then the idle
+        // limit covers it); over HTTP/2 the body is kept until its last part has found room
+        // in the client's window, which a client that opens none never gives.
+        this.set_waiting_on_client(matches!(polled, std::task::Poll::Ready(Some(Ok(_)))));
         polled
     }
 

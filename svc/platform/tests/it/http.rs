@@ -411,6 +411,35 @@ async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_limit
 }
 
 #[tokio::test]
+async fn an_http2_client_that_gives_its_answer_no_window_is_disconnected() {
+    let idle_limit = Duration::from_millis(300);
+    let s = server_with_idle_limit(idle_limit).await;
+    // A window of 0 for every stream: the answer's one part waits for room that never comes.
+    let stream = TcpStream::connect(s.addr).await.unwrap();
+    let (mut send, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let req = poem::http::Request::get(format!("{}/health", s.url()))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.expect("the answer's head");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body();
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the connection is dropped within the limits, not held open")
+        .unwrap()
+        .expect_err("dropped, not closed gracefully");
+    drop(body);
+}
+
+#[tokio::test]
 async fn a_request_taking_longer_than_the_limit_is_answered_over_either_protocol() {
     let idle_limit = Duration::from_millis(300);
     let slow = poem::endpoint::make(move |_| async move {
