@@ -175,7 +175,9 @@ impl Breaker {
             }
             State::HalfOpen { outcomes, .. } => {
                 outcomes.push(success);
-                (outcomes.len() == trials).then(|| failures_of(outcomes.iter()))
+                // At least, not exactly: the number of trials may have been lowered by a live
+                // config change after they were let in, and a verdict must still come.
+                (outcomes.len() >= trials).then(|| failures_of(outcomes.iter()))
             }
             State::Open { .. } => None,
         };
@@ -333,6 +335,21 @@ mod tests {
         b.release(trials[0]);
         calls(&mut b, later, &[FAIL; 10]);
         assert_eq!(b.state(), StateName::Open);
+    }
+
+    #[test]
+    fn fewer_trials_configured_while_half_open_still_bring_a_verdict() {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        b.record(trials[0], OK, later);
+        b.record(trials[1], OK, later);
+        b.reconfigure(BreakerConfig {
+            half_open_calls: 2,
+            ..BreakerConfig::default()
+        });
+        b.record(trials[2], OK, later);
+        assert_eq!(b.state(), StateName::Closed);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use platform::config::{ConfigError, ConfigSource, ROOT, Settings};
 use crate::Gateway;
 use crate::breaker::BreakerConfig;
 
+/// The most calls a breaker's window may hold.
+const MAX_BREAKER_WINDOW: usize = 10_000;
+
 /// Whom a rate limit counts: the signed-in user, else the client's address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
@@ -97,6 +100,23 @@ impl Live {
                 "window and half-open calls must be positive",
             ));
         }
+        // A breaker keeps its window's outcomes: bounded, and judged within a sensible count.
+        if live.breaker.window > MAX_BREAKER_WINDOW {
+            return Err(invalid(
+                "breaker_window",
+                live.breaker.window.to_string(),
+                &format!("must be at most {MAX_BREAKER_WINDOW}"),
+            ));
+        }
+        // A limit of 0 would time out every call (and open every breaker) or every body.
+        for (key, limit) in [
+            ("upstream_timeout_ms", live.upstream_timeout),
+            ("caller_body_timeout_ms", live.caller_body_timeout),
+        ] {
+            if limit.is_zero() {
+                return Err(invalid(key, "0".to_owned(), "must be positive"));
+            }
+        }
         if live.cors_origins.iter().any(|o| o == "*") {
             return Err(invalid(
                 "cors_allowed_origins",
@@ -178,6 +198,21 @@ mod tests {
             .with("rate_limit_per_second", per_second)
             .with("rate_limit_burst", "1");
         Live::from_settings(&settings).unwrap().limiter()
+    }
+
+    #[test]
+    fn zero_limits_and_oversized_windows_are_refused() {
+        for (key, value) in [
+            ("upstream_timeout_ms", "0"),
+            ("caller_body_timeout_ms", "0"),
+            ("breaker_window", "10001"),
+        ] {
+            let settings = Settings::default().with(key, value);
+            let err = Live::from_settings(&settings).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let settings = Settings::default().with("breaker_window", "10000");
+        assert!(Live::from_settings(&settings).is_ok());
     }
 
     #[test]

@@ -27,11 +27,18 @@ impl Target {
     }
 }
 
+/// The instances of one service, and where its round-robin stands. Each service turns its
+/// own: with one counter for all, a client alternating between two services would send each
+/// to the same instance every time.
+struct Instances {
+    targets: Vec<Target>,
+    next: AtomicUsize,
+}
+
 #[derive(Clone)]
 pub struct Upstreams {
     discovery: Arc<dyn Discovery>,
-    instances: Arc<RwLock<foldhash::HashMap<String, Arc<Vec<Target>>>>>,
-    next: Arc<AtomicUsize>,
+    instances: Arc<RwLock<foldhash::HashMap<String, Arc<Instances>>>>,
 }
 
 impl Upstreams {
@@ -39,16 +46,15 @@ impl Upstreams {
         Self {
             discovery,
             instances: Arc::default(),
-            next: Arc::default(),
         }
     }
 
     /// The next instance of `service`, round-robin; None when none is healthy.
     pub fn pick(&self, service: &str) -> Option<Target> {
         let instances = self.instances.read().expect("upstreams lock poisoned");
-        let all = instances.get(service).filter(|all| !all.is_empty())?;
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(all[i % all.len()].clone())
+        let of = instances.get(service).filter(|of| !of.targets.is_empty())?;
+        let i = of.next.fetch_add(1, Ordering::Relaxed);
+        Some(of.targets[i % of.targets.len()].clone())
     }
 
     /// How many healthy instances of `service` are known.
@@ -57,7 +63,7 @@ impl Upstreams {
             .read()
             .expect("upstreams lock poisoned")
             .get(service)
-            .map_or(0, |all| all.len())
+            .map_or(0, |of| of.targets.len())
     }
 
     fn set(&self, service: &str, instances: Vec<Instance>) {
@@ -74,7 +80,13 @@ impl Upstreams {
         self.instances
             .write()
             .expect("upstreams lock poisoned")
-            .insert(service.to_owned(), Arc::new(targets));
+            .insert(
+                service.to_owned(),
+                Arc::new(Instances {
+                    targets,
+                    next: AtomicUsize::new(0),
+                }),
+            );
     }
 
     /// Follows `service` with blocking queries until cancelled: a new or dead instance is

@@ -25,6 +25,24 @@ async fn two_instances_share_the_load_and_a_stopped_one_gets_no_more_traffic() {
 }
 
 #[tokio::test]
+async fn each_service_takes_its_own_turns() {
+    let mut edge = Edge::start(&[]).await;
+    let carts = (Upstream::new(), Upstream::new());
+    let orders = (Upstream::new(), Upstream::new());
+    for (service, (a, b)) in [("cart", &carts), ("orders", &orders)] {
+        edge.add(service, a).await;
+        edge.add(service, b).await;
+    }
+    // A client alternating between two services: each still shares its load.
+    for _ in 0..4 {
+        assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
+        assert_eq!(edge.get("/api/v1/orders").await.status(), 200);
+    }
+    assert_eq!((carts.0.hits(), carts.1.hits()), (2, 2));
+    assert_eq!((orders.0.hits(), orders.1.hits()), (2, 2));
+}
+
+#[tokio::test]
 async fn unknown_and_internal_routes_are_404_and_reach_no_service() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();
