@@ -157,33 +157,48 @@ pub async fn follow(
             w = source.watch(&prefix, index, wait) => w,
             _ = shutdown.cancelled() => return,
         };
-        match watched {
+        let failed = match watched {
+            // The wait ended with nothing new.
+            Ok(w) if w.index == index => false,
             Ok(w) => {
-                let changed = index != 0 && w.index != index;
-                index = w.index;
-                if !changed {
-                    continue;
-                }
-                match Settings::load(source.as_ref(), "gateway")
-                    .await
-                    .and_then(|s| Live::from_settings(&s))
-                {
-                    Ok(live) => {
-                        tracing::info!(?live, "gateway configuration changed");
-                        gateway.apply(live);
+                // Never 0 again, which asks for an answer at once (Consul's advice for an
+                // index that reads 0).
+                index = w.index.max(1);
+                // Read and compared with what is in force whatever the index: the first answer
+                // (at start, or after a failure) may follow a change nobody was watching for.
+                match Settings::load(source.as_ref(), "gateway").await {
+                    Ok(settings) => {
+                        match Live::from_settings(&settings) {
+                            Ok(live) if live != *gateway.live() => {
+                                tracing::info!(?live, "gateway configuration changed");
+                                gateway.apply(live);
+                            }
+                            Ok(_) => {}
+                            // Kept until the next change: the numbers in force stay.
+                            Err(err) => tracing::error!(
+                                error = %err,
+                                "ignoring an invalid gateway configuration"
+                            ),
+                        }
+                        false
                     }
                     Err(err) => {
-                        tracing::error!(error = %err, "ignoring an invalid gateway configuration")
+                        tracing::warn!(error = %err, "cannot read the gateway configuration; retrying");
+                        true
                     }
                 }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "config watch failed; retrying");
-                index = 0;
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
+                true
+            }
+        };
+        if failed {
+            // Read again from the start: a change made meanwhile is not lost.
+            index = 0;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
             }
         }
     }
