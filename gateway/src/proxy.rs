@@ -140,7 +140,10 @@ pub async fn forward(
         ))
     })?;
     let Some(target) = gateway.upstreams.pick(service) else {
-        call.record(false);
+        // No call was made: nothing for the breaker to judge. Counted, a restart of a single
+        // instance would open the breaker and keep callers out for its open period after
+        // the new instance had registered.
+        call.release();
         return Err(refused(Problem::unavailable(
             format!("no instance of {service} is available"),
             5,

@@ -43,6 +43,23 @@ async fn each_service_takes_its_own_turns() {
 }
 
 #[tokio::test]
+async fn calls_made_while_no_instance_is_known_do_not_open_the_breaker() {
+    let mut edge = Edge::start(&[]).await;
+    for _ in 0..10 {
+        let problem = expect_problem(edge.get("/api/v1/orders").await, 503).await;
+        assert!(problem["detail"].as_str().unwrap().contains("no instance"));
+    }
+    // The instance registers (a restart's gap is over): it is called at once.
+    let orders = Upstream::new();
+    edge.add("orders", &orders).await;
+    assert_eq!(edge.get("/api/v1/orders").await.status(), 200);
+    assert_eq!(
+        edge.ready().await["upstreams"]["orders"]["breaker"],
+        "closed"
+    );
+}
+
+#[tokio::test]
 async fn unknown_and_internal_routes_are_404_and_reach_no_service() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();
