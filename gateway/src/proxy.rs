@@ -44,6 +44,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
+    // A message sent chunked and with a length is framed by the chunks (RFC 9112 §6.3), and a
+    // proxy must drop the length; hyper's client decodes the chunks but keeps the header, and
+    // the answer passed on with it would be framed by a length its body does not have.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // Headers named by Connection are hop-by-hop too.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -434,19 +440,40 @@ mod tests {
         }
     }
 
+    /// The names of `headers` left after stripping.
+    fn left_after_stripping(headers: &[(&'static str, &'static str)]) -> Vec<String> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut map);
+        map.keys().map(|name| name.as_str().to_owned()).collect()
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_dropped_and_the_rest_kept() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("hop"));
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        let left = left_after_stripping(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "hop"),
+            ("te", "trailers"),
+            ("content-type", "text/plain"),
+        ]);
         assert_eq!(left, ["content-type"]);
+    }
+
+    #[test]
+    fn a_length_beside_chunked_framing_is_dropped_with_it() {
+        let left = left_after_stripping(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
+            ("content-type", "text/plain"),
+        ]);
+        assert_eq!(left, ["content-type"]);
+        // A length alone is the message's framing and stays.
+        assert_eq!(
+            left_after_stripping(&[("content-length", "5")]),
+            ["content-length"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
