@@ -62,6 +62,22 @@ fn blocking(index: u64, wait: Duration) -> Option<Features> {
     })
 }
 
+/// How long the answer to a query may take before its connection is taken for dead: Consul
+/// holds a blocking query for its wait plus up to a sixteenth of it (its jitter), and this
+/// margin covers the rest. consulrs's HTTP client sets no limit of its own, so a connection
+/// lost without a reset (a partition, a NAT entry dropped) would hold a watch for good.
+fn answer_limit(wait: Duration) -> Duration {
+    wait + wait / 16 + Duration::from_secs(2)
+}
+
+/// `query`, or an error once it has taken longer than [`answer_limit`] of `wait`.
+async fn answered<T>(wait: Duration, query: impl Future<Output = T>) -> Result<T, String> {
+    let limit = answer_limit(wait);
+    tokio::time::timeout(limit, query)
+        .await
+        .map_err(|_| format!("Consul did not answer within {limit:?}"))
+}
+
 fn parse_index(index: Option<&String>) -> u64 {
     index.and_then(|i| i.parse().ok()).unwrap_or(0)
 }
@@ -141,9 +157,13 @@ impl Consul {
             service: service.to_owned(),
             passing: Some(true),
         };
-        let res = consulrs::api::exec_with_result(&self.client, endpoint)
-            .await
-            .map_err(|e| DiscoveryError::Unreachable(e.to_string()))?;
+        let res = answered(
+            wait,
+            consulrs::api::exec_with_result(&self.client, endpoint),
+        )
+        .await
+        .map_err(DiscoveryError::Unreachable)?
+        .map_err(|e| DiscoveryError::Unreachable(e.to_string()))?;
         let mut instances: Vec<Instance> = res.response.into_iter().map(Instance::from).collect();
         instances.sort();
         Ok(Resolved {
@@ -210,7 +230,13 @@ impl Consul {
             recurse: Some(true),
             ..Default::default()
         };
-        match consulrs::api::exec_with_result(&self.client, endpoint).await {
+        let answer = answered(
+            wait,
+            consulrs::api::exec_with_result(&self.client, endpoint),
+        )
+        .await
+        .map_err(ConfigError::Unreachable)?;
+        match answer {
             Ok(res) => {
                 let mut pairs = Vec::new();
                 for kv in res.response {

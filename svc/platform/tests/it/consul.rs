@@ -87,6 +87,42 @@ async fn the_kv_seed_imported_into_consul_reads_as_the_local_files_do() {
     assert_eq!(from_consul.raw("redis_url"), Some("redis://127.0.0.1:6379"));
 }
 
+#[tokio::test]
+async fn a_consul_that_never_answers_fails_the_watches_after_their_wait() {
+    // Accepts connections and never answers: as a connection lost without a reset looks.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let consul = Consul::new(&url, None).unwrap();
+    let wait = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let config = ConfigSource::watch(&consul, "micromart/", 1, wait);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), config)
+            .await
+            .expect("not held")
+            .is_err()
+    );
+    let instances = Discovery::watch(&consul, "users", 1, wait);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), instances)
+            .await
+            .expect("not held")
+            .is_err()
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= wait * 2,
+        "each waited its wait first: {elapsed:?}"
+    );
+    held.abort();
+}
+
 #[test]
 fn the_kv_seed_is_generated_from_the_documented_keys() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
