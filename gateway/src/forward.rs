@@ -328,6 +328,8 @@ where
                     let body = PooledBody {
                         inner: body,
                         finished: false,
+                        stall_limit: None,
+                        stalled_at: None,
                         give_back: Some(GiveBack {
                             client: self.clone(),
                             authority: authority.clone(),
@@ -416,22 +418,61 @@ pub struct PooledBody<B = ForwardBody> {
     inner: Incoming,
     finished: bool,
     give_back: Option<GiveBack<B>>,
+    /// How long the instance may go without sending any of the body, once it has been asked
+    /// for more; none by default.
+    stall_limit: Option<Duration>,
+    /// Armed when the body is asked for more and has none yet, dropped when some comes.
+    stalled_at: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Why an answer's body could not be passed on whole.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerBodyError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("the instance sent nothing more of its answer for {0:?}")]
+    Stalled(Duration),
+}
+
+impl<B> PooledBody<B> {
+    /// Fails the body once the instance has sent nothing of it for `limit` while more was
+    /// wanted: an instance that sent the head and hangs would otherwise hold the caller (and
+    /// the connection) for good. The timer is armed only when the body has to wait.
+    pub fn limit_stalls(&mut self, limit: Duration) {
+        self.stall_limit = Some(limit);
+    }
 }
 
 impl<B> Body for PooledBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = AnswerBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, AnswerBodyError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.finished = true;
+        match polled {
+            Poll::Pending => {
+                if let Some(limit) = this.stall_limit {
+                    let stalled_at = this
+                        .stalled_at
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if stalled_at.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(AnswerBodyError::Stalled(limit))));
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(polled) => {
+                this.stalled_at = None;
+                if polled.is_none() {
+                    this.finished = true;
+                }
+                Poll::Ready(polled.map(|frame| frame.map_err(AnswerBodyError::from)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -735,5 +776,32 @@ mod tests {
             panic!("a request to a closed port was answered");
         };
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_whose_instance_stops_sending_fails_after_the_stall_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_head(&mut stream, &mut Vec::new()).await;
+            let part = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc";
+            stream.write_all(part).await.unwrap();
+            // Nothing more, and the connection kept open.
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let client = UpstreamClient::default();
+        let mut body = client.request(&authority, get()).await.unwrap().into_body();
+        let limit = Duration::from_millis(200);
+        body.limit_stalls(limit);
+        let started = Instant::now();
+        let err = body.collect().await.unwrap_err();
+        assert!(matches!(err, AnswerBodyError::Stalled(_)), "{err:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= limit && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 }

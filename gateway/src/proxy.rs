@@ -203,7 +203,8 @@ pub async fn forward(
         Ok(Ok(resp)) => resp,
     };
     call.record(!answer.status().is_server_error());
-    let (mut parts, body) = answer.into_parts();
+    let (mut parts, mut body) = answer.into_parts();
+    body.limit_stalls(about.live.upstream_timeout);
     strip_hop_by_hop(&mut parts.headers);
     let body = body.map_err(std::io::Error::other).boxed();
     Ok((Response::from_parts(parts, body), service))
