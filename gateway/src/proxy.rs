@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use poem::http::uri::PathAndQuery;
-use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 
 use platform::body_limit::CappedBodyError;
 use platform::context::{self, RequestId};
@@ -199,6 +199,15 @@ pub async fn forward(
                 format!("{service} could not be reached"),
                 5,
             )));
+        }
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            // The gateway asks for no upgrade (Upgrade is hop-by-hop, dropped): a switch of
+            // protocols is the instance's fault, and passed on it would end the caller's
+            // connection with nothing it could use.
+            call.record(false);
+            return Err(refused(Problem::bad_gateway(format!(
+                "{service} switched protocols, which the gateway did not ask for"
+            ))));
         }
         Ok(Ok(resp)) => resp,
     };

@@ -63,6 +63,24 @@ async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_u
 }
 
 #[tokio::test]
+async fn a_switch_of_protocols_nobody_asked_for_is_502_and_a_failure() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    products.answer(101);
+    for _ in 0..5 {
+        expect_problem(edge.get("/api/v1/products").await, 502).await;
+    }
+    products.answer(200);
+    calls(&edge, &products, &[200; 5]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "open",
+        "5 failures of 10 opened it"
+    );
+}
+
+#[tokio::test]
 async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
     let mut edge = Edge::start(&[]).await;
     let products = Upstream::new();

@@ -147,6 +147,10 @@ impl Problem {
     pub fn timeout(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "dependency-timeout", detail)
     }
+    /// A dependency answered with something that cannot be passed on.
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "dependency-invalid-answer", detail)
+    }
     /// The caller took too long to send its request.
     pub fn request_timeout(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", detail)
