@@ -164,29 +164,14 @@ pub async fn follow(
                 // Never 0 again, which asks for an answer at once (Consul's advice for an
                 // index that reads 0).
                 index = w.index.max(1);
-                // Read and compared with what is in force whatever the index: the first answer
-                // (at start, or after a failure) may follow a change nobody was watching for.
-                match Settings::load(source.as_ref(), "gateway").await {
-                    Ok(settings) => {
-                        match Live::from_settings(&settings) {
-                            Ok(live) if live != *gateway.live() => {
-                                tracing::info!(?live, "gateway configuration changed");
-                                gateway.apply(live);
-                            }
-                            Ok(_) => {}
-                            // Kept until the next change: the numbers in force stay.
-                            Err(err) => tracing::error!(
-                                error = %err,
-                                "ignoring an invalid gateway configuration"
-                            ),
-                        }
-                        false
-                    }
-                    Err(err) => {
+                // Read whatever the index says: the first answer (at start, or after a
+                // failure) may follow a change nobody was watching for.
+                reload(&gateway, source.as_ref())
+                    .await
+                    .inspect_err(|err| {
                         tracing::warn!(error = %err, "cannot read the gateway configuration; retrying");
-                        true
-                    }
-                }
+                    })
+                    .is_err()
             }
             Err(err) => {
                 tracing::warn!(error = %err, "config watch failed; retrying");
@@ -202,6 +187,22 @@ pub async fn follow(
             }
         }
     }
+}
+
+/// Reads the gateway's numbers and applies them if they differ from those in force. An
+/// invalid configuration is logged and left aside, the numbers in force kept until the next
+/// change; the error is a failure to read.
+async fn reload(gateway: &Gateway, source: &dyn ConfigSource) -> Result<(), ConfigError> {
+    let settings = Settings::load(source, "gateway").await?;
+    match Live::from_settings(&settings) {
+        Ok(live) if live != *gateway.live() => {
+            tracing::info!(?live, "gateway configuration changed");
+            gateway.apply(live);
+        }
+        Ok(_) => {}
+        Err(err) => tracing::error!(error = %err, "ignoring an invalid gateway configuration"),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
