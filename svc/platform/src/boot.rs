@@ -40,7 +40,7 @@ pub fn raise_open_files_limit() -> nix::Result<u64> {
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    Ok(hard.max(soft))
+    Ok(hard)
 }
 
 /// Where discovery and config come from.
