@@ -321,7 +321,10 @@ where
             let mut in_flight = AbortOnDrop(Some(task));
             let again = idle_for
                 .filter(|idle_for| *idle_for >= REPEAT_AFTER_IDLE)
-                .and_then(|_| repeatable_copy(&req));
+                .and_then(|_| repeatable_copy(&req))
+                // Boxed: kept across the send, it would add a request's size to every
+                // request's future, and it is rarely made.
+                .map(Box::new);
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
@@ -351,7 +354,7 @@ where
                     // on it, before any answer (an instance shutting down does): a request
                     // that may be repeated goes again on another connection.
                     match again.filter(|_| failed.error().is_incomplete_message()) {
-                        Some(copy) => req = copy,
+                        Some(copy) => req = *copy,
                         None => return Err(UpstreamError::Http(failed.into_error())),
                     }
                 }

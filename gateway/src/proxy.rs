@@ -3,6 +3,7 @@
 //! upstream's response comes back the same way.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -157,12 +158,10 @@ pub async fn forward(
     };
     let (outgoing, body) = build_request(req, &target, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
-    let result = within_limits(
-        client.request(&target.authority, outgoing),
-        body,
-        about.live,
-    )
-    .await;
+    // Pinned here rather than handed to within_limits by value: a future moved into another's
+    // arguments is copied whole at each level, and this one is over a kilobyte.
+    let answer = std::pin::pin!(client.request(&target.authority, outgoing));
+    let result = within_limits(answer, body, about.live).await;
     upstream.record_latency(started.elapsed());
     let answer = match result {
         Err(Late::Upstream) => {
@@ -247,7 +246,7 @@ enum Late {
 /// has all been sent (an upstream cannot answer a request before it has read it), or the
 /// caller takes longer than its own limit to send that body.
 async fn within_limits<F: Future>(
-    answer: F,
+    mut answer: Pin<&mut F>,
     body: Option<BodyProgress>,
     limits: &Live,
 ) -> Result<F::Output, Late> {
@@ -257,13 +256,12 @@ async fn within_limits<F: Future>(
             .await
             .map_err(|_| Late::Upstream);
     };
-    tokio::pin!(answer);
     let deadline = tokio::time::sleep(limits.caller_body_timeout);
     tokio::pin!(deadline);
     let mut sending = true;
     loop {
         tokio::select! {
-            out = &mut answer => return Ok(out),
+            out = answer.as_mut() => return Ok(out),
             _ = &mut body.sent, if sending => {
                 sending = false;
                 deadline.as_mut().reset(tokio::time::Instant::now() + limit);
@@ -399,15 +397,19 @@ mod tests {
         (sent, progress)
     }
 
+    /// Who was late, for an upstream that never answers.
+    async fn never_answered(body: Option<BodyProgress>, live: &Live) -> Late {
+        let answer = std::pin::pin!(std::future::pending::<()>());
+        within_limits(answer, body, live).await.unwrap_err()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_body_still_coming_is_the_callers_delay_and_one_not_taken_the_upstreams() {
         let live = limits();
         for waiting_on_caller in [true, false] {
             let (_sent, body) = progress(waiting_on_caller);
             let started = Instant::now();
-            let late = within_limits(std::future::pending::<()>(), Some(body), &live)
-                .await
-                .unwrap_err();
+            let late = never_answered(Some(body), &live).await;
             let expected = if waiting_on_caller {
                 Late::Caller
             } else {
@@ -427,16 +429,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(900)).await;
             sent.send(()).unwrap();
         });
-        let late = within_limits(std::future::pending::<()>(), Some(body), &live)
-            .await
-            .unwrap_err();
+        let late = never_answered(Some(body), &live).await;
         assert!(matches!(late, Late::Upstream));
         assert_eq!(started.elapsed(), Duration::from_millis(900 + 300));
         // Without a body the limit starts at once.
         let started = Instant::now();
-        let late = within_limits(std::future::pending::<()>(), None, &live)
-            .await
-            .unwrap_err();
+        let late = never_answered(None, &live).await;
         assert!(matches!(late, Late::Upstream));
         assert_eq!(started.elapsed(), Duration::from_millis(300));
     }
@@ -495,7 +493,9 @@ mod tests {
             42
         };
         assert_eq!(
-            within_limits(answer, Some(body), &live).await.ok(),
+            within_limits(std::pin::pin!(answer), Some(body), &live)
+                .await
+                .ok(),
             Some(42)
         );
     }
