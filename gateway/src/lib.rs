@@ -6,6 +6,7 @@ pub mod breaker;
 mod docs;
 mod forward;
 mod handler;
+mod judged;
 pub mod live;
 mod proxy;
 pub mod routes;
@@ -87,7 +88,7 @@ impl Upstream {
     }
 
     /// A call the breaker lets through, or how long until it lets calls through again.
-    pub(crate) fn acquire(&self) -> Result<Call<'_>, Duration> {
+    pub(crate) fn acquire(self: &Arc<Self>) -> Result<Call, Duration> {
         let (before, res, after) = {
             let mut breaker = self.breaker();
             let before = breaker.state();
@@ -100,7 +101,7 @@ impl Upstream {
                 .increment(1);
         }
         res.map(|permit| Call {
-            upstream: self,
+            upstream: self.clone(),
             permit: Some(permit),
         })
     }
@@ -138,14 +139,15 @@ impl Upstream {
 }
 
 /// A call to an upstream that its breaker let through. Its outcome is recorded with
-/// [`Call::record`]; dropped unrecorded (the caller went away mid-call and its request was
-/// dropped with it), it gives its place back to the breaker.
-pub(crate) struct Call<'a> {
-    upstream: &'a Upstream,
+/// [`Call::record`]; dropped unrecorded (the caller went away mid-call and its request, or
+/// its answer, was dropped with it), it gives its place back to the breaker. It lives as long
+/// as the answer's body (see `proxy::JudgedBody`), hence owned.
+pub(crate) struct Call {
+    upstream: Arc<Upstream>,
     permit: Option<Permit>,
 }
 
-impl Call<'_> {
+impl Call {
     pub(crate) fn record(mut self, success: bool) {
         if let Some(permit) = self.permit.take() {
             self.upstream.record(permit, success);
@@ -157,7 +159,7 @@ impl Call<'_> {
     pub(crate) fn release(self) {}
 }
 
-impl Drop for Call<'_> {
+impl Drop for Call {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.upstream.release(permit);
@@ -166,7 +168,7 @@ impl Drop for Call<'_> {
 }
 
 struct Inner {
-    upstreams: foldhash::HashMap<&'static str, Upstream>,
+    upstreams: foldhash::HashMap<&'static str, Arc<Upstream>>,
     live: RwLock<Arc<Live>>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<live::ClientKey>>>,
     verifier: JwtVerifier,
@@ -205,7 +207,10 @@ impl Gateway {
         let upstreams = Upstreams::new(discovery);
         let upstream_state = routes::services()
             .into_iter()
-            .map(|s| (s, Upstream::new(s, Breaker::new(config.live.breaker))))
+            .map(|s| {
+                let breaker = Breaker::new(config.live.breaker);
+                (s, Arc::new(Upstream::new(s, breaker)))
+            })
             .collect();
         let inner = Inner {
             upstreams: upstream_state,
@@ -256,7 +261,7 @@ impl Gateway {
     }
 
     /// The breaker and metrics of a routed service.
-    pub(crate) fn upstream(&self, service: &str) -> &Upstream {
+    pub(crate) fn upstream(&self, service: &str) -> &Arc<Upstream> {
         self.inner
             .upstreams
             .get(service)

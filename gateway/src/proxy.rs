@@ -16,6 +16,7 @@ use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
 use crate::forward::{BodyProgress, ForwardBody, UpstreamClient};
+use crate::judged::JudgedBody;
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
 use crate::{Gateway, routes};
@@ -210,11 +211,20 @@ pub async fn forward(
         }
         Ok(Ok(resp)) => resp,
     };
-    call.record(!answer.status().is_server_error());
+    // A server error is the instance's failure whatever follows; any other answer is judged
+    // by how its body ends.
+    let call = if answer.status().is_server_error() {
+        call.record(false);
+        None
+    } else {
+        Some(call)
+    };
     let (mut parts, mut body) = answer.into_parts();
     body.limit_stalls(about.live.upstream_timeout);
     strip_hop_by_hop(&mut parts.headers);
-    let body = body.map_err(std::io::Error::other).boxed();
+    let body = JudgedBody::new(body, call)
+        .map_err(std::io::Error::other)
+        .boxed();
     Ok((Response::from_parts(parts, body), service))
 }
 

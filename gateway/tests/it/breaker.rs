@@ -15,6 +15,8 @@ async fn calls(edge: &Edge, upstream: &Upstream, statuses: &[u16]) {
             *status,
             "passed through while closed"
         );
+        // A call is judged once its answer's body has all come.
+        resp.bytes().await.expect("the answer's body came whole");
     }
 }
 
@@ -72,6 +74,26 @@ async fn a_switch_of_protocols_nobody_asked_for_is_502_and_a_failure() {
         expect_problem(edge.get("/api/v1/products").await, 502).await;
     }
     products.answer(200);
+    calls(&edge, &products, &[200; 5]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "open",
+        "5 failures of 10 opened it"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_broken_off_mid_body_is_a_failure() {
+    let mut edge = Edge::start(&[]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    products.cut_bodies(true);
+    for _ in 0..5 {
+        let resp = edge.get("/api/v1/products").await;
+        assert_eq!(resp.status(), 200, "the head came whole");
+        assert!(resp.bytes().await.is_err(), "the body did not");
+    }
+    products.cut_bodies(false);
     calls(&edge, &products, &[200; 5]).await;
     assert_eq!(
         edge.ready().await["upstreams"]["products"]["breaker"],

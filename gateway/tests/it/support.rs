@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use platform::CancellationToken;
@@ -18,6 +18,8 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     pub status: Arc<AtomicU16>,
     pub delay_ms: Arc<AtomicU64>,
+    /// Whether answers break off after the first part of their body, the connection dropped.
+    pub cut_bodies: Arc<AtomicBool>,
     /// The request-body limit a service applies (none: reads any body).
     pub body_limit: Option<usize>,
 }
@@ -49,6 +51,11 @@ impl Upstream {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Answers from now on break off mid-body (`true`), or come whole.
+    pub fn cut_bodies(&self, cut: bool) {
+        self.cut_bodies.store(cut, Ordering::SeqCst);
+    }
+
     fn endpoint(&self) -> poem::endpoint::BoxEndpoint<'static, Response> {
         let this = self.clone();
         let route = poem::Route::new()
@@ -71,12 +78,25 @@ impl Upstream {
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
                             .collect();
                         let body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers });
+                        let body = if this.cut_bodies.load(Ordering::SeqCst) {
+                            // The head and first part go out, then a failure: hyper drops
+                            // the connection without ending the chunked body.
+                            use futures::StreamExt;
+                            let first = futures::stream::once(async move { Ok(body.to_string()) });
+                            let broken = futures::stream::once(async {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                Err(std::io::Error::other("the instance broke off"))
+                            });
+                            poem::Body::from_bytes_stream(first.chain(broken))
+                        } else {
+                            body.to_string().into()
+                        };
                         Response::builder()
                             .status(poem::http::StatusCode::from_u16(this.status.load(Ordering::SeqCst)).unwrap())
                             .content_type("application/json")
                             .header("connection", "x-secret")
                             .header("x-secret", "hop")
-                            .body(body.to_string())
+                            .body(body)
                     }
                 }),
             );
