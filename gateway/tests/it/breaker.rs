@@ -136,6 +136,9 @@ async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_success
         trials.iter().all(|r| r.status() == 200),
         "three trials pass"
     );
+    for trial in trials {
+        trial.bytes().await.expect("the answer's body came whole");
+    }
     expect_problem(fourth, 503).await;
     assert_eq!(products.hits(), 13);
     assert_eq!(
@@ -167,6 +170,33 @@ async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
     // (The gateway sees each hang-up as soon as it reads from that connection again.)
     tokio::time::sleep(Duration::from_millis(100)).await;
     products.delay(Duration::ZERO);
+    calls(&edge, &products, &[200; 3]).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "closed"
+    );
+}
+
+#[tokio::test]
+async fn trials_whose_callers_hang_up_mid_answer_have_no_outcome_and_give_their_places_back() {
+    let (edge, products) = past_the_open_period().await;
+    products.answer(200);
+    products.pause_mid_body(Duration::from_millis(200));
+    // Three callers take the three trials, get the head and the first part of the answer,
+    // and hang up: the instance did nothing wrong, nor has it shown it answers whole.
+    for _ in 0..3 {
+        let mut resp = edge.get("/api/v1/products").await;
+        assert_eq!(resp.status(), 200);
+        resp.chunk().await.expect("the first part came");
+    }
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "half_open",
+        "answers not all delivered are no outcome"
+    );
+    // (The gateway sees each hang-up when it next writes to that connection.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    products.pause_mid_body(Duration::ZERO);
     calls(&edge, &products, &[200; 3]).await;
     assert_eq!(
         edge.ready().await["upstreams"]["products"]["breaker"],

@@ -20,6 +20,8 @@ pub struct Upstream {
     pub delay_ms: Arc<AtomicU64>,
     /// Whether answers break off after the first part of their body, the connection dropped.
     pub cut_bodies: Arc<AtomicBool>,
+    /// How long answers pause after the first part of their body (0: they do not).
+    pub pause_mid_body_ms: Arc<AtomicU64>,
     /// The request-body limit a service applies (none: reads any body).
     pub body_limit: Option<usize>,
 }
@@ -56,6 +58,12 @@ impl Upstream {
         self.cut_bodies.store(cut, Ordering::SeqCst);
     }
 
+    /// Answers from now on pause for `d` after the first part of their body.
+    pub fn pause_mid_body(&self, d: Duration) {
+        self.pause_mid_body_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
     fn endpoint(&self) -> poem::endpoint::BoxEndpoint<'static, Response> {
         let this = self.clone();
         let route = poem::Route::new()
@@ -78,16 +86,23 @@ impl Upstream {
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
                             .collect();
                         let body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers });
-                        let body = if this.cut_bodies.load(Ordering::SeqCst) {
-                            // The head and first part go out, then a failure: hyper drops
-                            // the connection without ending the chunked body.
+                        let cut = this.cut_bodies.load(Ordering::SeqCst);
+                        let pause = this.pause_mid_body_ms.load(Ordering::SeqCst);
+                        let body = if cut || pause > 0 {
+                            // The head and first part go out; after a pause, the rest, or a
+                            // failure (hyper drops the connection without ending the
+                            // chunked body).
                             use futures::StreamExt;
                             let first = futures::stream::once(async move { Ok(body.to_string()) });
-                            let broken = futures::stream::once(async {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                Err(std::io::Error::other("the instance broke off"))
+                            let rest = futures::stream::once(async move {
+                                tokio::time::sleep(Duration::from_millis(pause.max(50))).await;
+                                if cut {
+                                    Err(std::io::Error::other("the instance broke off"))
+                                } else {
+                                    Ok("\n".to_owned())
+                                }
                             });
-                            poem::Body::from_bytes_stream(first.chain(broken))
+                            poem::Body::from_bytes_stream(first.chain(rest))
                         } else {
                             body.to_string().into()
                         };
