@@ -43,8 +43,11 @@ impl<B: Body + Unpin> Body for JudgedBody<B> {
         match &polled {
             Poll::Ready(Some(Err(_))) => this.judge(false),
             Poll::Ready(None) => this.judge(true),
-            // A body of known length ends with its last frame, and hyper may not ask again.
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.judge(true),
+            // A body of known length ends with its last frame, and trailers are always the
+            // last: hyper does not ask again after either.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.body.is_end_stream() => {
+                this.judge(true)
+            }
             _ => {}
         }
         polled
@@ -65,5 +68,81 @@ impl<B: Body> Drop for JudgedBody<B> {
         if self.body.is_end_stream() {
             self.judge(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Bytes;
+    use poem::http::HeaderMap;
+
+    use super::*;
+    use crate::Upstream;
+    use crate::breaker::{Breaker, BreakerConfig, StateName};
+
+    type Frames = [Result<Frame<Bytes>, std::io::Error>; 2];
+
+    /// An upstream whose breaker is half-open with one trial place: the next call's outcome
+    /// alone decides.
+    async fn half_open_upstream() -> Arc<Upstream> {
+        let config = BreakerConfig {
+            window: 1,
+            half_open_calls: 1,
+            ..BreakerConfig::default()
+        };
+        let upstream = Arc::new(Upstream::new("products", Breaker::new(config)));
+        upstream.acquire().unwrap().record(false);
+        tokio::time::advance(config.open_for).await;
+        upstream
+    }
+
+    /// A trial call to `upstream` whose answer's body is `frames`.
+    fn trial(
+        upstream: &Arc<Upstream>,
+        frames: Frames,
+    ) -> impl Body<Data = Bytes, Error = std::io::Error> {
+        let call = upstream.acquire().expect("a trial place is free");
+        JudgedBody::new(StreamBody::new(futures::stream::iter(frames)), Some(call))
+    }
+
+    fn broken_off() -> Frames {
+        [
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err(std::io::Error::other("the instance broke off")),
+        ]
+    }
+
+    fn state(upstream: &Upstream) -> StateName {
+        upstream.breaker().state()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_ending_with_trailers_is_a_success() {
+        let upstream = half_open_upstream().await;
+        let frames = [
+            Ok(Frame::data(Bytes::from_static(b"answer"))),
+            Ok(Frame::trailers(HeaderMap::new())),
+        ];
+        let mut body = std::pin::pin!(trial(&upstream, frames));
+        // hyper stops at the trailers, and drops the body without asking for more.
+        while !body.frame().await.unwrap().unwrap().is_trailers() {}
+        assert_eq!(state(&upstream), StateName::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_taken_in_part_is_no_outcome_and_one_broken_off_a_failure() {
+        let upstream = half_open_upstream().await;
+        {
+            let mut body = std::pin::pin!(trial(&upstream, broken_off()));
+            body.frame().await.unwrap().unwrap();
+        }
+        assert_eq!(state(&upstream), StateName::HalfOpen, "no outcome");
+        let mut body = std::pin::pin!(trial(&upstream, broken_off()));
+        body.frame().await.unwrap().unwrap();
+        body.frame().await.unwrap().unwrap_err();
+        assert_eq!(state(&upstream), StateName::Open);
     }
 }

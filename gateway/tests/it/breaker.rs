@@ -194,8 +194,13 @@ async fn trials_whose_callers_hang_up_mid_answer_have_no_outcome_and_give_their_
         "half_open",
         "answers not all delivered are no outcome"
     );
-    // (The gateway sees each hang-up when it next writes to that connection.)
+    // Past the pause, each answer would have ended had its caller stayed: still no outcome.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        edge.ready().await["upstreams"]["products"]["breaker"],
+        "half_open",
+        "answers not all delivered are no outcome"
+    );
     products.pause_mid_body(Duration::ZERO);
     calls(&edge, &products, &[200; 3]).await;
     assert_eq!(
