@@ -141,7 +141,7 @@ impl Upstream {
 /// A call to an upstream that its breaker let through. Its outcome is recorded with
 /// [`Call::record`]; dropped unrecorded (the caller went away mid-call and its request, or
 /// its answer, was dropped with it), it gives its place back to the breaker. It lives as long
-/// as the answer's body (see `proxy::JudgedBody`), hence owned.
+/// as the answer's body (see `judged::JudgedBody`), hence owned.
 pub(crate) struct Call {
     upstream: Arc<Upstream>,
     permit: Option<Permit>,
