@@ -20,12 +20,18 @@ async fn calls(edge: &Edge, upstream: &Upstream, statuses: &[u16]) {
     }
 }
 
-/// A gateway whose breaker for products was opened by 10 failures, and whose open period
-/// (`breaker_open_ms` = 400 in tests) has just passed: the next calls are trials.
-async fn past_the_open_period() -> (Edge, Upstream) {
+/// A gateway routing products to one controllable upstream.
+async fn products_behind_a_gateway() -> (Edge, Upstream) {
     let mut edge = Edge::start(&[]).await;
     let products = Upstream::new();
     edge.add("products", &products).await;
+    (edge, products)
+}
+
+/// A gateway whose breaker for products was opened by 10 failures, and whose open period
+/// (`breaker_open_ms` = 400 in tests) has just passed: the next calls are trials.
+async fn past_the_open_period() -> (Edge, Upstream) {
+    let (edge, products) = products_behind_a_gateway().await;
     calls(&edge, &products, &[500; 10]).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
     (edge, products)
@@ -33,9 +39,7 @@ async fn past_the_open_period() -> (Edge, Upstream) {
 
 #[tokio::test]
 async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_upstream() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
+    let (edge, products) = products_behind_a_gateway().await;
     calls(
         &edge,
         &products,
@@ -53,10 +57,7 @@ async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_u
         10,
         "an open breaker does not call the upstream"
     );
-    assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
-        "open"
-    );
+    assert_eq!(edge.breaker("products").await, "open");
     let metrics = edge.metrics().await;
     assert!(
         metrics.contains("gateway_breaker_transitions_total"),
@@ -66,9 +67,7 @@ async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_u
 
 #[tokio::test]
 async fn a_switch_of_protocols_nobody_asked_for_is_502_and_a_failure() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
+    let (edge, products) = products_behind_a_gateway().await;
     products.answer(101);
     for _ in 0..5 {
         expect_problem(edge.get("/api/v1/products").await, 502).await;
@@ -76,7 +75,7 @@ async fn a_switch_of_protocols_nobody_asked_for_is_502_and_a_failure() {
     products.answer(200);
     calls(&edge, &products, &[200; 5]).await;
     assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
+        edge.breaker("products").await,
         "open",
         "5 failures of 10 opened it"
     );
@@ -84,9 +83,7 @@ async fn a_switch_of_protocols_nobody_asked_for_is_502_and_a_failure() {
 
 #[tokio::test]
 async fn an_answer_broken_off_mid_body_is_a_failure() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
+    let (edge, products) = products_behind_a_gateway().await;
     products.cut_bodies(true);
     for _ in 0..5 {
         let resp = edge.get("/api/v1/products").await;
@@ -96,7 +93,7 @@ async fn an_answer_broken_off_mid_body_is_a_failure() {
     products.cut_bodies(false);
     calls(&edge, &products, &[200; 5]).await;
     assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
+        edge.breaker("products").await,
         "open",
         "5 failures of 10 opened it"
     );
@@ -104,9 +101,7 @@ async fn an_answer_broken_off_mid_body_is_a_failure() {
 
 #[tokio::test]
 async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
+    let (edge, products) = products_behind_a_gateway().await;
     calls(
         &edge,
         &products,
@@ -115,10 +110,7 @@ async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
     .await;
     calls(&edge, &products, &[404; 12]).await;
     calls(&edge, &products, &[400, 401, 403, 409, 422, 429]).await;
-    assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
-        "closed"
-    );
+    assert_eq!(edge.breaker("products").await, "closed");
 }
 
 #[tokio::test]
@@ -141,10 +133,7 @@ async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_success
     }
     expect_problem(fourth, 503).await;
     assert_eq!(products.hits(), 13);
-    assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
-        "closed"
-    );
+    assert_eq!(edge.breaker("products").await, "closed");
 }
 
 #[tokio::test]
@@ -171,10 +160,7 @@ async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     products.delay(Duration::ZERO);
     calls(&edge, &products, &[200; 3]).await;
-    assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
-        "closed"
-    );
+    assert_eq!(edge.breaker("products").await, "closed");
 }
 
 #[tokio::test]
@@ -190,42 +176,34 @@ async fn trials_whose_callers_hang_up_mid_answer_have_no_outcome_and_give_their_
         resp.chunk().await.expect("the first part came");
     }
     assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
+        edge.breaker("products").await,
         "half_open",
         "answers not all delivered are no outcome"
     );
     // Past the pause, each answer would have ended had its caller stayed: still no outcome.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
+        edge.breaker("products").await,
         "half_open",
         "answers not all delivered are no outcome"
     );
     products.pause_mid_body(Duration::ZERO);
     calls(&edge, &products, &[200; 3]).await;
-    assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
-        "closed"
-    );
+    assert_eq!(edge.breaker("products").await, "closed");
 }
 
 #[tokio::test]
 async fn two_failed_trials_reopen_it() {
     let (edge, products) = past_the_open_period().await;
     calls(&edge, &products, &[500, 200, 500]).await;
-    assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
-        "open"
-    );
+    assert_eq!(edge.breaker("products").await, "open");
     expect_problem(edge.get("/api/v1/products").await, 503).await;
     assert_eq!(products.hits(), 13);
 }
 
 #[tokio::test]
 async fn a_hanging_upstream_gets_504_at_the_time_limit_and_counts_as_a_failure() {
-    let mut edge = Edge::start(&[]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
+    let (edge, products) = products_behind_a_gateway().await;
     products.delay(Duration::from_secs(5));
     for _ in 0..5 {
         let started = Instant::now();
@@ -240,7 +218,7 @@ async fn a_hanging_upstream_gets_504_at_the_time_limit_and_counts_as_a_failure()
     products.delay(Duration::ZERO);
     calls(&edge, &products, &[200; 5]).await;
     assert_eq!(
-        edge.ready().await["upstreams"]["products"]["breaker"],
+        edge.breaker("products").await,
         "open",
         "5 timeouts of 10 opened it"
     );

@@ -177,6 +177,11 @@ impl Edge {
         }
     }
 
+    /// The state `/ready` gives `service`'s breaker ("closed", "open", "half_open").
+    pub async fn breaker(&self, service: &str) -> serde_json::Value {
+        self.ready().await["upstreams"][service]["breaker"].take()
+    }
+
     /// Serves `upstream` as an instance of `service`, registered in discovery; returns its index.
     pub async fn add(&mut self, service: &str, upstream: &Upstream) -> usize {
         let stop = CancellationToken::new();
