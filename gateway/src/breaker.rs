@@ -21,6 +21,10 @@ pub struct BreakerConfig {
     pub open_for: Duration,
     /// How many trial calls half-open admits, judged together.
     pub half_open_calls: usize,
+    /// How long a trial's answer may wait on its caller to take it before the trial's place
+    /// goes to another caller: a caller that reads slowly, or not at all, says nothing of the
+    /// upstream, and three of them would otherwise hold every place.
+    pub trial_caller_wait: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -30,6 +34,7 @@ impl Default for BreakerConfig {
             failure_rate: 0.5,
             open_for: Duration::from_secs(10),
             half_open_calls: 3,
+            trial_caller_wait: Duration::from_secs(5),
         }
     }
 }
@@ -69,15 +74,33 @@ enum State {
         until: Instant,
     },
     HalfOpen {
-        admitted: usize,
+        /// The trials let in that have neither an outcome nor given their place back.
+        out: Vec<Trial>,
         outcomes: Vec<bool>,
     },
 }
 
-/// Permission for one call; its outcome counts only in the state that granted it.
+#[derive(Debug)]
+struct Trial {
+    number: u64,
+    /// Since when its answer has waited on its caller to take more of it; none while the
+    /// caller is taking it (or the answer has not begun).
+    waiting_on_caller: Option<Instant>,
+}
+
+/// Permission for one call; its outcome counts only in the state that granted it, and a
+/// trial's only while it still holds its place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
     generation: u64,
+    /// A half-open trial's number; 0 for a call let through closed.
+    trial: u64,
+}
+
+impl Permit {
+    pub fn is_trial(&self) -> bool {
+        self.trial != 0
+    }
 }
 
 #[derive(Debug)]
@@ -86,6 +109,8 @@ pub struct Breaker {
     state: State,
     /// Bumped at every transition, so that late outcomes of an earlier state are ignored.
     generation: u64,
+    /// The number of the last trial let in.
+    last_trial: u64,
 }
 
 impl Breaker {
@@ -96,6 +121,7 @@ impl Breaker {
                 outcomes: VecDeque::new(),
             },
             generation: 0,
+            last_trial: 0,
         }
     }
 
@@ -124,20 +150,64 @@ impl Breaker {
                 return Err(until - now);
             }
             self.transition(State::HalfOpen {
-                admitted: 0,
+                out: Vec::new(),
                 outcomes: Vec::new(),
             });
         }
         let generation = self.generation;
-        match &mut self.state {
-            State::Closed { .. } => Ok(Permit { generation }),
-            State::HalfOpen { admitted, .. } if *admitted < self.config.half_open_calls => {
-                *admitted += 1;
-                Ok(Permit { generation })
-            }
-            // Every trial is out; the verdict comes with their outcomes.
-            State::HalfOpen { .. } => Err(Duration::from_secs(1)),
-            State::Open { .. } => unreachable!("left above"),
+        let State::HalfOpen { out, outcomes } = &mut self.state else {
+            return Ok(Permit {
+                generation,
+                trial: 0,
+            });
+        };
+        if out.len() + outcomes.len() >= self.config.half_open_calls {
+            // Every trial is in; the verdict comes with their outcomes, unless one has waited
+            // on its caller so long that its place is better given to another.
+            let wait = self.config.trial_caller_wait;
+            let stuck = out.iter().position(|t| {
+                t.waiting_on_caller
+                    .is_some_and(|since| now.saturating_duration_since(since) >= wait)
+            });
+            let Some(stuck) = stuck else {
+                return Err(Duration::from_secs(1));
+            };
+            out.swap_remove(stuck);
+        }
+        self.last_trial += 1;
+        out.push(Trial {
+            number: self.last_trial,
+            waiting_on_caller: None,
+        });
+        Ok(Permit {
+            generation,
+            trial: self.last_trial,
+        })
+    }
+
+    /// The trial of `permit`, taken out of those holding a place; none if it holds none (not
+    /// a trial, or one of an earlier state, or one whose place has gone to another).
+    fn take_trial(&mut self, permit: Permit) -> Option<Trial> {
+        if permit.generation != self.generation {
+            return None;
+        }
+        let State::HalfOpen { out, .. } = &mut self.state else {
+            return None;
+        };
+        let i = out.iter().position(|t| t.number == permit.trial)?;
+        Some(out.swap_remove(i))
+    }
+
+    /// Notes that the answer to a trial waits on its caller since `since`, or (none) that
+    /// the caller is taking it.
+    pub fn trial_waits_on_caller(&mut self, permit: Permit, since: Option<Instant>) {
+        if permit.generation != self.generation {
+            return;
+        }
+        if let State::HalfOpen { out, .. } = &mut self.state
+            && let Some(trial) = out.iter_mut().find(|t| t.number == permit.trial)
+        {
+            trial.waiting_on_caller = since;
         }
     }
 
@@ -150,17 +220,14 @@ impl Breaker {
     /// `releasePermission` does; kept, a few callers hanging up would hold every place and
     /// the breaker would refuse calls for good.
     pub fn release(&mut self, permit: Permit) {
-        if permit.generation != self.generation {
-            return;
-        }
-        if let State::HalfOpen { admitted, .. } = &mut self.state {
-            *admitted = admitted.saturating_sub(1);
-        }
+        self.take_trial(permit);
     }
 
     /// Records the outcome of a permitted call.
     pub fn record(&mut self, permit: Permit, success: bool, now: Instant) {
-        if permit.generation != self.generation {
+        if permit.generation != self.generation
+            || (permit.is_trial() && self.take_trial(permit).is_none())
+        {
             return;
         }
         let window = self.config.window;
@@ -335,6 +402,40 @@ mod tests {
         b.release(trials[0]);
         calls(&mut b, later, &[FAIL; 10]);
         assert_eq!(b.state(), StateName::Open);
+    }
+
+    #[test]
+    fn a_trial_whose_answer_waits_on_its_caller_too_long_gives_its_place_to_another() {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let wait = BreakerConfig::default().trial_caller_wait;
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        b.trial_waits_on_caller(trials[0], Some(later));
+        // Waiting, then taken again: its wait starts over.
+        b.trial_waits_on_caller(trials[1], Some(later));
+        b.trial_waits_on_caller(trials[1], None);
+        assert!(
+            b.try_acquire(later + wait - Duration::from_millis(1))
+                .is_err()
+        );
+        let replacement = b
+            .try_acquire(later + wait)
+            .expect("the untaken trial's place");
+        assert!(
+            b.try_acquire(later + wait * 10).is_err(),
+            "still three at most, none of them waiting on its caller"
+        );
+        b.record(trials[0], FAIL, later + wait);
+        b.release(trials[0]);
+        assert_eq!(
+            b.state(),
+            StateName::HalfOpen,
+            "a trial that lost its place has no say"
+        );
+        for p in [trials[1], trials[2], replacement] {
+            b.record(p, OK, later + wait);
+        }
+        assert_eq!(b.state(), StateName::Closed);
     }
 
     #[test]

@@ -12,15 +12,38 @@ use crate::Call;
 /// instance that fails every answer halfway would never open its breaker. A body dropped
 /// before its end (the caller hung up, or stopped taking it) says nothing of the instance,
 /// and the call gives its place back.
+///
+/// A half-open trial's answer also tells the breaker when it waits on its caller: from its
+/// head, and from each part handed on, until it is asked for more. A trial whose caller
+/// leaves it untaken too long gives its place to another (`BreakerConfig::trial_caller_wait`).
 pub(crate) struct JudgedBody<B: Body> {
     body: B,
     call: Option<Call>,
+    /// A trial whose breaker was told its answer waits on the caller.
+    waiting_on_caller: bool,
 }
 
 impl<B: Body> JudgedBody<B> {
     /// `body`, judging `call` by how it ends; none: already judged.
     pub(crate) fn new(body: B, call: Option<Call>) -> Self {
-        Self { body, call }
+        let mut judged = Self {
+            body,
+            call,
+            waiting_on_caller: false,
+        };
+        judged.wait_on_caller(true);
+        judged
+    }
+
+    /// For a trial still to be judged: tells its breaker whether its answer waits on the
+    /// caller, when that changes. Other calls' answers cost nothing here.
+    fn wait_on_caller(&mut self, waiting: bool) {
+        if let Some(call) = self.call.as_ref().filter(|c| c.is_trial())
+            && waiting != self.waiting_on_caller
+        {
+            self.waiting_on_caller = waiting;
+            call.waits_on_caller(waiting.then(tokio::time::Instant::now));
+        }
     }
 
     fn judge(&mut self, success: bool) {
@@ -39,6 +62,7 @@ impl<B: Body + Unpin> Body for JudgedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.get_mut();
+        this.wait_on_caller(false);
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Err(_))) => this.judge(false),
@@ -48,7 +72,8 @@ impl<B: Body + Unpin> Body for JudgedBody<B> {
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.body.is_end_stream() => {
                 this.judge(true)
             }
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => this.wait_on_caller(true),
+            Poll::Pending => {}
         }
         polled
     }
@@ -74,6 +99,7 @@ impl<B: Body> Drop for JudgedBody<B> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Bytes;
@@ -144,5 +170,55 @@ mod tests {
         body.frame().await.unwrap().unwrap();
         body.frame().await.unwrap().unwrap_err();
         assert_eq!(state(&upstream), StateName::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_answer_its_caller_leaves_untaken_gives_its_place_to_another() {
+        let upstream = half_open_upstream().await;
+        let wait = BreakerConfig::default().trial_caller_wait;
+        let mut untaken = std::pin::pin!(trial(&upstream, broken_off()));
+        // The caller takes the first part, then takes nothing more.
+        untaken.frame().await.unwrap().unwrap();
+        tokio::time::advance(wait - Duration::from_millis(1)).await;
+        assert!(
+            upstream.acquire().is_err(),
+            "the place is kept while the caller may yet take the answer"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let replacement = upstream
+            .acquire()
+            .expect("the place of a trial left untaken goes to another");
+        // The trial that lost its place is no longer judged, whatever its end.
+        untaken.frame().await.unwrap().unwrap_err();
+        assert_eq!(state(&upstream), StateName::HalfOpen);
+        replacement.record(true);
+        assert_eq!(state(&upstream), StateName::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_answer_not_yet_asked_for_is_left_untaken_too() {
+        let upstream = half_open_upstream().await;
+        let _untaken = trial(&upstream, broken_off());
+        tokio::time::advance(BreakerConfig::default().trial_caller_wait).await;
+        assert!(upstream.acquire().is_ok(), "its place went to another");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_answer_waiting_on_its_instance_keeps_its_place() {
+        let upstream = half_open_upstream().await;
+        let (more, rest) =
+            futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let call = upstream.acquire().unwrap();
+        let mut body = std::pin::pin!(JudgedBody::new(StreamBody::new(rest), Some(call)));
+        // The caller asks for the answer; the instance has sent nothing yet.
+        assert!(futures::poll!(body.frame()).is_pending());
+        tokio::time::advance(BreakerConfig::default().trial_caller_wait * 2).await;
+        assert!(
+            upstream.acquire().is_err(),
+            "an instance slow to answer is no caller's delay"
+        );
+        drop(more);
+        assert!(body.frame().await.is_none());
+        assert_eq!(state(&upstream), StateName::Closed);
     }
 }

@@ -157,6 +157,19 @@ impl Call {
     /// Ends a call whose outcome says nothing of the upstream (the caller's own fault or
     /// slowness): not counted, its place given back.
     pub(crate) fn release(self) {}
+
+    /// A half-open trial, whose answer's progress the breaker follows.
+    pub(crate) fn is_trial(&self) -> bool {
+        self.permit.is_some_and(|p| p.is_trial())
+    }
+
+    /// Tells the breaker that this trial's answer waits on its caller (since `since`), or
+    /// (none) that the caller is taking it.
+    pub(crate) fn waits_on_caller(&self, since: Option<tokio::time::Instant>) {
+        if let Some(permit) = self.permit {
+            self.upstream.breaker().trial_waits_on_caller(permit, since);
+        }
+    }
 }
 
 impl Drop for Call {

@@ -76,14 +76,17 @@ impl Live {
                 "must be 1 to 100",
             ));
         }
+        let upstream_timeout = s.millis("upstream_timeout_ms", 5_000)?;
         let live = Self {
             breaker: BreakerConfig {
                 window: s.get_or("breaker_window", 10)?,
                 failure_rate: f64::from(rate_percent) / 100.0,
                 open_for: s.millis("breaker_open_ms", 10_000)?,
                 half_open_calls: s.get_or("breaker_half_open_calls", 3)?,
+                // As long as an instance may pause mid-answer: the same patience either way.
+                trial_caller_wait: upstream_timeout,
             },
-            upstream_timeout: s.millis("upstream_timeout_ms", 5_000)?,
+            upstream_timeout,
             caller_body_timeout: s.millis("caller_body_timeout_ms", 30_000)?,
             cors_origins: origins
                 .split(',')
