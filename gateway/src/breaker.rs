@@ -125,7 +125,8 @@ impl Breaker {
         }
     }
 
-    /// New numbers apply from the next transition on; the current state is kept.
+    /// New numbers apply to what comes next (the next call let in or judged, the next open
+    /// period); the current state, its outcomes and its trials are kept.
     pub fn reconfigure(&mut self, config: BreakerConfig) {
         self.config = config;
     }
@@ -173,6 +174,10 @@ impl Breaker {
                 return Err(Duration::from_secs(1));
             };
             out.swap_remove(stuck);
+            // Still full if the number of trials was lowered since they were let in.
+            if out.len() + outcomes.len() >= self.config.half_open_calls {
+                return Err(Duration::from_secs(1));
+            }
         }
         self.last_trial += 1;
         out.push(Trial {
@@ -199,16 +204,19 @@ impl Breaker {
     }
 
     /// Notes that the answer to a trial waits on its caller since `since`, or (none) that
-    /// the caller is taking it.
-    pub fn trial_waits_on_caller(&mut self, permit: Permit, since: Option<Instant>) {
+    /// the caller is taking it. False if the trial no longer holds a place, and never will.
+    pub fn trial_waits_on_caller(&mut self, permit: Permit, since: Option<Instant>) -> bool {
         if permit.generation != self.generation {
-            return;
+            return false;
         }
-        if let State::HalfOpen { out, .. } = &mut self.state
-            && let Some(trial) = out.iter_mut().find(|t| t.number == permit.trial)
-        {
-            trial.waiting_on_caller = since;
-        }
+        let State::HalfOpen { out, .. } = &mut self.state else {
+            return false;
+        };
+        let Some(trial) = out.iter_mut().find(|t| t.number == permit.trial) else {
+            return false;
+        };
+        trial.waiting_on_caller = since;
+        true
     }
 
     fn too_many_failures(&self, (failures, total): (usize, usize)) -> bool {
@@ -425,16 +433,35 @@ mod tests {
             b.try_acquire(later + wait * 10).is_err(),
             "still three at most, none of them waiting on its caller"
         );
+        // A trial that lost its place has no say: counted, this failure and the next would
+        // be 2 of the 3 and reopen it.
         b.record(trials[0], FAIL, later + wait);
         b.release(trials[0]);
-        assert_eq!(
-            b.state(),
-            StateName::HalfOpen,
-            "a trial that lost its place has no say"
+        assert!(!b.trial_waits_on_caller(trials[0], None));
+        b.record(trials[1], FAIL, later + wait);
+        b.record(trials[2], OK, later + wait);
+        assert_eq!(b.state(), StateName::HalfOpen, "two outcomes of three");
+        b.record(replacement, OK, later + wait);
+        assert_eq!(b.state(), StateName::Closed, "1 failure of 3");
+    }
+
+    #[test]
+    fn an_untaken_trial_makes_no_room_beyond_a_lowered_number_of_trials() {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let wait = BreakerConfig::default().trial_caller_wait;
+        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        b.trial_waits_on_caller(trials[0], Some(later));
+        b.reconfigure(BreakerConfig {
+            half_open_calls: 2,
+            ..BreakerConfig::default()
+        });
+        assert!(
+            b.try_acquire(later + wait).is_err(),
+            "two trials still hold places, as many as are now allowed"
         );
-        for p in [trials[1], trials[2], replacement] {
-            b.record(p, OK, later + wait);
-        }
+        b.record(trials[1], OK, later + wait);
+        b.record(trials[2], OK, later + wait);
         assert_eq!(b.state(), StateName::Closed);
     }
 

@@ -42,7 +42,10 @@ impl<B: Body> JudgedBody<B> {
             && waiting != self.waiting_on_caller
         {
             self.waiting_on_caller = waiting;
-            call.waits_on_caller(waiting.then(tokio::time::Instant::now));
+            if !call.waits_on_caller(waiting.then(tokio::time::Instant::now)) {
+                // Its place has gone to another trial: nothing left to judge or tell.
+                self.call = None;
+            }
         }
     }
 

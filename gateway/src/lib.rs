@@ -164,11 +164,11 @@ impl Call {
     }
 
     /// Tells the breaker that this trial's answer waits on its caller (since `since`), or
-    /// (none) that the caller is taking it.
-    pub(crate) fn waits_on_caller(&self, since: Option<tokio::time::Instant>) {
-        if let Some(permit) = self.permit {
-            self.upstream.breaker().trial_waits_on_caller(permit, since);
-        }
+    /// (none) that the caller is taking it. False if the trial has lost its place: its
+    /// outcome no longer counts.
+    pub(crate) fn waits_on_caller(&self, since: Option<tokio::time::Instant>) -> bool {
+        self.permit
+            .is_some_and(|permit| self.upstream.breaker().trial_waits_on_caller(permit, since))
     }
 }
 
