@@ -22,6 +22,8 @@ pub struct Upstream {
     pub cut_bodies: Arc<AtomicBool>,
     /// How long answers pause after the first part of their body (0: they do not).
     pub pause_mid_body_ms: Arc<AtomicU64>,
+    /// The size answers are padded to (0: not padded).
+    pub answer_bytes: Arc<AtomicUsize>,
     /// The request-body limit a service applies (none: reads any body).
     pub body_limit: Option<usize>,
 }
@@ -64,6 +66,11 @@ impl Upstream {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Answers from now on are `bytes` long (0: as small as they come).
+    pub fn answer_bytes(&self, bytes: usize) {
+        self.answer_bytes.store(bytes, Ordering::SeqCst);
+    }
+
     fn endpoint(&self) -> poem::endpoint::BoxEndpoint<'static, Response> {
         let this = self.clone();
         let route = poem::Route::new()
@@ -85,7 +92,11 @@ impl Upstream {
                             .iter()
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
                             .collect();
-                        let body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers });
+                        let mut body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers }).to_string();
+                        let padded = this.answer_bytes.load(Ordering::SeqCst);
+                        if padded > body.len() {
+                            body.push_str(&" ".repeat(padded - body.len()));
+                        }
                         let cut = this.cut_bodies.load(Ordering::SeqCst);
                         let pause = this.pause_mid_body_ms.load(Ordering::SeqCst);
                         let body = if cut || pause > 0 {
@@ -93,7 +104,7 @@ impl Upstream {
                             // failure (hyper drops the connection without ending the
                             // chunked body).
                             use futures::StreamExt;
-                            let first = futures::stream::once(async move { Ok(body.to_string()) });
+                            let first = futures::stream::once(async move { Ok(body) });
                             let rest = futures::stream::once(async move {
                                 tokio::time::sleep(Duration::from_millis(pause.max(50))).await;
                                 if cut {
@@ -104,7 +115,7 @@ impl Upstream {
                             });
                             poem::Body::from_bytes_stream(first.chain(rest))
                         } else {
-                            body.to_string().into()
+                            body.into()
                         };
                         Response::builder()
                             .status(poem::http::StatusCode::from_u16(this.status.load(Ordering::SeqCst)).unwrap())
