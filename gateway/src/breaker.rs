@@ -328,6 +328,14 @@ mod tests {
         (b, now)
     }
 
+    /// A breaker just past its open period, and the permits of the three trials it let in.
+    fn trials_let_in() -> (Breaker, Instant, Vec<Permit>) {
+        let (mut b, now) = opened();
+        let later = now + Duration::from_secs(10);
+        let trials = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        (b, later, trials)
+    }
+
     #[test]
     fn after_the_open_period_exactly_three_trials_pass_and_a_fourth_is_rejected() {
         let (mut b, now) = opened();
@@ -346,9 +354,7 @@ mod tests {
     }
 
     fn half_open_verdict(outcomes: [bool; 3]) -> StateName {
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        let (mut b, later, trials) = trials_let_in();
         for (p, ok) in trials.into_iter().zip(outcomes) {
             b.record(p, ok, later);
         }
@@ -365,9 +371,7 @@ mod tests {
     fn two_or_three_failures_of_the_trials_reopen_it_for_the_full_period() {
         assert_eq!(half_open_verdict([FAIL, OK, FAIL]), StateName::Open);
         assert_eq!(half_open_verdict([FAIL, FAIL, FAIL]), StateName::Open);
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        let (mut b, later, trials) = trials_let_in();
         for p in trials {
             b.record(p, FAIL, later);
         }
@@ -379,9 +383,7 @@ mod tests {
 
     #[test]
     fn a_closed_breaker_starts_a_fresh_window() {
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        let (mut b, later, trials) = trials_let_in();
         for p in trials {
             b.record(p, OK, later);
         }
@@ -395,9 +397,7 @@ mod tests {
 
     #[test]
     fn a_trial_given_back_without_an_outcome_lets_another_in() {
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        let (mut b, later, trials) = trials_let_in();
         assert!(b.try_acquire(later).is_err());
         b.release(trials[0]);
         let replacement = b.try_acquire(later).expect("the given-back place");
@@ -414,10 +414,8 @@ mod tests {
 
     #[test]
     fn a_trial_whose_answer_waits_on_its_caller_too_long_gives_its_place_to_another() {
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
+        let (mut b, later, trials) = trials_let_in();
         let wait = BreakerConfig::default().trial_caller_wait;
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
         b.trial_waits_on_caller(trials[0], Some(later));
         // Waiting, then taken again: its wait starts over.
         b.trial_waits_on_caller(trials[1], Some(later));
@@ -447,10 +445,8 @@ mod tests {
 
     #[test]
     fn an_untaken_trial_makes_no_room_beyond_a_lowered_number_of_trials() {
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
+        let (mut b, later, trials) = trials_let_in();
         let wait = BreakerConfig::default().trial_caller_wait;
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
         b.trial_waits_on_caller(trials[0], Some(later));
         b.reconfigure(BreakerConfig {
             half_open_calls: 2,
@@ -467,9 +463,7 @@ mod tests {
 
     #[test]
     fn fewer_trials_configured_while_half_open_still_bring_a_verdict() {
-        let (mut b, now) = opened();
-        let later = now + Duration::from_secs(10);
-        let trials: Vec<Permit> = (0..3).map(|_| b.try_acquire(later).unwrap()).collect();
+        let (mut b, later, trials) = trials_let_in();
         b.record(trials[0], OK, later);
         b.record(trials[1], OK, later);
         b.reconfigure(BreakerConfig {
