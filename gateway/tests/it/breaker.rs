@@ -194,11 +194,17 @@ async fn trials_whose_callers_hang_up_mid_answer_have_no_outcome_and_give_their_
 
 #[tokio::test]
 async fn trials_whose_callers_leave_their_answers_untaken_give_their_places_to_new_trials() {
-    let (edge, products) = past_the_open_period().await;
+    // An upstream limit, and so a wait on callers, long enough that a loaded machine lets the
+    // four calls below in well within it.
+    let mut edge = Edge::start(&[("upstream_timeout_ms", "1500")]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    calls(&edge, &products, &[500; 10]).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
     products.answer(200);
     // Far more than loopback's socket buffers hold: an answer its caller does not read stops
     // going out, and waits on its caller.
-    products.answer_bytes(64 << 20);
+    products.pad_answers(64 << 20);
     let mut untaken = Vec::new();
     for _ in 0..3 {
         let resp = edge.get("/api/v1/products").await;
@@ -206,10 +212,10 @@ async fn trials_whose_callers_leave_their_answers_untaken_give_their_places_to_n
         untaken.push(resp);
     }
     expect_problem(edge.get("/api/v1/products").await, 503).await;
-    // Past the upstream limit (300 ms in tests) of waiting on their callers, the three give
-    // their places to the next callers, whose answers decide.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    products.answer_bytes(0);
+    // Past the limit of waiting on their callers, the three give their places to the next
+    // callers, whose answers decide.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    products.pad_answers(0);
     calls(&edge, &products, &[200; 3]).await;
     assert_eq!(edge.breaker("products").await, "closed");
     drop(untaken);

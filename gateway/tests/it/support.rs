@@ -22,8 +22,8 @@ pub struct Upstream {
     pub cut_bodies: Arc<AtomicBool>,
     /// How long answers pause after the first part of their body (0: they do not).
     pub pause_mid_body_ms: Arc<AtomicU64>,
-    /// The size answers are padded to (0: not padded).
-    pub answer_bytes: Arc<AtomicUsize>,
+    /// How many bytes of padding follow each answer, sent as they are asked for.
+    pub padding: Arc<AtomicUsize>,
     /// The request-body limit a service applies (none: reads any body).
     pub body_limit: Option<usize>,
 }
@@ -66,9 +66,9 @@ impl Upstream {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Answers from now on are `bytes` long (0: as small as they come).
-    pub fn answer_bytes(&self, bytes: usize) {
-        self.answer_bytes.store(bytes, Ordering::SeqCst);
+    /// Answers from now on end with `bytes` of padding (rounded up to 64 KiB; 0: none).
+    pub fn pad_answers(&self, bytes: usize) {
+        self.padding.store(bytes, Ordering::SeqCst);
     }
 
     fn endpoint(&self) -> poem::endpoint::BoxEndpoint<'static, Response> {
@@ -92,14 +92,20 @@ impl Upstream {
                             .iter()
                             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
                             .collect();
-                        let mut body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers }).to_string();
-                        let padded = this.answer_bytes.load(Ordering::SeqCst);
-                        if padded > body.len() {
-                            body.push_str(&" ".repeat(padded - body.len()));
-                        }
+                        let body = serde_json::json!({ "path": req.uri().to_string(), "headers": headers }).to_string();
+                        let padding = this.padding.load(Ordering::SeqCst);
                         let cut = this.cut_bodies.load(Ordering::SeqCst);
                         let pause = this.pause_mid_body_ms.load(Ordering::SeqCst);
-                        let body = if cut || pause > 0 {
+                        let body = if padding > 0 {
+                            // Made as it goes out: the head is not held up by its size.
+                            use futures::StreamExt;
+                            static PAD: [u8; 64 << 10] = [b' '; 64 << 10];
+                            let pad = futures::stream::repeat(hyper::body::Bytes::from_static(&PAD))
+                                .take(padding.div_ceil(PAD.len()))
+                                .map(Ok::<_, std::io::Error>);
+                            let first = futures::stream::once(async move { Ok(body.into()) });
+                            poem::Body::from_bytes_stream(first.chain(pad))
+                        } else if cut || pause > 0 {
                             // The head and first part go out; after a pause, the rest, or a
                             // failure (hyper drops the connection without ending the
                             // chunked body).
