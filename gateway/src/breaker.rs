@@ -162,22 +162,23 @@ impl Breaker {
                 trial: 0,
             });
         };
-        if out.len() + outcomes.len() >= self.config.half_open_calls {
-            // Every trial is in; the verdict comes with their outcomes, unless one has waited
-            // on its caller so long that its place is better given to another.
+        let trials = self.config.half_open_calls;
+        if out.len() + outcomes.len() >= trials {
+            // Every trial is in, and the verdict comes with their outcomes; but one that has
+            // waited on its caller so long gives its place to another.
             let wait = self.config.trial_caller_wait;
             let stuck = out.iter().position(|t| {
                 t.waiting_on_caller
                     .is_some_and(|since| now.saturating_duration_since(since) >= wait)
             });
-            let Some(stuck) = stuck else {
-                return Err(Duration::from_secs(1));
-            };
-            out.swap_remove(stuck);
-            // Still full if the number of trials was lowered since they were let in.
-            if out.len() + outcomes.len() >= self.config.half_open_calls {
-                return Err(Duration::from_secs(1));
+            if let Some(stuck) = stuck {
+                out.swap_remove(stuck);
             }
+        }
+        // Still full if none was stuck, or if the number of trials was lowered since they
+        // were let in.
+        if out.len() + outcomes.len() >= trials {
+            return Err(Duration::from_secs(1));
         }
         self.last_trial += 1;
         out.push(Trial {
@@ -190,9 +191,10 @@ impl Breaker {
         })
     }
 
-    /// The trial of `permit`, taken out of those holding a place; none if it holds none (not
-    /// a trial, or one of an earlier state, or one whose place has gone to another).
-    fn take_trial(&mut self, permit: Permit) -> Option<Trial> {
+    /// The trials holding a place, and where among them the trial of `permit` is; none if
+    /// it holds none (not a trial, or one of an earlier state, or one whose place has gone to
+    /// another).
+    fn place_of(&mut self, permit: Permit) -> Option<(&mut Vec<Trial>, usize)> {
         if permit.generation != self.generation {
             return None;
         }
@@ -200,23 +202,22 @@ impl Breaker {
             return None;
         };
         let i = out.iter().position(|t| t.number == permit.trial)?;
-        Some(out.swap_remove(i))
+        Some((out, i))
+    }
+
+    /// Takes the trial of `permit` out of those holding a place; false if it held none.
+    fn take_trial(&mut self, permit: Permit) -> bool {
+        self.place_of(permit)
+            .map(|(out, i)| out.swap_remove(i))
+            .is_some()
     }
 
     /// Notes that the answer to a trial waits on its caller since `since`, or (none) that
     /// the caller is taking it. False if the trial no longer holds a place, and never will.
     pub fn trial_waits_on_caller(&mut self, permit: Permit, since: Option<Instant>) -> bool {
-        if permit.generation != self.generation {
-            return false;
-        }
-        let State::HalfOpen { out, .. } = &mut self.state else {
-            return false;
-        };
-        let Some(trial) = out.iter_mut().find(|t| t.number == permit.trial) else {
-            return false;
-        };
-        trial.waiting_on_caller = since;
-        true
+        self.place_of(permit)
+            .map(|(out, i)| out[i].waiting_on_caller = since)
+            .is_some()
     }
 
     fn too_many_failures(&self, (failures, total): (usize, usize)) -> bool {
@@ -233,9 +234,7 @@ impl Breaker {
 
     /// Records the outcome of a permitted call.
     pub fn record(&mut self, permit: Permit, success: bool, now: Instant) {
-        if permit.generation != self.generation
-            || (permit.is_trial() && self.take_trial(permit).is_none())
-        {
+        if permit.generation != self.generation || (permit.is_trial() && !self.take_trial(permit)) {
             return;
         }
         let window = self.config.window;
