@@ -22,7 +22,12 @@ async fn calls(edge: &Edge, upstream: &Upstream, statuses: &[u16]) {
 
 /// A gateway routing products to one controllable upstream.
 async fn products_behind_a_gateway() -> (Edge, Upstream) {
-    let mut edge = Edge::start(&[]).await;
+    products_behind_a_gateway_with(&[]).await
+}
+
+/// As [`products_behind_a_gateway`], with the test's own settings over the tests' defaults.
+async fn products_behind_a_gateway_with(overrides: &[(&str, &str)]) -> (Edge, Upstream) {
+    let mut edge = Edge::start(overrides).await;
     let products = Upstream::new();
     edge.add("products", &products).await;
     (edge, products)
@@ -31,10 +36,25 @@ async fn products_behind_a_gateway() -> (Edge, Upstream) {
 /// A gateway whose breaker for products was opened by 10 failures, and whose open period
 /// (`breaker_open_ms` = 400 in tests) has just passed: the next calls are trials.
 async fn past_the_open_period() -> (Edge, Upstream) {
-    let (edge, products) = products_behind_a_gateway().await;
+    past_the_open_period_with(&[]).await
+}
+
+/// As [`past_the_open_period`], with the test's own settings over the tests' defaults.
+async fn past_the_open_period_with(overrides: &[(&str, &str)]) -> (Edge, Upstream) {
+    let (edge, products) = products_behind_a_gateway_with(overrides).await;
     calls(&edge, &products, &[500; 10]).await;
     tokio::time::sleep(Duration::from_millis(450)).await;
     (edge, products)
+}
+
+/// Five good calls after five failures: the window of 10 is full, half failures, and opens.
+async fn five_successes_complete_a_window_that_opens_it(edge: &Edge, products: &Upstream) {
+    calls(edge, products, &[200; 5]).await;
+    assert_eq!(
+        edge.breaker("products").await,
+        "open",
+        "5 failures of 10 opened it"
+    );
 }
 
 #[tokio::test]
@@ -73,12 +93,7 @@ async fn a_switch_of_protocols_nobody_asked_for_is_502_and_a_failure() {
         expect_problem(edge.get("/api/v1/products").await, 502).await;
     }
     products.answer(200);
-    calls(&edge, &products, &[200; 5]).await;
-    assert_eq!(
-        edge.breaker("products").await,
-        "open",
-        "5 failures of 10 opened it"
-    );
+    five_successes_complete_a_window_that_opens_it(&edge, &products).await;
 }
 
 #[tokio::test]
@@ -91,12 +106,7 @@ async fn an_answer_broken_off_mid_body_is_a_failure() {
         assert!(resp.bytes().await.is_err(), "the body did not");
     }
     products.cut_bodies(false);
-    calls(&edge, &products, &[200; 5]).await;
-    assert_eq!(
-        edge.breaker("products").await,
-        "open",
-        "5 failures of 10 opened it"
-    );
+    five_successes_complete_a_window_that_opens_it(&edge, &products).await;
 }
 
 #[tokio::test]
@@ -196,11 +206,7 @@ async fn trials_whose_callers_hang_up_mid_answer_have_no_outcome_and_give_their_
 async fn trials_whose_callers_leave_their_answers_untaken_give_their_places_to_new_trials() {
     // An upstream limit, and so a wait on callers, long enough that a loaded machine lets the
     // four calls below in well within it.
-    let mut edge = Edge::start(&[("upstream_timeout_ms", "1500")]).await;
-    let products = Upstream::new();
-    edge.add("products", &products).await;
-    calls(&edge, &products, &[500; 10]).await;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (edge, products) = past_the_open_period_with(&[("upstream_timeout_ms", "1500")]).await;
     products.answer(200);
     // Far more than loopback's socket buffers hold: an answer its caller does not read stops
     // going out, and waits on its caller.
