@@ -4,4 +4,5 @@ mod consul;
 mod contract;
 mod events;
 mod http;
+mod seed_file;
 mod workers;
