@@ -42,7 +42,7 @@ impl<B: Body> JudgedBody<B> {
             && waiting != self.waiting_on_caller
         {
             self.waiting_on_caller = waiting;
-            if !call.waits_on_caller(waiting.then(tokio::time::Instant::now)) {
+            if !call.waits_on_caller(waiting) {
                 // Its place has gone to another trial: nothing left to judge or tell.
                 self.call = None;
             }
@@ -109,8 +109,8 @@ mod tests {
     use poem::http::HeaderMap;
 
     use super::*;
-    use crate::Upstream;
     use crate::breaker::{Breaker, BreakerConfig, StateName};
+    use crate::{BreakerClock, Upstream};
 
     type Frames = [Result<Frame<Bytes>, std::io::Error>; 2];
 
@@ -122,7 +122,11 @@ mod tests {
             half_open_calls: 1,
             ..BreakerConfig::default()
         };
-        let upstream = Arc::new(Upstream::new("products", Breaker::new(config)));
+        let upstream = Arc::new(Upstream::new(
+            "products",
+            Breaker::new(config),
+            BreakerClock::default(),
+        ));
         upstream.acquire().unwrap().record(false);
         tokio::time::advance(config.open_for).await;
         upstream

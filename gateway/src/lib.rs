@@ -14,6 +14,7 @@ pub mod routes;
 pub mod testing;
 mod upstreams;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -62,22 +63,44 @@ impl GatewayConfig {
     }
 }
 
+/// The breakers' time: tokio's, ahead by an offset that only tests move
+/// (`Gateway::advance_breaker_clock`), so that a test through the gateway steps past a 10 s
+/// open period as the breaker's own tests do, without waiting for it.
+#[derive(Clone, Default)]
+pub(crate) struct BreakerClock {
+    ahead_ns: Arc<AtomicU64>,
+}
+
+impl BreakerClock {
+    fn now(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_nanos(self.ahead_ns.load(Ordering::Relaxed))
+    }
+
+    #[cfg(feature = "testing")]
+    fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).expect("a test steps less than 584 years");
+        self.ahead_ns.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
 /// What the gateway keeps per upstream service: its breaker and the handles of its metrics
 /// (registered once, not looked up by label on every request).
 pub(crate) struct Upstream {
     service: &'static str,
     breaker: Mutex<Breaker>,
+    clock: BreakerClock,
     state: metrics::Gauge,
     latency: metrics::Histogram,
 }
 
 impl Upstream {
-    fn new(service: &'static str, breaker: Breaker) -> Self {
+    fn new(service: &'static str, breaker: Breaker, clock: BreakerClock) -> Self {
         let state = metrics::gauge!("gateway_breaker_state", "upstream" => service);
         state.set(breaker.state().gauge());
         Self {
             service,
             breaker: Mutex::new(breaker),
+            clock,
             state,
             latency: metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => service),
         }
@@ -92,7 +115,7 @@ impl Upstream {
         let (before, res, after) = {
             let mut breaker = self.breaker();
             let before = breaker.state();
-            let res = breaker.try_acquire(tokio::time::Instant::now());
+            let res = breaker.try_acquire(self.clock.now());
             (before, res, breaker.state())
         };
         self.observe(before, after);
@@ -110,7 +133,7 @@ impl Upstream {
         let (before, after) = {
             let mut breaker = self.breaker();
             let before = breaker.state();
-            breaker.record(permit, success, tokio::time::Instant::now());
+            breaker.record(permit, success, self.clock.now());
             (before, breaker.state())
         };
         self.observe(before, after);
@@ -163,12 +186,14 @@ impl Call {
         self.permit.is_some_and(|p| p.is_trial())
     }
 
-    /// Tells the breaker that this trial's answer waits on its caller (since `since`), or
-    /// (none) that the caller is taking it. False if the trial has lost its place: its
-    /// outcome no longer counts.
-    pub(crate) fn waits_on_caller(&self, since: Option<tokio::time::Instant>) -> bool {
-        self.permit
-            .is_some_and(|permit| self.upstream.breaker().trial_waits_on_caller(permit, since))
+    /// Tells the breaker that this trial's answer waits on its caller from now on (`true`),
+    /// or that the caller is taking it. False if the trial has lost its place: its outcome
+    /// no longer counts.
+    pub(crate) fn waits_on_caller(&self, waiting: bool) -> bool {
+        self.permit.is_some_and(|permit| {
+            let since = waiting.then(|| self.upstream.clock.now());
+            self.upstream.breaker().trial_waits_on_caller(permit, since)
+        })
     }
 }
 
@@ -182,6 +207,7 @@ impl Drop for Call {
 
 struct Inner {
     upstreams: foldhash::HashMap<&'static str, Arc<Upstream>>,
+    breaker_clock: BreakerClock,
     live: RwLock<Arc<Live>>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<live::ClientKey>>>,
     verifier: JwtVerifier,
@@ -218,15 +244,20 @@ impl Gateway {
             .build()
             .map_err(|e| StartError::Keys(e.to_string()))?;
         let upstreams = Upstreams::new(discovery);
+        let breaker_clock = BreakerClock::default();
         let upstream_state = routes::services()
             .into_iter()
             .map(|s| {
                 let breaker = Breaker::new(config.live.breaker);
-                (s, Arc::new(Upstream::new(s, breaker)))
+                (
+                    s,
+                    Arc::new(Upstream::new(s, breaker, breaker_clock.clone())),
+                )
             })
             .collect();
         let inner = Inner {
             upstreams: upstream_state,
+            breaker_clock,
             limiter: RwLock::new(config.live.limiter()),
             live: RwLock::new(Arc::new(config.live.clone())),
             verifier: JwtVerifier::from_jwks(&jwks)?,
@@ -279,6 +310,13 @@ impl Gateway {
             .upstreams
             .get(service)
             .expect("every routed service has a breaker")
+    }
+
+    /// Moves the breakers' clock (and only theirs) ahead by `by`: a test passes an open
+    /// period, or a trial's wait on its caller, without sleeping through it.
+    #[cfg(feature = "testing")]
+    pub fn advance_breaker_clock(&self, by: Duration) {
+        self.inner.breaker_clock.advance(by);
     }
 
     pub fn breaker_state(&self, service: &str) -> Option<StateName> {

@@ -33,8 +33,8 @@ async fn products_behind_a_gateway_with(overrides: &[(&str, &str)]) -> (Edge, Up
     (edge, products)
 }
 
-/// A gateway whose breaker for products was opened by 10 failures, and whose open period
-/// (`breaker_open_ms` = 400 in tests) has just passed: the next calls are trials.
+/// A gateway whose breaker for products was opened by 10 failures, with its clock stepped to
+/// the end of the open period: the next calls are trials.
 async fn past_the_open_period() -> (Edge, Upstream) {
     past_the_open_period_with(&[]).await
 }
@@ -43,8 +43,26 @@ async fn past_the_open_period() -> (Edge, Upstream) {
 async fn past_the_open_period_with(overrides: &[(&str, &str)]) -> (Edge, Upstream) {
     let (edge, products) = products_behind_a_gateway_with(overrides).await;
     calls(&edge, &products, &[500; 10]).await;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(edge.breaker("products").await, "open");
+    edge.gateway.advance_breaker_clock(OPEN_PERIOD);
     (edge, products)
+}
+
+/// The seed's open period (`micromart/gateway/breaker_open_ms`), which the tests' gateways keep.
+const OPEN_PERIOD: Duration = Duration::from_secs(10);
+
+/// Refused at once, without a call to the upstream: the breaker is open. The problem.
+async fn refused_while_open(edge: &Edge, products: &Upstream) -> serde_json::Value {
+    let hits = products.hits();
+    let resp = edge.get("/api/v1/products").await;
+    assert!(resp.headers().contains_key("retry-after"));
+    let problem = expect_problem(resp, 503).await;
+    assert_eq!(
+        products.hits(),
+        hits,
+        "an open breaker does not call the upstream"
+    );
+    problem
 }
 
 /// Five good calls after five failures: the window of 10 is full, half failures, and opens.
@@ -68,15 +86,8 @@ async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_u
     .await;
     assert_eq!(products.hits(), 10);
     products.answer(200);
-    let resp = edge.get("/api/v1/products").await;
-    assert!(resp.headers().contains_key("retry-after"));
-    let body = expect_problem(resp, 503).await;
-    assert!(body["detail"].as_str().unwrap().contains("products"));
-    assert_eq!(
-        products.hits(),
-        10,
-        "an open breaker does not call the upstream"
-    );
+    let problem = refused_while_open(&edge, &products).await;
+    assert!(problem["detail"].as_str().unwrap().contains("products"));
     assert_eq!(edge.breaker("products").await, "open");
     let metrics = edge.metrics().await;
     assert!(
@@ -124,26 +135,45 @@ async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
 }
 
 #[tokio::test]
-async fn after_the_open_period_three_trials_pass_a_fourth_is_refused_and_successes_close_it() {
-    let (edge, products) = past_the_open_period().await;
+async fn ten_seconds_after_opening_three_trials_pass_a_concurrent_fourth_is_refused_and_successes_close_it()
+ {
+    let (edge, products) = products_behind_a_gateway().await;
+    calls(&edge, &products, &[500; 10]).await;
+    assert_eq!(edge.gateway.live().breaker.open_for, OPEN_PERIOD);
+    // A second before the end (the test's own time runs on the real clock besides).
+    edge.gateway
+        .advance_breaker_clock(OPEN_PERIOD - Duration::from_secs(1));
+    refused_while_open(&edge, &products).await;
+    edge.gateway.advance_breaker_clock(Duration::from_secs(1));
     products.answer(200);
-    products.delay(Duration::from_millis(150));
-    let trials = (0..3).map(|_| edge.get("/api/v1/products"));
+    // The trials reach the upstream and wait there: a fourth caller comes while all three
+    // are out, and is refused without waiting for them.
+    products.hold();
+    let trials = futures::future::join_all((0..3).map(|_| edge.get("/api/v1/products")));
     let fourth = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        edge.get("/api/v1/products").await
+        products.until_hits(13).await;
+        expect_problem(edge.get("/api/v1/products").await, 503).await;
+        assert_eq!(edge.breaker("products").await, "half_open");
+        products.release();
     };
-    let (trials, fourth) = tokio::join!(futures::future::join_all(trials), fourth);
-    assert!(
-        trials.iter().all(|r| r.status() == 200),
-        "three trials pass"
-    );
+    let (trials, ()) = tokio::join!(trials, fourth);
     for trial in trials {
+        assert_eq!(trial.status(), 200, "three trials pass");
         trial.bytes().await.expect("the answer's body came whole");
     }
-    expect_problem(fourth, 503).await;
     assert_eq!(products.hits(), 13);
     assert_eq!(edge.breaker("products").await, "closed");
+}
+
+#[tokio::test]
+async fn two_successful_trials_of_three_close_it_with_a_fresh_window() {
+    let (edge, products) = past_the_open_period().await;
+    calls(&edge, &products, &[200, 500, 200]).await;
+    assert_eq!(edge.breaker("products").await, "closed");
+    // The failures before it opened are forgotten: the next window needs 10 calls of its own.
+    calls(&edge, &products, &[500; 5]).await;
+    assert_eq!(edge.breaker("products").await, "closed");
+    five_successes_complete_a_window_that_opens_it(&edge, &products).await;
 }
 
 #[tokio::test]
@@ -228,12 +258,18 @@ async fn trials_whose_callers_leave_their_answers_untaken_give_their_places_to_n
 }
 
 #[tokio::test]
-async fn two_failed_trials_reopen_it() {
+async fn two_failed_trials_reopen_it_for_another_open_period() {
     let (edge, products) = past_the_open_period().await;
     calls(&edge, &products, &[500, 200, 500]).await;
     assert_eq!(edge.breaker("products").await, "open");
-    expect_problem(edge.get("/api/v1/products").await, 503).await;
-    assert_eq!(products.hits(), 13);
+    refused_while_open(&edge, &products).await;
+    // A second before the end (the test's own time runs on the real clock besides).
+    edge.gateway
+        .advance_breaker_clock(OPEN_PERIOD - Duration::from_secs(1));
+    refused_while_open(&edge, &products).await;
+    edge.gateway.advance_breaker_clock(Duration::from_secs(1));
+    calls(&edge, &products, &[200; 3]).await;
+    assert_eq!(edge.breaker("products").await, "closed");
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub struct Upstream {
     pub padding: Arc<AtomicUsize>,
     /// The request-body limit a service applies (none: reads any body).
     pub body_limit: Option<usize>,
+    /// While true, requests are counted as they arrive and answered once it turns false.
+    pub held: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Upstream {
@@ -66,6 +68,29 @@ impl Upstream {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Requests from now on are counted as they arrive but not answered until [`Self::release`].
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Answers the requests held, and from now on answers at once.
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+
+    /// Waits until `n` requests have arrived in all.
+    pub async fn until_hits(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.hits() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} requests arrived",
+                self.hits()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Answers from now on end with `bytes` of padding (rounded up to 64 KiB; 0: none).
     pub fn pad_answers(&self, bytes: usize) {
         self.padding.store(bytes, Ordering::SeqCst);
@@ -83,6 +108,8 @@ impl Upstream {
                         this.hits.fetch_add(1, Ordering::SeqCst);
                         // Read as a service reads it; a failed read is the test's to see.
                         let _ = req.take_body().into_bytes().await;
+                        let mut held = this.held.subscribe();
+                        let _ = held.wait_for(|held| !held).await;
                         let delay = this.delay_ms.load(Ordering::SeqCst);
                         if delay > 0 {
                             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -164,13 +191,13 @@ impl Drop for Edge {
 }
 
 impl Edge {
-    /// A gateway with short breaker and timeout periods (so that tests need not wait 10 s),
-    /// `tweak`ed further by the test.
+    /// A gateway with a short upstream limit (300 ms: a hanging upstream's test need not
+    /// wait 5 s) and the seed's breaker numbers, whose periods a test steps through on the
+    /// breakers' clock ([`gateway::Gateway::advance_breaker_clock`]); `overrides` over these.
     pub async fn start(overrides: &[(&str, &str)]) -> Self {
         let identity = TestIdentity::new();
         let mut settings = vec![
             ("jwt_public_keys", identity.jwks.as_str()),
-            ("breaker_open_ms", "400"),
             ("upstream_timeout_ms", "300"),
             ("workers", "1"),
             ("watch_wait_seconds", "1"),
