@@ -146,7 +146,11 @@ fn bump(index: &watch::Sender<u64>) -> u64 {
 
 /// Runs each HTTP check about every second, as a Consul agent does at its interval.
 async fn run_checks(state: Arc<Mutex<State>>, index: Arc<watch::Sender<u64>>) {
+    // A new connection for each check, as Consul's HTTP checks make (keep-alives off): an
+    // instance that stops accepting fails its next check even if it would still serve a
+    // connection it had kept open.
     let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(2))
         .build()
         .expect("http client");
@@ -376,16 +380,13 @@ async fn register(
             .into_response();
     }
     let check_url = reg.check.as_ref().and_then(|c| c.http.clone());
-    // A new check starts critical until it first passes, as in Consul.
-    let status = match &check_url {
-        Some(url) => {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .expect("http client");
-            check_status(&client, url).await
-        }
-        None => "passing",
+    // A new check starts critical until it first passes, as in Consul, whose agent runs it
+    // after answering: run here, the check of a service that registers before it serves
+    // (ours do) would wait for its own registration to end.
+    let status = if check_url.is_some() {
+        "critical"
+    } else {
+        "passing"
     };
     let idx = bump(index);
     let id = reg.id.clone().unwrap_or_else(|| reg.name.clone());
