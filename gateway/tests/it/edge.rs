@@ -462,7 +462,7 @@ async fn a_caller_too_slow_to_send_its_body_is_408_and_not_the_upstreams_failure
 
 #[tokio::test]
 async fn a_caller_whose_body_the_upstream_does_not_take_reads_its_504() {
-    use platform::discovery::{Discovery, Registration};
+    use platform::discovery::Registration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An instance that accepts connections and never reads them, with a small receive
     // buffer: most of a 12 MiB body is still with the caller when the limit is reached.

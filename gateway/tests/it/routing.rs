@@ -1,6 +1,10 @@
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use platform::consul::Consul;
+use platform::discovery::Discovery;
+use platform::testing::consul_double::ConsulDouble;
 use platform::testing::expect_problem;
 use serde_json::Value;
 
@@ -22,6 +26,32 @@ async fn two_instances_share_the_load_and_a_stopped_one_gets_no_more_traffic() {
         assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
     }
     assert_eq!((a.hits(), b.hits()), (10, 20));
+}
+
+#[tokio::test]
+async fn an_instance_killed_without_leaving_consul_gets_no_traffic_once_its_check_fails() {
+    let consul = ConsulDouble::start().await;
+    let discovery =
+        || -> Arc<dyn Discovery> { Arc::new(Consul::new(&consul.url(), None).unwrap()) };
+    let mut edge = Edge::start_on(discovery(), &[]).await;
+    let (a, b) = (Upstream::new(), Upstream::new());
+    let doomed = edge.add_crashable("cart", &a, discovery()).await;
+    edge.add("cart", &b).await;
+    for _ in 0..4 {
+        assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (2, 2), "round-robin");
+    doomed.crash();
+    // Consul's check of the instance fails (the double checks every half second), and the
+    // gateway's blocking query on the passing instances returns with one fewer.
+    let killed = Instant::now();
+    edge.wait_for_instances("cart", 1).await;
+    let noticed_in = killed.elapsed();
+    for _ in 0..10 {
+        assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (2, 12));
+    assert!(noticed_in < Duration::from_secs(3), "{noticed_in:?}");
 }
 
 #[tokio::test]

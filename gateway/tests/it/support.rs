@@ -169,10 +169,23 @@ impl Upstream {
     }
 }
 
+/// An instance served on a runtime of its own, to be killed.
+pub struct Crashable {
+    runtime: tokio::runtime::Runtime,
+    _serving: Serving,
+}
+
+impl Crashable {
+    /// Ends the instance as a killed process ends.
+    pub fn crash(self) {
+        self.runtime.shutdown_background();
+    }
+}
+
 pub struct Edge {
     pub gateway: gateway::Gateway,
     pub server: Serving,
-    pub discovery: Arc<LocalDiscovery>,
+    pub discovery: Arc<dyn Discovery>,
     pub config: LocalConfig,
     pub identity: TestIdentity,
     pub client: reqwest::Client,
@@ -195,6 +208,12 @@ impl Edge {
     /// wait 5 s) and the seed's breaker numbers, whose periods a test steps through on the
     /// breakers' clock ([`gateway::Gateway::advance_breaker_clock`]); `overrides` over these.
     pub async fn start(overrides: &[(&str, &str)]) -> Self {
+        Self::start_on(Arc::new(LocalDiscovery::new()), overrides).await
+    }
+
+    /// As [`Self::start`], finding its upstreams (and registering those the test adds) in
+    /// `discovery`.
+    pub async fn start_on(discovery: Arc<dyn Discovery>, overrides: &[(&str, &str)]) -> Self {
         let identity = TestIdentity::new();
         let mut settings = vec![
             ("jwt_public_keys", identity.jwks.as_str()),
@@ -205,7 +224,6 @@ impl Edge {
             ("rate_limit_burst", "10000"),
         ];
         settings.extend_from_slice(overrides);
-        let discovery = Arc::new(LocalDiscovery::new());
         let stop = CancellationToken::new();
         let started = gateway::testing::start(discovery.clone(), &settings, &stop).await;
         Self {
@@ -241,11 +259,52 @@ impl Edge {
         .await
         .unwrap();
         self.instances.push((serving, stop));
+        self.wait_for_one_more(service).await;
+        self.instances.len() - 1
+    }
+
+    /// Waits until the gateway knows one more instance of `service` than before.
+    async fn wait_for_one_more(&mut self, service: &str) {
         let known = self.registered.entry(service.to_owned()).or_default();
         *known += 1;
         let n = *known;
         self.wait_for_instances(service, n).await;
-        self.instances.len() - 1
+    }
+
+    /// Serves `upstream` as an instance of `service`, registered in `discovery` (a client of
+    /// its own: the instance's connections die with it), on a runtime of its own that
+    /// [`Crashable::crash`] ends as a killed process ends: every socket closed at once, and
+    /// no leaving discovery.
+    pub async fn add_crashable(
+        &mut self,
+        service: &str,
+        upstream: &Upstream,
+        discovery: Arc<dyn Discovery>,
+    ) -> Crashable {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (name, endpoint) = (service.to_owned(), upstream.endpoint());
+        let serving = runtime.spawn(async move {
+            serve(
+                &name,
+                endpoint,
+                "127.0.0.1:0",
+                "127.0.0.1",
+                discovery,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+        });
+        let serving = serving.await.unwrap();
+        self.wait_for_one_more(service).await;
+        Crashable {
+            runtime,
+            _serving: serving,
+        }
     }
 
     pub async fn ready(&self) -> serde_json::Value {
