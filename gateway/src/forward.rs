@@ -307,15 +307,40 @@ where
 {
     /// Sends `req` (origin-form URI, Host set) to the instance at `authority` on an idle
     /// connection to it, or on a new one.
+    #[cfg(test)]
     pub async fn request(
         &self,
         authority: &Authority,
-        mut req: Request<B>,
+        req: Request<B>,
     ) -> Result<Response<PooledBody<B>>, UpstreamError> {
+        self.request_or_elsewhere(authority, req, |_, _, _| None)
+            .await
+    }
+
+    /// As `request`; but when no connection to the instance can be made, and so nothing of
+    /// the request has gone out, `elsewhere` may name another instance (having re-addressed
+    /// the request for it), which is tried instead.
+    pub async fn request_or_elsewhere(
+        &self,
+        authority: &Authority,
+        mut req: Request<B>,
+        mut elsewhere: impl FnMut(&mut Request<B>, &Authority, &UpstreamError) -> Option<Authority>,
+    ) -> Result<Response<PooledBody<B>>, UpstreamError> {
+        let mut instead: Option<Authority> = None;
         loop {
+            let authority = instead.as_ref().unwrap_or(authority);
             let (Connection { mut sender, task }, idle_for) = match self.checkout(authority) {
                 Some((conn, idle_for)) => (conn, Some(idle_for)),
-                None => (self.connect(authority).await?, None),
+                None => match self.connect(authority).await {
+                    Ok(conn) => (conn, None),
+                    Err(unreachable) => match elsewhere(&mut req, authority, &unreachable) {
+                        Some(other) => {
+                            instead = Some(other);
+                            continue;
+                        }
+                        None => return Err(unreachable),
+                    },
+                },
             };
             let reused = idle_for.is_some();
             let mut in_flight = AbortOnDrop(Some(task));

@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use poem::http::uri::PathAndQuery;
+use poem::http::uri::{Authority, PathAndQuery};
 use poem::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 
 use platform::body_limit::CappedBodyError;
@@ -15,7 +15,7 @@ use platform::context::{self, RequestId};
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use crate::forward::{BodyProgress, ForwardBody, UpstreamClient};
+use crate::forward::{BodyProgress, ForwardBody, UpstreamClient, UpstreamError};
 use crate::judged::JudgedBody;
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
@@ -161,7 +161,19 @@ pub async fn forward(
     let started = std::time::Instant::now();
     // Pinned here rather than handed to within_limits by value: a future moved into another's
     // arguments is copied whole at each level, and this one is over a kilobyte.
-    let answer = std::pin::pin!(client.request(&target.authority, outgoing));
+    // An instance that cannot be connected to (killed, say, and not yet known to discovery as
+    // gone) has been sent nothing: the request goes to another, whatever its method.
+    let mut unreachable = Vec::new();
+    let elsewhere = |req: &mut Request<ForwardBody>, tried: &Authority, err: &UpstreamError| {
+        unreachable.push(tried.clone());
+        let other = gateway.upstreams.pick_other(service, &unreachable)?;
+        tracing::warn!(service, error = %err, instead = %other.authority, "instance unreachable; the request goes to another");
+        metrics::counter!("gateway_upstream_failovers_total", "upstream" => service).increment(1);
+        req.headers_mut().insert(header::HOST, other.host);
+        Some(other.authority)
+    };
+    let answer =
+        std::pin::pin!(client.request_or_elsewhere(&target.authority, outgoing, elsewhere));
     let result = within_limits(answer, body, about.live).await;
     upstream.record_latency(started.elapsed());
     let answer = match result {

@@ -57,6 +57,19 @@ impl Upstreams {
         Some(of.targets[i % of.targets.len()].clone())
     }
 
+    /// The next instance of `service`, round-robin, that is not one of `tried`; None when
+    /// every healthy one has been.
+    pub fn pick_other(&self, service: &str, tried: &[Authority]) -> Option<Target> {
+        let instances = self.instances.read().expect("upstreams lock poisoned");
+        let of = instances.get(service)?;
+        let n = of.targets.len();
+        let start = of.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &of.targets[(start + i) % n])
+            .find(|t| !tried.iter().any(|a| a.as_str() == t.authority.as_str()))
+            .cloned()
+    }
+
     /// How many healthy instances of `service` are known.
     pub fn count(&self, service: &str) -> usize {
         self.instances

@@ -55,6 +55,51 @@ async fn an_instance_killed_without_leaving_consul_gets_no_traffic_once_its_chec
 }
 
 #[tokio::test]
+async fn requests_for_an_instance_that_cannot_be_reached_go_to_another() {
+    // The local registry runs no checks: a killed instance stays listed, and every request
+    // routed to it finds it gone.
+    let mut edge = Edge::start(&[]).await;
+    let (a, b, c) = (Upstream::new(), Upstream::new(), Upstream::new());
+    let first_doomed = edge.add_crashable("cart", &a, edge.discovery.clone()).await;
+    let second_doomed = edge.add_crashable("cart", &b, edge.discovery.clone()).await;
+    edge.add("cart", &c).await;
+    for _ in 0..3 {
+        assert_eq!(edge.get("/api/v1/cart").await.status(), 200);
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (1, 1, 1), "round-robin");
+    first_doomed.crash();
+    second_doomed.crash();
+    let token = edge.token();
+    for i in 0..6 {
+        // Nothing reached the dead instances: a POST with a body is as safe to send on as a GET.
+        let resp = if i % 2 == 0 {
+            edge.get("/api/v1/cart").await
+        } else {
+            edge.client
+                .post(edge.url("/api/v1/cart/items"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"product_id": "p", "quantity": 1}))
+                .send()
+                .await
+                .unwrap()
+        };
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (1, 1, 7));
+    assert_eq!(
+        edge.ready().await["upstreams"]["cart"]["instances"],
+        3,
+        "still listed"
+    );
+    assert_eq!(edge.breaker("cart").await, "closed");
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains("gateway_upstream_failovers_total{upstream=\"cart\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn each_service_takes_its_own_turns() {
     let mut edge = Edge::start(&[]).await;
     let carts = (Upstream::new(), Upstream::new());
