@@ -235,6 +235,24 @@ mod tests {
     }
 
     #[test]
+    fn a_wildcard_origin_is_refused_as_credentials_are_allowed() {
+        let settings = Settings::default().with("cors_allowed_origins", "http://localhost:3000, *");
+        let err = Live::from_settings(&settings).unwrap_err().to_string();
+        assert!(
+            err.contains("cors_allowed_origins") && err.contains("wildcard"),
+            "{err}"
+        );
+        let settings = Settings::default().with(
+            "cors_allowed_origins",
+            "http://localhost:3000, https://shop.example/",
+        );
+        assert_eq!(
+            Live::from_settings(&settings).unwrap().cors_origins,
+            ["http://localhost:3000", "https://shop.example"]
+        );
+    }
+
+    #[test]
     fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_one_its_ipv4_address() {
         let key = |ip: &str| ClientKey::address(ip.parse().unwrap());
         assert_eq!(

@@ -51,18 +51,23 @@ async fn past_the_open_period_with(overrides: &[(&str, &str)]) -> (Edge, Upstrea
 /// The seed's open period (`micromart/gateway/breaker_open_ms`), which the tests' gateways keep.
 const OPEN_PERIOD: Duration = Duration::from_secs(10);
 
-/// Refused at once, without a call to the upstream: the breaker is open. The problem.
-async fn refused_while_open(edge: &Edge, products: &Upstream) -> serde_json::Value {
+/// Refused at once, without a call to the upstream: the breaker is open. The problem, and the
+/// seconds Retry-After asks the caller to wait.
+async fn refused_while_open(edge: &Edge, products: &Upstream) -> (serde_json::Value, u64) {
     let hits = products.hits();
     let resp = edge.get("/api/v1/products").await;
-    assert!(resp.headers().contains_key("retry-after"));
+    let retry_after = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let problem = expect_problem(resp, 503).await;
     assert_eq!(
         products.hits(),
         hits,
         "an open breaker does not call the upstream"
     );
-    problem
+    (problem, retry_after)
 }
 
 /// Five good calls after five failures: the window of 10 is full, half failures, and opens.
@@ -86,14 +91,63 @@ async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_u
     .await;
     assert_eq!(products.hits(), 10);
     products.answer(200);
-    let problem = refused_while_open(&edge, &products).await;
+    let (problem, retry_after) = refused_while_open(&edge, &products).await;
     assert!(problem["detail"].as_str().unwrap().contains("products"));
+    assert_eq!(retry_after, 10, "the open period's rest, rounded up");
     assert_eq!(edge.breaker("products").await, "open");
+    // Requests by route and status, the upstream's latencies, the breaker's state and its
+    // transitions. (Every gateway in this test process shares one registry: only series
+    // are checked, not values other tests move too.)
     let metrics = edge.metrics().await;
-    assert!(
-        metrics.contains("gateway_breaker_transitions_total"),
-        "{metrics}"
-    );
+    for (name, labels) in [
+        (
+            "http_requests_total",
+            &[("route", "products"), ("status", "503")][..],
+        ),
+        (
+            "http_requests_total",
+            &[("route", "products"), ("status", "502")],
+        ),
+        (
+            "gateway_upstream_duration_seconds",
+            &[("upstream", "products")],
+        ),
+        ("gateway_breaker_state", &[("upstream", "products")]),
+        (
+            "gateway_breaker_transitions_total",
+            &[("upstream", "products"), ("to", "open")],
+        ),
+        (
+            "gateway_breaker_rejected_total",
+            &[("upstream", "products")],
+        ),
+    ] {
+        assert!(
+            has_series(&metrics, name, labels),
+            "{name} {labels:?} in\n{metrics}"
+        );
+    }
+    assert!(!has_series(
+        &metrics,
+        "http_requests_total",
+        &[("route", "products"), ("status", "418")]
+    ));
+}
+
+/// Whether the Prometheus text `metrics` has a sample of `name` with every one of `labels`.
+fn has_series(metrics: &str, name: &str, labels: &[(&str, &str)]) -> bool {
+    metrics.lines().any(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| {
+                rest.strip_prefix('{')
+                    .or_else(|| rest.strip_prefix("_count{"))
+            })
+            .is_some_and(|rest| {
+                labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+    })
 }
 
 #[tokio::test]
@@ -143,7 +197,8 @@ async fn ten_seconds_after_opening_three_trials_pass_a_concurrent_fourth_is_refu
     // A second before the end (the test's own time runs on the real clock besides).
     edge.gateway
         .advance_breaker_clock(OPEN_PERIOD - Duration::from_secs(1));
-    refused_while_open(&edge, &products).await;
+    let (_, retry_after) = refused_while_open(&edge, &products).await;
+    assert_eq!(retry_after, 1);
     edge.gateway.advance_breaker_clock(Duration::from_secs(1));
     products.answer(200);
     // The trials reach the upstream and wait there: a fourth caller comes while all three

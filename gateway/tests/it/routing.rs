@@ -200,6 +200,7 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     let gateway_host = edge.server.addr.to_string();
     assert_eq!(headers["x-forwarded-host"], gateway_host);
+    assert_eq!(headers["x-forwarded-proto"], "http");
     assert!(
         headers["host"].starts_with("127.0.0.1:") && headers["host"] != gateway_host,
         "the instance is addressed as itself: {}",
@@ -220,11 +221,13 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
     );
     assert!(!headers.contains_key("x-drop-me"));
 
-    // A caller behind another proxy, naming no header in Connection.
+    // A caller behind another proxy, naming no header in Connection, in a trace of its own.
+    let callers_trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let resp = edge
         .get_with_headers(
             "/api/v1/cart/items",
             &[
+                ("traceparent", callers_trace),
                 ("x-forwarded-for", "10.0.0.7"),
                 ("proxy-authorization", "Basic c2VjcmV0"),
                 ("te", "trailers"),
@@ -233,6 +236,10 @@ async fn forwarded_requests_carry_ids_and_forwarding_headers_but_no_hop_by_hop_o
         .await;
     let headers = headers_the_instance_saw(resp).await;
     assert_eq!(headers["x-forwarded-for"], "10.0.0.7, 127.0.0.1");
+    assert_eq!(
+        headers["traceparent"], callers_trace,
+        "the caller's trace goes on"
+    );
     assert!(
         !headers.contains_key("proxy-authorization") && !headers.contains_key("te"),
         "hop-by-hop request headers are dropped: {headers:?}"
