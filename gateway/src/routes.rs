@@ -119,6 +119,35 @@ mod tests {
 
     #[test]
     fn only_the_listed_reads_and_forms_are_public() {
+        // SPEC.md's list: register, login, refresh, verify, password reset, jwks, product and
+        // category reads, inventory availability, /pay/**, the payment webhook.
+        for (method, path) in [
+            (Method::POST, "/api/v1/users/register"),
+            (Method::POST, "/api/v1/users/token/refresh"),
+            (Method::GET, "/api/v1/users/verify"),
+            (Method::POST, "/api/v1/users/password-reset"),
+            (Method::POST, "/api/v1/users/password-reset/confirm"),
+            (Method::GET, "/.well-known/jwks.json"),
+            (Method::GET, "/api/v1/products/0193"),
+            (Method::GET, "/api/v1/products/sku/DEMO-001"),
+            (Method::GET, "/pay/0193"),
+            (Method::POST, "/api/v1/payments/webhook"),
+        ] {
+            assert!(is_public(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::POST, "/api/v1/users/logout"),
+            (Method::GET, "/api/v1/users/register"),
+            (Method::GET, "/api/v1/payments/webhook"),
+            (Method::GET, "/api/v1/payments/0193"),
+            (Method::POST, "/api/v1/payments/0193/refunds"),
+            (Method::PUT, "/api/v1/products/0193"),
+            (Method::DELETE, "/api/v1/products/0193"),
+            (Method::GET, "/api/v1/orders"),
+            (Method::GET, "/api/v1/notifications"),
+        ] {
+            assert!(!is_public(&method, path), "{method} {path}");
+        }
         assert!(is_public(&Method::POST, "/api/v1/users/login"));
         assert!(!is_public(&Method::GET, "/api/v1/users/me"));
         assert!(is_public(&Method::GET, "/api/v1/products/categories"));
