@@ -146,7 +146,8 @@ impl Live {
     }
 }
 
-/// Follows `micromart/shared/` and `micromart/gateway/` and applies each change.
+/// Follows `micromart/gateway/`, where every live key is, and applies each change (read, as at
+/// start, over `micromart/shared/`).
 pub async fn follow(
     gateway: Gateway,
     source: Arc<dyn ConfigSource>,
