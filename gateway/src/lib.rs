@@ -35,6 +35,9 @@ use crate::upstreams::Upstreams;
 
 pub const SERVICE: &str = "gateway";
 
+/// How long fetching users' key set may take.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often the rate limiter forgets the clients whose buckets have refilled.
 const FORGET_IDLE_CLIENTS_EVERY: Duration = Duration::from_secs(10);
 
@@ -207,7 +210,10 @@ impl Drop for Call {
 
 struct Inner {
     upstreams: foldhash::HashMap<&'static str, Arc<Upstream>>,
+    #[cfg(feature = "testing")]
     breaker_clock: BreakerClock,
+    /// Where users, whose key set the verifier follows, is found.
+    discovery: Arc<dyn Discovery>,
     live: RwLock<Arc<Live>>,
     limiter: RwLock<Arc<DefaultKeyedRateLimiter<live::ClientKey>>>,
     verifier: JwtVerifier,
@@ -231,7 +237,7 @@ impl Gateway {
     ) -> Result<Self, StartError> {
         platform::metrics::handle();
         let jwks = if config.jwt_public_keys.trim().is_empty() {
-            platform::service::fetch_jwks(discovery.as_ref(), Duration::from_secs(2)).await?
+            platform::service::fetch_jwks(discovery.as_ref(), JWKS_FETCH_TIMEOUT).await?
         } else {
             config.jwt_public_keys.clone()
         };
@@ -243,7 +249,7 @@ impl Gateway {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| StartError::Keys(e.to_string()))?;
-        let upstreams = Upstreams::new(discovery);
+        let upstreams = Upstreams::new(discovery.clone());
         let breaker_clock = BreakerClock::default();
         let upstream_state = routes::services()
             .into_iter()
@@ -257,7 +263,9 @@ impl Gateway {
             .collect();
         let inner = Inner {
             upstreams: upstream_state,
+            #[cfg(feature = "testing")]
             breaker_clock,
+            discovery,
             limiter: RwLock::new(config.live.limiter()),
             live: RwLock::new(Arc::new(config.live.clone())),
             verifier: JwtVerifier::from_jwks(&jwks)?,
@@ -395,6 +403,13 @@ impl Gateway {
         tasks.add("config watch", move |shutdown| {
             live::follow(gateway, source, wait, shutdown)
         });
+        if self.inner.config.jwt_public_keys.trim().is_empty() {
+            let verifier = self.inner.verifier.clone();
+            let discovery = self.inner.discovery.clone();
+            tasks.add("key set follower", move |shutdown| {
+                platform::service::follow_jwks(verifier, discovery, JWKS_FETCH_TIMEOUT, shutdown)
+            });
+        }
         let gateway = self.clone();
         tasks.add("rate limit sweep", move |shutdown| async move {
             let mut every = tokio::time::interval(FORGET_IDLE_CLIENTS_EVERY);

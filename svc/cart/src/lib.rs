@@ -68,7 +68,7 @@ impl Cart {
 
     /// The idle-cart sweeper and the event consumer.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = self.base.background();
         let consumer = self.consumer();
         tasks.add("payment.events consumer", move |shutdown| {
             consumer.run(shutdown)

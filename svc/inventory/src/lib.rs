@@ -71,7 +71,7 @@ impl Inventory {
 
     /// The reservation sweeper and the event consumer.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = self.base.background();
         let consumer = self.consumer();
         tasks.add("stock events consumer", move |shutdown| {
             consumer.run(shutdown)

@@ -200,7 +200,7 @@ impl Notification {
 
     /// The event consumer and the sender.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = self.base.background();
         let consumer = self.consumer();
         tasks.add("notification consumer", move |shutdown| {
             consumer.run(shutdown)

@@ -73,7 +73,7 @@ impl Orders {
 
     /// The outbox relay and the payment-event consumer.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = self.base.background();
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         let consumer = self.consumer();

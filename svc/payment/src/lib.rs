@@ -104,7 +104,7 @@ impl Payment {
 
     /// The outbox relay, the session-expiry sweeper and the order-event consumer.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = self.base.background();
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         let sweeper = self.clone();

@@ -237,6 +237,9 @@ pub struct JwtVerifier {
     keys: Arc<RwLock<HashMap<String, DecodingKey>>>,
     // Shared: the verifier is cloned into every request, and a `Validation` holds sets.
     validation: Arc<Validation>,
+    /// Told of each token signed by a key not in the set: users may have a new one
+    /// (`service::follow_jwks`).
+    unknown_key: Arc<tokio::sync::Notify>,
 }
 
 impl JwtVerifier {
@@ -250,6 +253,7 @@ impl JwtVerifier {
         let verifier = Self {
             keys: Arc::default(),
             validation: Arc::new(validation),
+            unknown_key: Arc::default(),
         };
         verifier.replace_keys(jwks)?;
         Ok(verifier)
@@ -281,6 +285,12 @@ impl JwtVerifier {
         Ok(())
     }
 
+    /// Resolves once a token signed by a key not in the set has been seen (since the last
+    /// time this resolved).
+    pub async fn unknown_key_seen(&self) {
+        self.unknown_key.notified().await;
+    }
+
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Token(e.to_string()))?;
@@ -291,9 +301,10 @@ impl JwtVerifier {
             .kid
             .ok_or_else(|| AuthError::Token("no kid".into()))?;
         let keys = self.keys.read().expect("key lock poisoned");
-        let key = keys
-            .get(&kid)
-            .ok_or_else(|| AuthError::Token("unknown kid".into()))?;
+        let Some(key) = keys.get(&kid) else {
+            self.unknown_key.notify_one();
+            return Err(AuthError::Token("unknown kid".into()));
+        };
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| AuthError::Token(e.to_string()))?;
         Ok(Caller {

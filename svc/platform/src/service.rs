@@ -9,12 +9,14 @@ use poem_openapi::{OpenApi, OpenApiService};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+use crate::CancellationToken;
 use crate::auth::{InternalToken, JwtVerifier};
 use crate::config::{ConfigError, Settings};
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::discovery::Discovery;
 use crate::http::ServiceClient;
 use crate::redis::Redis;
+use crate::runtime::Background;
 use crate::web::{self, ReadyCheck};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,19 @@ pub struct Base {
 }
 
 impl Base {
+    /// The tasks every service runs besides its own: following users' key set, when the
+    /// keys come from users rather than from config.
+    pub fn background(&self) -> Background {
+        let mut tasks = Background::default();
+        if self.config.jwt_public_keys.trim().is_empty() {
+            let (verifier, discovery) = (self.verifier.clone(), self.discovery.clone());
+            let timeout = self.config.call_timeout;
+            tasks.add("key set follower", move |shutdown| {
+                follow_jwks(verifier, discovery, timeout, shutdown)
+            });
+        }
+        tasks
+    }
     /// A client of another service, found through discovery, with this service's call
     /// timeout and internal credential.
     pub fn client(&self, service: &str) -> ServiceClient {
@@ -165,30 +180,72 @@ pub async fn fetch_jwks(
 ) -> Result<String, StartError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let attempt = async {
-            let instances = discovery
-                .resolve("users")
-                .await
-                .map_err(|e| e.to_string())?;
-            let instance = instances.first().ok_or("no users instance is registered")?;
-            let client = reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let resp = client
-                .get(format!("{}/.well-known/jwks.json", instance.base_url()))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            resp.text().await.map_err(|e| e.to_string())
-        };
-        match attempt.await {
+        match fetch_jwks_once(discovery, timeout).await {
             Ok(jwks) => return Ok(jwks),
             Err(e) if tokio::time::Instant::now() > deadline => return Err(StartError::Keys(e)),
             Err(e) => {
                 tracing::info!(error = %e, "waiting for users to publish its keys");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+        }
+    }
+}
+
+async fn fetch_jwks_once(discovery: &dyn Discovery, timeout: Duration) -> Result<String, String> {
+    let instances = discovery
+        .resolve("users")
+        .await
+        .map_err(|e| e.to_string())?;
+    let instance = instances.first().ok_or("no users instance is registered")?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .get(format!("{}/.well-known/jwks.json", instance.base_url()))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| e.to_string())?;
+    resp.text().await.map_err(|e| e.to_string())
+}
+
+/// How often a service fetches users' key set again.
+pub const JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// The least time between two fetches that tokens signed by unknown keys ask for: anyone can
+/// send such tokens, and they must not make every service call users for each.
+pub const JWKS_REFETCH_GAP: Duration = Duration::from_secs(10);
+
+/// Keeps `verifier`'s keys those users publishes, until `shutdown`: fetched again every
+/// [`JWKS_REFRESH`], and soon after a token signed by a key not in the set arrives (users
+/// has a new signing key), so that a rotation needs no restart of the services that verify.
+/// A fetch that fails, or brings an unusable set, keeps the keys in force.
+pub async fn follow_jwks(
+    verifier: JwtVerifier,
+    discovery: Arc<dyn Discovery>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last_fetch: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(JWKS_REFRESH) => {}
+            _ = verifier.unknown_key_seen() => {
+                if let Some(last) = last_fetch {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(last + JWKS_REFETCH_GAP) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
+        last_fetch = Some(tokio::time::Instant::now());
+        let fetched = fetch_jwks_once(discovery.as_ref(), timeout)
+            .await
+            .and_then(|jwks| verifier.replace_keys(&jwks).map_err(|e| e.to_string()));
+        if let Err(error) = fetched {
+            tracing::warn!(%error, "cannot refresh users' key set; keeping the keys in force");
         }
     }
 }

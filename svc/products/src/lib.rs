@@ -58,7 +58,7 @@ impl Products {
     /// What runs beside the HTTP app: nothing yet (products neither publishes nor consumes
     /// events).
     pub fn background(&self) -> Background {
-        Background::default()
+        self.base.background()
     }
 }
 

@@ -4,5 +4,6 @@ mod consul;
 mod contract;
 mod events;
 mod http;
+mod key_set;
 mod seed_file;
 mod workers;
