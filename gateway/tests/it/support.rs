@@ -176,9 +176,12 @@ pub struct Crashable {
 }
 
 impl Crashable {
-    /// Ends the instance as a killed process ends.
-    pub fn crash(self) {
-        self.runtime.shutdown_background();
+    /// Ends the instance as a killed process ends: returns once its runtime's threads, and
+    /// every socket they held, are gone.
+    pub async fn crash(self) {
+        tokio::task::spawn_blocking(move || drop(self.runtime))
+            .await
+            .unwrap();
     }
 }
 

@@ -226,6 +226,17 @@ pub async fn follow_jwks(
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
+    follow_jwks_with_gap(verifier, discovery, timeout, JWKS_REFETCH_GAP, shutdown).await;
+}
+
+/// [`follow_jwks`] with `refetch_gap` instead of [`JWKS_REFETCH_GAP`].
+pub async fn follow_jwks_with_gap(
+    verifier: JwtVerifier,
+    discovery: Arc<dyn Discovery>,
+    timeout: Duration,
+    refetch_gap: Duration,
+    shutdown: CancellationToken,
+) {
     let mut last_fetch: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -233,7 +244,7 @@ pub async fn follow_jwks(
             _ = verifier.unknown_key_seen() => {
                 if let Some(last) = last_fetch {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(last + JWKS_REFETCH_GAP) => {}
+                        _ = tokio::time::sleep_until(last + refetch_gap) => {}
                         _ = shutdown.cancelled() => return,
                     }
                 }
