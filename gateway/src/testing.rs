@@ -26,13 +26,28 @@ pub async fn start(
     stop: &CancellationToken,
 ) -> TestGateway {
     let config = LocalConfig::from_seed(&default_seed_path()).expect("the KV seed loads");
+    let (gateway, serving) =
+        start_on_source(discovery, Arc::new(config.clone()), overrides, stop).await;
+    TestGateway {
+        gateway,
+        config,
+        serving,
+    }
+}
+
+/// As [`start`], configured from `source` (Consul's KV, say) with `overrides` set in it.
+pub async fn start_on_source(
+    discovery: Arc<dyn Discovery>,
+    source: Arc<dyn ConfigSource>,
+    overrides: &[(&str, &str)],
+    stop: &CancellationToken,
+) -> (Gateway, Serving) {
     for (key, value) in overrides {
-        config
+        source
             .set(&format!("micromart/gateway/{key}"), value)
             .await
             .expect("a gateway key can be set");
     }
-    let source: Arc<dyn ConfigSource> = Arc::new(config.clone());
     let settings = Settings::load(source.as_ref(), crate::SERVICE)
         .await
         .expect("the gateway's settings load");
@@ -48,9 +63,5 @@ pub async fn start(
         .serve("127.0.0.1:0", "127.0.0.1", discovery, stop.clone())
         .await
         .expect("the gateway serves");
-    TestGateway {
-        gateway,
-        config,
-        serving,
-    }
+    (gateway, serving)
 }

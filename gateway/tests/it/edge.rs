@@ -227,6 +227,60 @@ async fn a_changed_cors_origin_applies_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_cors_origin_changed_in_consul_applies_through_its_blocking_watch() {
+    use platform::config::ConfigSource;
+    use platform::consul::Consul;
+    use platform::testing::consul_double::ConsulDouble;
+
+    let double = ConsulDouble::with_kv_seed().await;
+    let consul = std::sync::Arc::new(Consul::new(&double.url(), None).unwrap());
+    let identity = platform::testing::TestIdentity::new();
+    let watch_wait = Duration::from_secs(5);
+    let stop = platform::CancellationToken::new();
+    let (_gateway, serving) = gateway::testing::start_on_source(
+        consul.clone(),
+        consul.clone(),
+        &[
+            ("jwt_public_keys", identity.jwks.as_str()),
+            ("watch_wait_seconds", "5"),
+            ("workers", "1"),
+        ],
+        &stop,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let preflight = || {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/v1/cart", serving.url()),
+            )
+            .header("origin", "https://shop.example")
+            .header("access-control-request-method", "PUT")
+            .send()
+    };
+    assert_eq!(preflight().await.unwrap().status(), 403, "not listed yet");
+    consul
+        .set(
+            "micromart/gateway/cors_allowed_origins",
+            "https://shop.example",
+        )
+        .await
+        .unwrap();
+    let changed = tokio::time::Instant::now();
+    while preflight().await.unwrap().status() != 204 {
+        assert!(
+            changed.elapsed() < watch_wait,
+            "the new origin was not applied within the watch's wait"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sooner than the wait: the blocking query answered the change, no poll at its end did.
+    assert!(changed.elapsed() < watch_wait, "{:?}", changed.elapsed());
+    stop.cancel();
+}
+
+#[tokio::test]
 async fn a_client_over_its_rate_gets_429_with_retry_after() {
     let mut edge = Edge::start(&[("rate_limit_per_second", "1"), ("rate_limit_burst", "3")]).await;
     let cart = Upstream::new();

@@ -115,6 +115,18 @@ impl ConsulDouble {
         self.state.lock().unwrap().registrations.clone()
     }
 
+    /// A double holding the repository's KV seed, as `consul kv import @consul/kv.json`
+    /// leaves an agent.
+    pub async fn with_kv_seed() -> Self {
+        let double = Self::start().await;
+        let text = std::fs::read_to_string(crate::config::default_seed_path())
+            .expect("the KV seed is readable");
+        let seed: Vec<crate::config::SeedEntry> =
+            serde_json::from_str(&text).expect("the KV seed parses");
+        double.import(&seed);
+        double
+    }
+
     /// Loads a `consul kv import` file, as `consul kv import @file` would.
     pub fn import(&self, entries: &[crate::config::SeedEntry]) {
         let mut st = self.state.lock().unwrap();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform::config::{ConfigSource, LocalConfig, SeedEntry, Settings, default_seed_path};
+use platform::config::{ConfigSource, LocalConfig, Settings, default_seed_path};
 use platform::consul::Consul;
 use platform::discovery::{Discovery, Registration};
 use platform::testing::consul_double::ConsulDouble;
@@ -63,10 +63,7 @@ async fn an_instance_whose_check_fails_is_no_longer_resolved() {
 
 #[tokio::test]
 async fn the_kv_seed_imported_into_consul_reads_as_the_local_files_do() {
-    let double = ConsulDouble::start().await;
-    let seed: Vec<SeedEntry> =
-        serde_json::from_str(&std::fs::read_to_string(default_seed_path()).unwrap()).unwrap();
-    double.import(&seed);
+    let double = ConsulDouble::with_kv_seed().await;
     let consul: Arc<dyn ConfigSource> = Arc::new(Consul::new(&double.url(), None).unwrap());
     let local: Arc<dyn ConfigSource> =
         Arc::new(LocalConfig::from_seed(&default_seed_path()).unwrap());

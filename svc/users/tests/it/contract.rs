@@ -56,14 +56,11 @@ async fn users_on_port_zero_is_found_through_discovery() {
 /// the service configured from Consul KV and registered in Consul, found by a resolve.
 #[tokio::test]
 async fn users_runs_in_consul_mode_from_the_imported_kv_seed() {
-    use platform::config::{ConfigSource, SeedEntry, Settings, default_seed_path};
+    use platform::config::{ConfigSource, Settings};
     use platform::consul::Consul;
     use platform::testing::consul_double::ConsulDouble;
 
-    let double = ConsulDouble::start().await;
-    let seed: Vec<SeedEntry> =
-        serde_json::from_str(&std::fs::read_to_string(default_seed_path()).unwrap()).unwrap();
-    double.import(&seed);
+    let double = ConsulDouble::with_kv_seed().await;
     let consul = Arc::new(Consul::new(&double.url(), None).unwrap());
     let db = platform::testing::TestDb::new("users_consul");
     // What a deployment puts in KV for its own environment (the signing key would come from a
