@@ -177,7 +177,9 @@ async fn run_checks(state: Arc<Mutex<State>>, index: Arc<watch::Sender<u64>>) {
         for (id, url) in targets {
             let status = check_status(&client, &url).await;
             let mut st = state.lock().unwrap();
+            // Re-registered meanwhile with another check: this result is not its.
             if let Some(svc) = st.services.get_mut(&id)
+                && svc.check_url.as_deref() == Some(url.as_str())
                 && svc.status != status
             {
                 svc.status = status.to_owned();
