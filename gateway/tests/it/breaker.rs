@@ -332,19 +332,25 @@ async fn two_failed_trials_reopen_it_for_another_open_period() {
     assert_eq!(edge.breaker("products").await, "closed");
 }
 
+/// A call to products answered 504 after a time within `range`.
+async fn timed_out_after(edge: &Edge, range: std::ops::Range<Duration>) {
+    let started = Instant::now();
+    let resp = edge.get("/api/v1/products").await;
+    let elapsed = started.elapsed();
+    expect_problem(resp, 504).await;
+    assert!(range.contains(&elapsed), "{elapsed:?}");
+}
+
 #[tokio::test]
 async fn a_hanging_upstream_gets_504_at_the_time_limit_and_counts_as_a_failure() {
     let (edge, products) = products_behind_a_gateway().await;
     products.delay(Duration::from_secs(5));
     for _ in 0..5 {
-        let started = Instant::now();
-        let resp = edge.get("/api/v1/products").await;
-        let elapsed = started.elapsed();
-        expect_problem(resp, 504).await;
-        assert!(
-            elapsed >= Duration::from_millis(290) && elapsed < Duration::from_millis(1500),
-            "{elapsed:?}"
-        );
+        timed_out_after(
+            &edge,
+            Duration::from_millis(290)..Duration::from_millis(1500),
+        )
+        .await;
     }
     products.delay(Duration::ZERO);
     calls(&edge, &products, &[200; 5]).await;
@@ -352,5 +358,29 @@ async fn a_hanging_upstream_gets_504_at_the_time_limit_and_counts_as_a_failure()
         edge.breaker("products").await,
         "open",
         "5 timeouts of 10 opened it"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_gets_504_at_the_seeds_5_s_and_counts_as_a_failure() {
+    use platform::config::{ConfigSource, LocalConfig, default_seed_path};
+    let seed = LocalConfig::from_seed(&default_seed_path()).unwrap();
+    let limit = seed
+        .get("micromart/gateway/upstream_timeout_ms")
+        .await
+        .unwrap()
+        .expect("the seed sets the upstream limit");
+    assert_eq!(limit, "5000");
+    // A window of 2: one success and one timeout are half failures, and open it.
+    let (edge, products) =
+        products_behind_a_gateway_with(&[("upstream_timeout_ms", &limit), ("breaker_window", "2")])
+            .await;
+    calls(&edge, &products, &[200]).await;
+    products.delay(Duration::from_secs(8));
+    timed_out_after(&edge, Duration::from_secs(5)..Duration::from_millis(6500)).await;
+    assert_eq!(
+        edge.breaker("products").await,
+        "open",
+        "the timeout counted"
     );
 }
