@@ -144,7 +144,7 @@ pub async fn forward(
     let call = upstream.acquire().map_err(|wait| {
         refused(Problem::unavailable(
             format!("{service} is failing and calls to it are paused"),
-            retry_after_seconds(wait),
+            Problem::seconds_to_wait(wait),
         ))
     })?;
     let Some(target) = gateway.upstreams.pick(service) else {
@@ -248,15 +248,9 @@ pub(crate) fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Pr
         ));
         Problem::too_many_requests(
             "too many requests from this client; slow down",
-            retry_after_seconds(secs),
+            Problem::seconds_to_wait(secs),
         )
     })
-}
-
-/// A wait as Retry-After's whole seconds, rounded up: a client that waits as told must not
-/// come back just before the time (9.8 s left sent as 9 would be refused again); at least 1.
-fn retry_after_seconds(wait: std::time::Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// Who made an upstream call take too long.
@@ -423,17 +417,6 @@ mod tests {
             waiting_on_caller: Arc::new(AtomicBool::new(waiting_on_caller)),
         };
         (sent, progress)
-    }
-
-    #[test]
-    fn retry_after_is_the_wait_rounded_up_to_whole_seconds() {
-        for (wait_ms, seconds) in [(9_800, 10), (10_000, 10), (10_001, 11), (200, 1), (0, 1)] {
-            assert_eq!(
-                retry_after_seconds(Duration::from_millis(wait_ms)),
-                seconds,
-                "{wait_ms} ms"
-            );
-        }
     }
 
     /// Who was late, for an upstream that never answers.

@@ -128,6 +128,13 @@ impl Problem {
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", detail)
     }
+    /// A wait as Retry-After's whole seconds, rounded up: a client that waits as told must
+    /// not come back just before the time (9.8 s left sent as 9 would be refused again); at
+    /// least 1.
+    pub fn seconds_to_wait(wait: std::time::Duration) -> u64 {
+        (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    }
+
     pub fn too_many_requests(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
         Self {
             retry_after_seconds: Some(retry_after_seconds),
@@ -320,6 +327,22 @@ impl Checks {
             Ok(())
         } else {
             Err(Problem::invalid(std::mem::take(&mut self.0)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_is_rounded_up_to_whole_seconds() {
+        for (wait_ms, seconds) in [(9_800, 10), (10_000, 10), (10_001, 11), (200, 1), (0, 1)] {
+            assert_eq!(
+                Problem::seconds_to_wait(std::time::Duration::from_millis(wait_ms)),
+                seconds,
+                "{wait_ms} ms"
+            );
         }
     }
 }

@@ -351,10 +351,10 @@ impl UsersApi {
         let cfg = &self.state.config;
         let email = validate::normalise_email(&body.0.email);
         if let Some(until) = store::locked_until(self.db(), &email).await? {
-            let secs = (until - Utc::now()).num_seconds().max(1) as u64;
+            let wait = (until - Utc::now()).to_std().unwrap_or_default();
             return Err(Problem::too_many_requests(
                 "too many failed logins for this email; try again later or reset the password",
-                secs,
+                Problem::seconds_to_wait(wait),
             ));
         }
         let user = store::user_by_email(self.db(), &email).await?;
