@@ -236,11 +236,12 @@ impl Gateway {
         source: Arc<dyn ConfigSource>,
     ) -> Result<Self, StartError> {
         platform::metrics::handle();
-        let jwks = if config.jwt_public_keys.trim().is_empty() {
-            platform::service::fetch_jwks(discovery.as_ref(), JWKS_FETCH_TIMEOUT).await?
-        } else {
-            config.jwt_public_keys.clone()
-        };
+        let verifier = platform::service::load_verifier(
+            &config.jwt_public_keys,
+            discovery.as_ref(),
+            JWKS_FETCH_TIMEOUT,
+        )
+        .await?;
         let http = reqwest::Client::builder()
             .pool_idle_timeout(platform::runtime::IDLE_CONNECTION_REUSE)
             .pool_max_idle_per_host(256)
@@ -268,7 +269,7 @@ impl Gateway {
             discovery,
             limiter: RwLock::new(config.live.limiter()),
             live: RwLock::new(Arc::new(config.live.clone())),
-            verifier: JwtVerifier::from_jwks(&jwks)?,
+            verifier,
             config,
             source,
         };
@@ -388,9 +389,15 @@ impl Gateway {
         .await
     }
 
-    /// Discovery watches for every upstream and the live-config watch.
+    /// The follower of users' key set (keys from users), discovery watches for every upstream,
+    /// the live-config watch and the rate limiter's sweep.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = platform::service::key_set_tasks(
+            &self.inner.config.jwt_public_keys,
+            &self.inner.verifier,
+            &self.inner.discovery,
+            JWKS_FETCH_TIMEOUT,
+        );
         let wait = self.inner.config.watch_wait;
         for service in routes::services() {
             let upstreams = self.upstreams.clone();
@@ -403,13 +410,6 @@ impl Gateway {
         tasks.add("config watch", move |shutdown| {
             live::follow(gateway, source, wait, shutdown)
         });
-        if self.inner.config.jwt_public_keys.trim().is_empty() {
-            let verifier = self.inner.verifier.clone();
-            let discovery = self.inner.discovery.clone();
-            tasks.add("key set follower", move |shutdown| {
-                platform::service::follow_jwks(verifier, discovery, JWKS_FETCH_TIMEOUT, shutdown)
-            });
-        }
         let gateway = self.clone();
         tasks.add("rate limit sweep", move |shutdown| async move {
             let mut every = tokio::time::interval(FORGET_IDLE_CLIENTS_EVERY);

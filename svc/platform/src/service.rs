@@ -88,15 +88,12 @@ impl Base {
     /// The tasks every service runs besides its own: following users' key set, when the
     /// keys come from users rather than from config.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
-        if self.config.jwt_public_keys.trim().is_empty() {
-            let (verifier, discovery) = (self.verifier.clone(), self.discovery.clone());
-            let timeout = self.config.call_timeout;
-            tasks.add("key set follower", move |shutdown| {
-                follow_jwks(verifier, discovery, timeout, shutdown)
-            });
-        }
-        tasks
+        key_set_tasks(
+            &self.config.jwt_public_keys,
+            &self.verifier,
+            &self.discovery,
+            self.config.call_timeout,
+        )
     }
     /// A client of another service, found through discovery, with this service's call
     /// timeout and internal credential.
@@ -143,16 +140,17 @@ impl Base {
         )
         .await?;
         let redis = Redis::connect(&config.redis_url, &config.redis_prefix)?;
-        let jwks = if config.jwt_public_keys.trim().is_empty() {
-            fetch_jwks(discovery.as_ref(), config.call_timeout).await?
-        } else {
-            config.jwt_public_keys.clone()
-        };
+        let verifier = load_verifier(
+            &config.jwt_public_keys,
+            discovery.as_ref(),
+            config.call_timeout,
+        )
+        .await?;
         Ok(Self {
             service: config.service,
             pool,
             redis,
-            verifier: JwtVerifier::from_jwks(&jwks)?,
+            verifier,
             internal_token: InternalToken::new(&config.internal_token),
             config: Arc::new(config),
             discovery,
@@ -173,11 +171,41 @@ impl Base {
     }
 }
 
-/// The JWKS users publishes, found through discovery; waits up to 30 s for users to come up.
-pub async fn fetch_jwks(
+/// The verifier of access tokens: the keys of `configured_jwks`, or, when it is empty, those
+/// users publishes (see [`key_set_tasks`]).
+pub async fn load_verifier(
+    configured_jwks: &str,
     discovery: &dyn Discovery,
     timeout: Duration,
-) -> Result<String, StartError> {
+) -> Result<JwtVerifier, StartError> {
+    let jwks = if configured_jwks.trim().is_empty() {
+        fetch_jwks(discovery, timeout).await?
+    } else {
+        configured_jwks.to_owned()
+    };
+    Ok(JwtVerifier::from_jwks(&jwks)?)
+}
+
+/// For a verifier made by [`load_verifier`] from users' keys (none configured), the task that
+/// follows users' key set ([`follow_jwks`]); none for configured keys.
+pub fn key_set_tasks(
+    configured_jwks: &str,
+    verifier: &JwtVerifier,
+    discovery: &Arc<dyn Discovery>,
+    timeout: Duration,
+) -> Background {
+    let mut tasks = Background::default();
+    if configured_jwks.trim().is_empty() {
+        let (verifier, discovery) = (verifier.clone(), discovery.clone());
+        tasks.add("key set follower", move |shutdown| {
+            follow_jwks(verifier, discovery, timeout, JWKS_REFETCH_GAP, shutdown)
+        });
+    }
+    tasks
+}
+
+/// The JWKS users publishes, found through discovery; waits up to 30 s for users to come up.
+async fn fetch_jwks(discovery: &dyn Discovery, timeout: Duration) -> Result<String, StartError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match fetch_jwks_once(discovery, timeout).await {
@@ -219,18 +247,9 @@ pub const JWKS_REFETCH_GAP: Duration = Duration::from_secs(10);
 /// Keeps `verifier`'s keys those users publishes, until `shutdown`: fetched again every
 /// [`JWKS_REFRESH`], and soon after a token signed by a key not in the set arrives (users
 /// has a new signing key), so that a rotation needs no restart of the services that verify.
-/// A fetch that fails, or brings an unusable set, keeps the keys in force.
+/// A fetch that fails, or brings an unusable set, keeps the keys in force. Fetches that
+/// unknown keys ask for are `refetch_gap` apart at least ([`JWKS_REFETCH_GAP`] in services).
 pub async fn follow_jwks(
-    verifier: JwtVerifier,
-    discovery: Arc<dyn Discovery>,
-    timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    follow_jwks_with_gap(verifier, discovery, timeout, JWKS_REFETCH_GAP, shutdown).await;
-}
-
-/// [`follow_jwks`] with `refetch_gap` instead of [`JWKS_REFETCH_GAP`].
-pub async fn follow_jwks_with_gap(
     verifier: JwtVerifier,
     discovery: Arc<dyn Discovery>,
     timeout: Duration,

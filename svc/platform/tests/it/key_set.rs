@@ -72,7 +72,7 @@ async fn a_rotated_key_is_accepted_without_a_restart_and_unknown_keys_do_not_flo
         .unwrap();
     let verifier = JwtVerifier::from_jwks(&old.jwks).unwrap();
     let stop = CancellationToken::new();
-    let following = tokio::spawn(platform::service::follow_jwks_with_gap(
+    let following = tokio::spawn(platform::service::follow_jwks(
         verifier.clone(),
         discovery,
         Duration::from_secs(2),
