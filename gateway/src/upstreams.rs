@@ -51,10 +51,7 @@ impl Upstreams {
 
     /// The next instance of `service`, round-robin; None when none is healthy.
     pub fn pick(&self, service: &str) -> Option<Target> {
-        let instances = self.instances.read().expect("upstreams lock poisoned");
-        let of = instances.get(service).filter(|of| !of.targets.is_empty())?;
-        let i = of.next.fetch_add(1, Ordering::Relaxed);
-        Some(of.targets[i % of.targets.len()].clone())
+        self.pick_other(service, &[])
     }
 
     /// The next instance of `service`, round-robin, that is not one of `tried`; None when
