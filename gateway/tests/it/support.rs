@@ -80,15 +80,11 @@ impl Upstream {
 
     /// Waits until `n` requests have arrived in all.
     pub async fn until_hits(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.hits() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} of {n} requests arrived",
-                self.hits()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("{n} requests to arrive");
+        platform::testing::eventually_within(Duration::from_secs(10), &what, || async {
+            self.hits() >= n
+        })
+        .await;
     }
 
     /// Answers from now on end with `bytes` of padding (rounded up to 64 KiB; 0: none).

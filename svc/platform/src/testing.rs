@@ -235,6 +235,23 @@ pub async fn settings(
         .with("database_max_connections", "3")
 }
 
+/// Waits until `check` holds, asking every 20 ms; fails the test with `what` once `limit`
+/// has passed.
+pub async fn eventually_within<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Asserts a problem+json answer with `status`; returns its body.
 pub async fn expect_problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
     let url = resp.url().clone();

@@ -21,19 +21,12 @@ pub async fn healthy_target() -> TestServer {
     TestServer::start(Route::new().at("/health", get(ok))).await
 }
 
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    platform::testing::eventually_within(Duration::from_secs(20), what, f).await;
 }
 
 pub async fn discovery_contract(d: Arc<dyn Discovery>) {

@@ -359,19 +359,12 @@ impl Saga {
     }
 
     /// Waits until `check` holds, at most `limit`.
-    pub async fn eventually_within<F, Fut>(&self, limit: Duration, what: &str, mut check: F)
+    pub async fn eventually_within<F, Fut>(&self, limit: Duration, what: &str, check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !check().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        platform::testing::eventually_within(limit, what, check).await;
     }
 }
 
