@@ -379,6 +379,25 @@ async fn an_oversized_body_is_413_at_the_gateway() {
 /// A cart PUT with `body`, as the signed-in customer.
 /// Asserts that what went wrong (`why` it is not cart's failure) left cart's breaker closed
 /// and cart still called.
+#[tokio::test]
+async fn a_request_head_too_large_to_parse_is_a_431_problem_at_the_gateway() {
+    let mut edge = Edge::start(&[]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let resp = edge
+        .client
+        .get(edge.url("/api/v1/cart"))
+        .header(
+            "x-padding",
+            "p".repeat(2 * platform::runtime::MAX_CONNECTION_BUFFER),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(resp, 431).await;
+    assert_eq!(cart.hits(), 0);
+}
+
 async fn cart_not_blamed(edge: &Edge, why: &str) {
     assert_eq!(edge.breaker("cart").await, "closed", "{why}");
     assert_eq!(put_cart_item(edge, "{}").await.status(), 200);

@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod service;
 pub mod stream_trim;
 pub mod telemetry;
+mod unparsable_heads;
 pub mod web;
 pub mod workers;
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::discovery::{Discovery, DiscoveryError, Registration};
+use crate::unparsable_heads::{self, ProblemForUnparsableHeads};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -202,7 +203,7 @@ pub const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
 pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 
 /// The most an HTTP/1.1 connection buffers: a request head larger than this is refused with
-/// 431 (hyper's own answer, without a body). hyper's default is ~400 KiB, which a client may
+/// 431 (hyper's own answer, given a problem+json body by `unparsable_heads`). hyper's default is ~400 KiB, which a client may
 /// fill with headers on every connection it holds open; nginx stops at 32 KiB of header
 /// lines, and HTTP/2 heads here at hyper's 16 KiB. Bodies are read in chunks of at most this.
 pub const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
@@ -287,6 +288,7 @@ pub(crate) async fn serve_connections_with(
         });
         let http = http.clone();
         let stop = stop.clone();
+        let (stream, ended_by_parse_error) = ProblemForUnparsableHeads::new(stream);
         connections.spawn(async move {
             let connection = http
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -325,7 +327,13 @@ pub(crate) async fn serve_connections_with(
             };
             watchdog.abort();
             if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
+                if unparsable_heads::is_parse_error(&*e) {
+                    // Its answer goes out as the connection is dropped, just below.
+                    ended_by_parse_error.store(true, Ordering::Release);
+                    tracing::info!(target: "access", client = %remote_addr, error = %e, "request head could not be parsed");
+                } else {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
             }
         });
     }

@@ -92,7 +92,15 @@ async fn a_request_head_over_the_connection_buffer_is_431_and_one_within_it_is_s
     };
     let max = platform::runtime::MAX_CONNECTION_BUFFER;
     assert_eq!(head_of(max / 2).await.unwrap().status(), 200);
-    assert_eq!(head_of(max + 1).await.unwrap().status(), 431);
+    let too_large = head_of(max + 1).await.unwrap();
+    assert_eq!(too_large.status(), 431);
+    // hyper's own answer, made a problem (see a_head_hyper_cannot_parse_…).
+    assert_eq!(
+        too_large.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = too_large.json().await.unwrap();
+    assert_eq!(problem["status"], 431);
 }
 
 #[tokio::test]
@@ -567,4 +575,155 @@ async fn a_client_that_stops_taking_its_answer_is_disconnected_and_a_slow_one_is
         "the connection was dropped, not closed gracefully"
     );
     drop(resp);
+}
+
+/// Sends `head` on a connection of its own and reads what comes back until the server closes.
+async fn answer_to_raw(addr: std::net::SocketAddr, head: &[u8]) -> String {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection after its answer")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+/// One answer's head and body out of `answer`, which must hold it whole.
+fn head_and_body(answer: &str) -> (&str, &str) {
+    let (head, rest) = answer.split_once("\r\n\r\n").expect("a whole head");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .expect("a length")
+        .parse()
+        .unwrap();
+    assert!(rest.len() >= length, "the whole body: {answer}");
+    (head, &rest[..length])
+}
+
+#[tokio::test]
+async fn a_head_hyper_cannot_parse_is_answered_with_problem_json() {
+    let s = server().await;
+    let too_many_fields: String = (0..101).map(|i| format!("x-field-{i}: {i}\r\n")).collect();
+    for (head, status, said) in [
+        (
+            "GET /health HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(),
+            "400 Bad Request",
+            "malformed",
+        ),
+        (
+            "GET /health HTTP/9.9\r\nhost: x\r\n\r\n".to_owned(),
+            "400 Bad Request",
+            "malformed",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nhost: x\r\n{too_many_fields}\r\n"),
+            "431 Request Header Fields Too Large",
+            "100 header fields",
+        ),
+    ] {
+        let answer = answer_to_raw(s.addr, head.as_bytes()).await;
+        let (head, body) = head_and_body(&answer);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{answer}"
+        );
+        assert!(
+            head.contains("\r\ncontent-type: application/problem+json\r\n"),
+            "{answer}"
+        );
+        let problem: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            problem["status"].as_u64(),
+            status[..3].parse::<u64>().ok(),
+            "{body}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(said), "{detail}");
+    }
+}
+
+/// A body of known length, sent in two parts: the second a moment after the first, so that
+/// it is written on its own.
+struct TwoParts {
+    parts: std::collections::VecDeque<hyper::body::Bytes>,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+    length: u64,
+}
+
+impl hyper::body::Body for TwoParts {
+    type Data = hyper::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.parts.len() == 1 {
+            std::task::ready!(this.pause.as_mut().poll(cx));
+        }
+        std::task::Poll::Ready(
+            this.parts
+                .pop_front()
+                .map(|p| Ok(hyper::body::Frame::data(p))),
+        )
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.length)
+    }
+}
+
+#[tokio::test]
+async fn a_body_ending_as_hypers_answer_to_a_bad_head_would_is_sent_as_it_is() {
+    use http_body_util::BodyExt;
+    const FIRST: &str = "what follows looks like hyper's answer to a bad head: ";
+    const LAST: &str = "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 19:36:45 GMT\r\n\r\n";
+    let endpoint = poem::endpoint::make(|_| async {
+        let body = TwoParts {
+            parts: [FIRST, LAST].map(hyper::body::Bytes::from).into(),
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+            length: (FIRST.len() + LAST.len()) as u64,
+        };
+        poem::Body::from(body.map_err(std::io::Error::other).boxed())
+    });
+    let s = TestServer::start(endpoint).await;
+    let expected = format!("{FIRST}{LAST}");
+
+    // On a connection that goes on: the next request is answered too.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    for _ in 0..2 {
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let whole = loop {
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .expect("the answer arrives")
+                .unwrap();
+            assert!(n > 0, "closed after {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if text.ends_with(&expected) {
+                break text.into_owned();
+            }
+        };
+        let (head, body) = head_and_body(&whole);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{whole}");
+        assert_eq!(body, expected);
+    }
+
+    // On a connection closed after it.
+    let answer = answer_to_raw(
+        s.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = head_and_body(&answer);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(body, expected);
 }

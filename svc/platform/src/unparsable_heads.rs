@@ -1,0 +1,337 @@
+//! hyper answers an HTTP/1 request head it cannot parse (a malformed line or header field,
+//! too many or too large header fields, a target too long) with a bare 400, 431 or 414 of its
+//! own, written to the socket before its connection ends with the parse error: it has no hook
+//! for a body. The connection's socket is wrapped so that such an answer goes out as
+//! problem+json instead, as every other client mistake does.
+//!
+//! The wrapper cannot tell hyper's answer from the same bytes written as the last part of a
+//! response body, so it holds any write of that form unsent, and decides only once the
+//! connection has gone on (the bytes go as they are, first) or ended: with a parse error
+//! (the problem goes in their place), or otherwise (they go as they are).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use poem::http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::problem::{self, Problem};
+use crate::runtime::MAX_CONNECTION_BUFFER;
+
+/// The header fields hyper writes into each of its answers to an unparsable head, between the
+/// status line and the date's value (hyper 1.x, `proto::h1::role::Server::encode_headers`),
+/// after the `connection: close` it adds to a connection it will not keep.
+const HYPERS_FIELDS: &[u8] = b"content-length: 0\r\ndate: ";
+const HYPERS_CLOSE: &[u8] = b"connection: close\r\n";
+/// The length of an HTTP date (`Thu, 26 Nov 2026 19:36:45 GMT`), then the head's end.
+const DATE_AND_END: usize = 29 + 4;
+
+/// hyper's status lines for a head it cannot parse, and what each means to the client.
+const HYPERS_ANSWERS: [(&[u8], StatusCode, &str, &str); 3] = [
+    (
+        b"HTTP/1.1 400 Bad Request\r\n",
+        StatusCode::BAD_REQUEST,
+        "malformed-request",
+        "the request head is not valid HTTP/1.1: its request line or a header field is malformed",
+    ),
+    (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request-head-too-large",
+        "the request head is too large: at most 100 header fields are accepted",
+    ),
+    (
+        b"HTTP/1.1 414 URI Too Long\r\n",
+        StatusCode::URI_TOO_LONG,
+        "uri-too-long",
+        "the request target is too long",
+    ),
+];
+
+/// Where in `written` hyper's answer to an unparsable head begins, and which it is, if
+/// `written` ends with one.
+fn hypers_answer_in(written: &[u8]) -> Option<(usize, usize)> {
+    // Answers with a body end otherwise: one comparison for nearly every write.
+    if !written.ends_with(b"\r\n\r\n") || written.len() < DATE_AND_END {
+        return None;
+    }
+    let before_date = &written[..written.len() - DATE_AND_END];
+    let mut fields_start = before_date.len().checked_sub(HYPERS_FIELDS.len())?;
+    if &before_date[fields_start..] != HYPERS_FIELDS {
+        return None;
+    }
+    if before_date[..fields_start].ends_with(HYPERS_CLOSE) {
+        fields_start -= HYPERS_CLOSE.len();
+    }
+    HYPERS_ANSWERS
+        .iter()
+        .enumerate()
+        .find_map(|(which, (status_line, ..))| {
+            let start = fields_start.checked_sub(status_line.len())?;
+            (written[start..fields_start] == **status_line).then_some((start, which))
+        })
+}
+
+/// `written` with hyper's answer at `start` (answer `which` of [`HYPERS_ANSWERS`]) replaced by
+/// the same status with a problem+json body, its date kept.
+fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
+    let (_, status, kind, detail) = HYPERS_ANSWERS[which];
+    let detail = if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+        format!("{detail}, of {MAX_CONNECTION_BUFFER} bytes in all")
+    } else {
+        detail.to_owned()
+    };
+    let body = Problem::new(status, kind, detail)
+        .http_response(None)
+        .into_body();
+    let date = &written[written.len() - DATE_AND_END..written.len() - 4];
+    let mut answer = written[..start].to_vec();
+    answer.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            problem::CONTENT_TYPE,
+            body.len()
+        )
+        .as_bytes(),
+    );
+    answer.extend_from_slice(date);
+    answer.extend_from_slice(b"\r\n\r\n");
+    answer.extend_from_slice(&body);
+    answer
+}
+
+/// A server connection's socket, holding back a write that may be hyper's answer to an
+/// unparsable head (see the module's documentation).
+pub(crate) struct ProblemForUnparsableHeads {
+    socket: TcpStream,
+    /// Bytes hyper wrote that end as its answer to an unparsable head would, not sent yet,
+    /// and how many of them have been sent since the connection went on.
+    held: Option<(Vec<u8>, usize)>,
+    /// Raised by the connection's task when hyper ends the connection with a parse error.
+    ended_by_parse_error: Arc<AtomicBool>,
+}
+
+impl ProblemForUnparsableHeads {
+    /// `socket`, and the flag the connection's task raises when hyper ends the connection
+    /// with a parse error.
+    pub(crate) fn new(socket: TcpStream) -> (Self, Arc<AtomicBool>) {
+        let ended_by_parse_error = Arc::new(AtomicBool::new(false));
+        let wrapped = Self {
+            socket,
+            held: None,
+            ended_by_parse_error: ended_by_parse_error.clone(),
+        };
+        (wrapped, ended_by_parse_error)
+    }
+
+    /// Sends what is held: the connection went on, so it was no answer to a parse error.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, sent)) = &mut self.held {
+            if *sent == bytes.len() {
+                self.held = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.socket).poll_write(cx, &bytes[*sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether hyper's connection ended with its answer to an unparsable head.
+pub(crate) fn is_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|e| e.is_parse() && !e.is_parse_version_h2())
+}
+
+impl Drop for ProblemForUnparsableHeads {
+    fn drop(&mut self) {
+        let Some((bytes, sent)) = self.held.take() else {
+            return;
+        };
+        let out = match hypers_answer_in(&bytes) {
+            Some((start, which))
+                if sent == 0 && self.ended_by_parse_error.load(Ordering::Acquire) =>
+            {
+                as_problem(&bytes, start, which)
+            }
+            _ => bytes[sent..].to_vec(),
+        };
+        // The connection is over: a write that the socket's buffer cannot take whole now is
+        // not waited for. A client that sent a head has left room for the answer.
+        if let Err(err) = self.socket.try_write(&out) {
+            tracing::debug!(error = %err, "the answer to an unparsable request head could not be sent");
+        }
+        // hyper stops reading at the error, often before the end of what the client sent: a
+        // socket closed with bytes unread resets the connection, and the client may lose the
+        // answer with it. What has already arrived is read and thrown away first.
+        let mut scratch = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < MAX_CONNECTION_BUFFER {
+            match self.socket.try_read(&mut scratch) {
+                Ok(n) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+impl AsyncRead for ProblemForUnparsableHeads {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.held.is_some() {
+            ready!(this.poll_send_held(cx))?;
+        }
+        Pin::new(&mut this.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ProblemForUnparsableHeads {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.held.is_some() {
+            ready!(this.poll_send_held(cx))?;
+        }
+        if hypers_answer_in(buf).is_some() {
+            this.held = Some((buf.to_vec(), 0));
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // Only HTTP/2 writes vectored here (HTTP/1.1 is flattened into one buffer).
+        let this = self.get_mut();
+        if this.held.is_some() {
+            ready!(this.poll_send_held(cx))?;
+        }
+        Pin::new(&mut this.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.held.is_some() {
+            // Held bytes stay held through this poll of the connection: after its answer to
+            // an unparsable head, hyper shuts the socket down and ends with the error in the
+            // same poll. A connection that goes on is polled again, as a read or a write,
+            // which sends them; and without this wake-up a connection that waits for the
+            // client's next request would never be.
+            cx.waker().wake_by_ref();
+        }
+        Pin::new(&mut this.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.held.is_some() {
+            // hyper shuts the socket down before it reports its parse error: the held bytes,
+            // whichever they turn out to be, are sent when the socket is dropped, which
+            // closes it.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.socket).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &str = "Thu, 26 Nov 2026 19:36:45 GMT";
+
+    /// hyper's answer with `status_line`, as it writes it on a connection it closes.
+    fn hypers(status_line: &str) -> Vec<u8> {
+        format!("{status_line}\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n")
+            .into_bytes()
+    }
+
+    #[test]
+    fn each_of_hypers_answers_is_found_after_whatever_preceded_it() {
+        for (which, status_line) in [
+            "HTTP/1.1 400 Bad Request",
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "HTTP/1.1 414 URI Too Long",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(hypers_answer_in(&hypers(status_line)), Some((0, which)));
+            // Without the connection field, should hyper ever keep such a connection.
+            let kept = format!("{status_line}\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
+            assert_eq!(hypers_answer_in(kept.as_bytes()), Some((0, which)));
+            let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+            let start = after.len();
+            after.extend_from_slice(&hypers(status_line));
+            assert_eq!(hypers_answer_in(&after), Some((start, which)));
+        }
+    }
+
+    #[test]
+    fn other_answers_are_not_taken_for_hypers() {
+        for other in [
+            hypers("HTTP/1.1 404 Not Found"),
+            hypers("HTTP/1.1 200 OK"),
+            format!("HTTP/1.1 400 Bad Request\r\nx-request-id: 1\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n").into_bytes(),
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+            b"\r\n\r\n".to_vec(),
+            Vec::new(),
+        ] {
+            assert_eq!(
+                hypers_answer_in(&other),
+                None,
+                "{}",
+                String::from_utf8_lossy(&other)
+            );
+        }
+    }
+
+    #[test]
+    fn the_problem_keeps_the_status_the_date_and_what_preceded_it() {
+        let mut written = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+        let start = written.len();
+        written.extend_from_slice(&hypers("HTTP/1.1 431 Request Header Fields Too Large"));
+        let answer = as_problem(&written, start, 1);
+        let text = String::from_utf8(answer).unwrap();
+        let (before, problem) = text.split_at(start);
+        assert_eq!(before, "HTTP/1.1 204 No Content\r\n\r\n");
+        let (head, body) = problem.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("\r\ncontent-type: application/problem+json\r\n"));
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
+        assert!(head.ends_with(&format!("\r\ndate: {DATE}")));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["status"], 431);
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("100 header fields")
+        );
+    }
+}
