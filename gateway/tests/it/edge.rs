@@ -376,9 +376,6 @@ async fn an_oversized_body_is_413_at_the_gateway() {
     assert_eq!(cart.hits(), 0);
 }
 
-/// A cart PUT with `body`, as the signed-in customer.
-/// Asserts that what went wrong (`why` it is not cart's failure) left cart's breaker closed
-/// and cart still called.
 #[tokio::test]
 async fn a_request_head_too_large_to_parse_is_a_431_problem_at_the_gateway() {
     let mut edge = Edge::start(&[]).await;
@@ -398,11 +395,14 @@ async fn a_request_head_too_large_to_parse_is_a_431_problem_at_the_gateway() {
     assert_eq!(cart.hits(), 0);
 }
 
+/// Asserts that what went wrong (`why` it is not cart's failure) left cart's breaker closed
+/// and cart still called.
 async fn cart_not_blamed(edge: &Edge, why: &str) {
     assert_eq!(edge.breaker("cart").await, "closed", "{why}");
     assert_eq!(put_cart_item(edge, "{}").await.status(), 200);
 }
 
+/// A cart PUT with `body`, as the signed-in customer.
 async fn put_cart_item(edge: &Edge, body: impl Into<reqwest::Body>) -> reqwest::Response {
     edge.client
         .put(edge.url("/api/v1/cart/items/x"))

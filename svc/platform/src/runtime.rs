@@ -203,9 +203,10 @@ pub const CLIENT_IDLE_LIMIT: Duration = Duration::from_secs(30);
 pub const IDLE_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 
 /// The most an HTTP/1.1 connection buffers: a request head larger than this is refused with
-/// 431 (hyper's own answer, given a problem+json body by `unparsable_heads`). hyper's default is ~400 KiB, which a client may
-/// fill with headers on every connection it holds open; nginx stops at 32 KiB of header
-/// lines, and HTTP/2 heads here at hyper's 16 KiB. Bodies are read in chunks of at most this.
+/// 431 (hyper's own answer, given a problem+json body by `unparsable_heads`). hyper's default
+/// is ~400 KiB, which a client may fill with headers on every connection it holds open; nginx
+/// stops at 32 KiB of header lines, and HTTP/2 heads here at hyper's 16 KiB. Bodies are read
+/// in chunks of at most this.
 pub const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
 
 /// Accepts connections on `listener` and serves them with `handler` until `stop`, then gives
@@ -246,7 +247,8 @@ pub(crate) async fn serve_connections_with(
         // none, hyper needs no timer.
         .header_read_timeout(None)
         .max_buf_size(MAX_CONNECTION_BUFFER)
-        // Head and body copied into one buffer and written at once: for the small answers
+        // Head and body copied into one buffer and written at once (which also lets
+        // `unparsable_heads` see hyper's own answers whole): for the small answers
         // an API mostly sends, cheaper than hyper's queue of buffers written with writev
         // (with the same in the gateway's upstream connections, -1.8% instructions a
         // proxied request, `scripts/bench instructions`).

@@ -8,12 +8,18 @@
 //! response body, so it holds any write of that form unsent, and decides only once the
 //! connection has gone on (the bytes go as they are, first) or ended: with a parse error
 //! (the problem goes in their place), or otherwise (they go as they are).
+//!
+//! It sees hyper's answer whole only because HTTP/1.1 is written from one flattened buffer
+//! (`writev(false)` in `runtime::serve_connections_with`); HTTP/2 writes vectored, which
+//! passes straight through. No server of ours upgrades a connection (a 101 and what follows
+//! would pass through the same check).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use poem::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,22 +36,24 @@ const HYPERS_CLOSE: &[u8] = b"connection: close\r\n";
 /// The length of an HTTP date (`Thu, 26 Nov 2026 19:36:45 GMT`), then the head's end.
 const DATE_AND_END: usize = 29 + 4;
 
-/// hyper's status lines for a head it cannot parse, and what each means to the client.
+/// The versions hyper answers in: 1.1, or 1.0 on a connection that began with HTTP/1.0.
+const VERSIONS: [&[u8]; 2] = [b"HTTP/1.1 ", b"HTTP/1.0 "];
+/// hyper's statuses for a head it cannot parse, and what each means to the client.
 const HYPERS_ANSWERS: [(&[u8], StatusCode, &str, &str); 3] = [
     (
-        b"HTTP/1.1 400 Bad Request\r\n",
+        b"400 Bad Request\r\n",
         StatusCode::BAD_REQUEST,
         "malformed-request",
         "the request head is not valid HTTP/1.1: its request line or a header field is malformed",
     ),
     (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        b"431 Request Header Fields Too Large\r\n",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "request-head-too-large",
         "the request head is too large: at most 100 header fields are accepted",
     ),
     (
-        b"HTTP/1.1 414 URI Too Long\r\n",
+        b"414 URI Too Long\r\n",
         StatusCode::URI_TOO_LONG,
         "uri-too-long",
         "the request target is too long",
@@ -71,8 +79,14 @@ fn hypers_answer_in(written: &[u8]) -> Option<(usize, usize)> {
         .iter()
         .enumerate()
         .find_map(|(which, (status_line, ..))| {
-            let start = fields_start.checked_sub(status_line.len())?;
-            (written[start..fields_start] == **status_line).then_some((start, which))
+            let status_start = fields_start.checked_sub(status_line.len())?;
+            if written[status_start..fields_start] != **status_line {
+                return None;
+            }
+            let start = status_start.checked_sub(VERSIONS[0].len())?;
+            VERSIONS
+                .contains(&&written[start..status_start])
+                .then_some((start, which))
         })
 }
 
@@ -89,10 +103,12 @@ fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
         .http_response(None)
         .into_body();
     let date = &written[written.len() - DATE_AND_END..written.len() - 4];
+    let version = &written[start..start + VERSIONS[0].len()];
     let mut answer = written[..start].to_vec();
+    answer.extend_from_slice(version);
     answer.extend_from_slice(
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
+            "{} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
             status.as_str(),
             status.canonical_reason().unwrap_or(""),
             problem::CONTENT_TYPE,
@@ -109,10 +125,13 @@ fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
 /// A server connection's socket, holding back a write that may be hyper's answer to an
 /// unparsable head (see the module's documentation).
 pub(crate) struct ProblemForUnparsableHeads {
-    socket: TcpStream,
+    /// Taken only when dropped, to send what is held.
+    socket: Option<TcpStream>,
     /// Bytes hyper wrote that end as its answer to an unparsable head would, not sent yet,
     /// and how many of them have been sent since the connection went on.
     held: Option<(Vec<u8>, usize)>,
+    /// Whether the connection's task has been woken since bytes were held.
+    woken: bool,
     /// Raised by the connection's task when hyper ends the connection with a parse error.
     ended_by_parse_error: Arc<AtomicBool>,
 }
@@ -123,11 +142,20 @@ impl ProblemForUnparsableHeads {
     pub(crate) fn new(socket: TcpStream) -> (Self, Arc<AtomicBool>) {
         let ended_by_parse_error = Arc::new(AtomicBool::new(false));
         let wrapped = Self {
-            socket,
+            socket: Some(socket),
             held: None,
+            woken: false,
             ended_by_parse_error: ended_by_parse_error.clone(),
         };
         (wrapped, ended_by_parse_error)
+    }
+
+    fn socket(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(
+            self.socket
+                .as_mut()
+                .expect("the socket is taken only when dropped"),
+        )
     }
 
     /// Sends what is held: the connection went on, so it was no answer to a parse error.
@@ -137,7 +165,11 @@ impl ProblemForUnparsableHeads {
                 self.held = None;
                 break;
             }
-            let n = ready!(Pin::new(&mut self.socket).poll_write(cx, &bytes[*sent..]))?;
+            let socket = self
+                .socket
+                .as_mut()
+                .expect("the socket is taken only when dropped");
+            let n = ready!(Pin::new(socket).poll_write(cx, &bytes[*sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -147,16 +179,24 @@ impl ProblemForUnparsableHeads {
     }
 }
 
-/// Whether hyper's connection ended with its answer to an unparsable head.
+/// Whether hyper ended a connection because it could not parse a request head (after
+/// answering it). Only hyper's own error counts, not one it carries from elsewhere.
 pub(crate) fn is_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<hyper::Error>())
-        .any(|e| e.is_parse() && !e.is_parse_version_h2())
+    err.downcast_ref::<hyper::Error>()
+        .is_some_and(|e| e.is_parse() && !e.is_parse_version_h2())
 }
+
+/// How long a connection's last bytes, held until it ended, may take to go out, and how long
+/// what its client still sends is then read and thrown away.
+const LAST_WORDS_LIMIT: Duration = Duration::from_secs(5);
+const LINGER: Duration = Duration::from_secs(1);
 
 impl Drop for ProblemForUnparsableHeads {
     fn drop(&mut self) {
         let Some((bytes, sent)) = self.held.take() else {
+            return;
+        };
+        let Some(socket) = self.socket.take() else {
             return;
         };
         let out = match hypers_answer_in(&bytes) {
@@ -167,23 +207,35 @@ impl Drop for ProblemForUnparsableHeads {
             }
             _ => bytes[sent..].to_vec(),
         };
-        // The connection is over: a write that the socket's buffer cannot take whole now is
-        // not waited for. A client that sent a head has left room for the answer.
-        if let Err(err) = self.socket.try_write(&out) {
-            tracing::debug!(error = %err, "the answer to an unparsable request head could not be sent");
-        }
-        // hyper stops reading at the error, often before the end of what the client sent: a
-        // socket closed with bytes unread resets the connection, and the client may lose the
-        // answer with it. What has already arrived is read and thrown away first.
-        let mut scratch = [0u8; 4096];
-        let mut discarded = 0;
-        while discarded < MAX_CONNECTION_BUFFER {
-            match self.socket.try_read(&mut scratch) {
-                Ok(n) if n > 0 => discarded += n,
-                _ => break,
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(send_last_words(socket, out));
+            }
+            // The runtime is going away: what the socket takes at once is all that goes.
+            Err(_) => {
+                let _ = socket.try_write(&out);
             }
         }
     }
+}
+
+/// Sends `out` on a connection hyper has finished with, then closes it the way nginx's
+/// lingering close does: hyper stops reading at a parse error, often before the end of what
+/// the client sent, and a socket closed with bytes unread resets the connection, which can
+/// lose the answer on the client's side.
+async fn send_last_words(mut socket: TcpStream, out: Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sent = tokio::time::timeout(LAST_WORDS_LIMIT, socket.write_all(&out)).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!("a connection's last answer could not be sent whole");
+        return;
+    }
+    let _ = socket.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(socket.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 impl AsyncRead for ProblemForUnparsableHeads {
@@ -196,7 +248,7 @@ impl AsyncRead for ProblemForUnparsableHeads {
         if this.held.is_some() {
             ready!(this.poll_send_held(cx))?;
         }
-        Pin::new(&mut this.socket).poll_read(cx, buf)
+        this.socket().poll_read(cx, buf)
     }
 }
 
@@ -212,9 +264,10 @@ impl AsyncWrite for ProblemForUnparsableHeads {
         }
         if hypers_answer_in(buf).is_some() {
             this.held = Some((buf.to_vec(), 0));
+            this.woken = false;
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut this.socket).poll_write(cx, buf)
+        this.socket().poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -222,29 +275,32 @@ impl AsyncWrite for ProblemForUnparsableHeads {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        // Only HTTP/2 writes vectored here (HTTP/1.1 is flattened into one buffer).
+        // HTTP/2's writes: never held (see the module's documentation).
         let this = self.get_mut();
         if this.held.is_some() {
             ready!(this.poll_send_held(cx))?;
         }
-        Pin::new(&mut this.socket).poll_write_vectored(cx, bufs)
+        this.socket().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.socket.is_write_vectored()
+        self.socket
+            .as_ref()
+            .is_some_and(TcpStream::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.held.is_some() {
+        if this.held.is_some() && !this.woken {
             // Held bytes stay held through this poll of the connection: after its answer to
             // an unparsable head, hyper shuts the socket down and ends with the error in the
-            // same poll. A connection that goes on is polled again, as a read or a write,
-            // which sends them; and without this wake-up a connection that waits for the
-            // client's next request would never be.
+            // same poll. A connection that goes on reads or writes again, which sends them;
+            // woken once, it does so even if it was left waiting only on something else
+            // (a request body's reader, say) with its read already pending.
+            this.woken = true;
             cx.waker().wake_by_ref();
         }
-        Pin::new(&mut this.socket).poll_flush(cx)
+        this.socket().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -255,7 +311,7 @@ impl AsyncWrite for ProblemForUnparsableHeads {
             // closes it.
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.socket).poll_shutdown(cx)
+        this.socket().poll_shutdown(cx)
     }
 }
 
@@ -282,9 +338,14 @@ mod tests {
         .enumerate()
         {
             assert_eq!(hypers_answer_in(&hypers(status_line)), Some((0, which)));
-            // Without the connection field, should hyper ever keep such a connection.
-            let kept = format!("{status_line}\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n");
-            assert_eq!(hypers_answer_in(kept.as_bytes()), Some((0, which)));
+            // On a connection that began with HTTP/1.0: that version, no connection field.
+            let old = format!(
+                "{}\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n",
+                status_line.replace("HTTP/1.1", "HTTP/1.0")
+            );
+            assert_eq!(hypers_answer_in(old.as_bytes()), Some((0, which)));
+            let problem = as_problem(old.as_bytes(), 0, which);
+            assert!(problem.starts_with(&old.as_bytes()[..status_line.len()]));
             let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
             let start = after.len();
             after.extend_from_slice(&hypers(status_line));
@@ -296,6 +357,7 @@ mod tests {
     fn other_answers_are_not_taken_for_hypers() {
         for other in [
             hypers("HTTP/1.1 404 Not Found"),
+            hypers("HTTP/1.2 400 Bad Request"),
             hypers("HTTP/1.1 200 OK"),
             format!("HTTP/1.1 400 Bad Request\r\nx-request-id: 1\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n").into_bytes(),
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}".to_vec(),

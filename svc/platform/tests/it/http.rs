@@ -644,11 +644,11 @@ async fn a_head_hyper_cannot_parse_is_answered_with_problem_json() {
     }
 }
 
-/// A body of known length, sent in two parts: the second a moment after the first, so that
-/// it is written on its own.
+/// A body of known length, sent in two parts: the second a moment after the first has been
+/// taken, so that it is written on its own.
 struct TwoParts {
     parts: std::collections::VecDeque<hyper::body::Bytes>,
-    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     length: u64,
 }
 
@@ -662,7 +662,10 @@ impl hyper::body::Body for TwoParts {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         if this.parts.len() == 1 {
-            std::task::ready!(this.pause.as_mut().poll(cx));
+            let pause = this
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+            std::task::ready!(pause.as_mut().poll(cx));
         }
         std::task::Poll::Ready(
             this.parts
@@ -684,7 +687,7 @@ async fn a_body_ending_as_hypers_answer_to_a_bad_head_would_is_sent_as_it_is() {
     let endpoint = poem::endpoint::make(|_| async {
         let body = TwoParts {
             parts: [FIRST, LAST].map(hyper::body::Bytes::from).into(),
-            pause: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+            pause: None,
             length: (FIRST.len() + LAST.len()) as u64,
         };
         poem::Body::from(body.map_err(std::io::Error::other).boxed())
@@ -692,26 +695,28 @@ async fn a_body_ending_as_hypers_answer_to_a_bad_head_would_is_sent_as_it_is() {
     let s = TestServer::start(endpoint).await;
     let expected = format!("{FIRST}{LAST}");
 
-    // On a connection that goes on: the next request is answered too.
+    // On a connection that goes on: the next requests are answered too, one at a time and
+    // two sent at once.
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
-    for _ in 0..2 {
-        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    for at_once in [1, 2, 1] {
+        conn.write_all(&b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".repeat(at_once))
             .await
             .unwrap();
-        let mut answer = Vec::new();
+        let mut answers = Vec::new();
         let mut buf = [0u8; 4096];
         let whole = loop {
             let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
                 .await
-                .expect("the answer arrives")
+                .expect("the answers arrive")
                 .unwrap();
-            assert!(n > 0, "closed after {answer:?}");
-            answer.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if text.ends_with(&expected) {
+            assert!(n > 0, "closed after {answers:?}");
+            answers.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answers);
+            if text.matches(&expected).count() == at_once && text.ends_with(&expected) {
                 break text.into_owned();
             }
         };
+        assert_eq!(whole.matches("HTTP/1.1 200 OK\r\n").count(), at_once);
         let (head, body) = head_and_body(&whole);
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{whole}");
         assert_eq!(body, expected);
