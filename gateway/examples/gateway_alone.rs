@@ -1,7 +1,9 @@
-//! The gateway on its own, for `scripts/bench instructions`: products and users are the
-//! instances at argv[1] and argv[2] (host:port, a running shop's), one worker thread, the rate
-//! limit lifted; the address it serves on is written to the file argv[3]. Run under callgrind,
-//! its worker thread's instructions are the gateway's and no other service's.
+//! The gateway in a process of its own, for `scripts/bench`: products and users are the
+//! instances at argv[1] and argv[2] (host:port, a running shop's), argv[4] worker threads (one
+//! if not given), the rate limit lifted; the address it serves on is written to the file
+//! argv[3]. Run under callgrind (`scripts/bench instructions`), its worker thread's
+//! instructions are the gateway's and no other service's; timed (`BENCH_GATEWAY=alone`), it
+//! is a separate process as nginx is.
 
 use std::sync::Arc;
 
@@ -14,9 +16,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let [_, products, users, addr_file] =
-        <[String; 4]>::try_from(std::env::args().collect::<Vec<_>>())
-            .map_err(|_| "usage: gateway_alone PRODUCTS_HOST:PORT USERS_HOST:PORT ADDR_FILE")?;
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 {
+        args.push("1".to_owned());
+    }
+    let [_, products, users, addr_file, workers] = <[String; 5]>::try_from(args).map_err(
+        |_| "usage: gateway_alone PRODUCTS_HOST:PORT USERS_HOST:PORT ADDR_FILE [WORKERS]",
+    )?;
     let discovery: Arc<dyn Discovery> = Arc::new(LocalDiscovery::new());
     for (service, at) in [("products", &products), ("users", &users)] {
         let (host, port) = at.rsplit_once(':').ok_or("an instance is host:port")?;
@@ -28,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = gateway::testing::start(
         discovery,
         &[
-            ("workers", "1"),
+            ("workers", workers.as_str()),
             ("rate_limit_per_second", "100000000"),
             ("rate_limit_burst", "100000000"),
         ],
