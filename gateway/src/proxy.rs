@@ -123,11 +123,14 @@ pub async fn forward(
     let caller = if routes::is_public(req.method(), path) {
         None
     } else {
-        let checked = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| Problem::unauthorized("a valid bearer access token is required"))
-            .and_then(|header| platform::auth::caller_of(header, gateway.verifier()));
+        let checked = match req.headers().get(header::AUTHORIZATION) {
+            Some(header) => {
+                platform::auth::caller_of_awaiting_new_keys(header, gateway.verifier()).await
+            }
+            None => Err(Problem::unauthorized(
+                "a valid bearer access token is required",
+            )),
+        };
         match checked {
             Ok(caller) => Some(caller),
             Err(unauthorized) => {

@@ -99,6 +99,32 @@ fn chrono_now() -> i64 {
 }
 
 #[tokio::test]
+async fn a_token_of_a_key_users_has_just_published_is_accepted_at_its_first_request() {
+    use platform::testing::{JwksStandIn, TestIdentity};
+    let (old, new) = (TestIdentity::new(), TestIdentity::new());
+    let users = JwksStandIn::start(&[&old]).await;
+    let discovery = users.as_users().await;
+    // No keys in config: the gateway takes users' and follows them.
+    let mut edge = Edge::start_on(discovery, &[("jwt_public_keys", "")]).await;
+    let cart = Upstream::new();
+    edge.add("cart", &cart).await;
+    let url = edge.url("/api/v1/cart");
+    let user = uuid::Uuid::now_v7();
+    let with = |identity: &TestIdentity| {
+        edge.client
+            .get(&url)
+            .bearer_auth(identity.token(user, platform::auth::Role::Customer))
+            .send()
+    };
+    assert_eq!(with(&old).await.unwrap().status(), 200);
+
+    users.publish(&[&new, &old]);
+    assert_eq!(with(&new).await.unwrap().status(), 200);
+    assert_eq!(with(&old).await.unwrap().status(), 200);
+    assert_eq!(cart.hits(), 3);
+}
+
+#[tokio::test]
 async fn public_routes_need_no_token() {
     let mut edge = Edge::start(&[]).await;
     let products = Upstream::new();

@@ -1,6 +1,7 @@
 //! Identity: EdDSA access tokens signed by users, verified everywhere from a pinned key set.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -88,6 +89,8 @@ pub enum AuthError {
     KeySet(String),
     #[error("token rejected: {0}")]
     Token(String),
+    #[error("token signed by a key not in the set: {0}")]
+    UnknownKey(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,7 +243,16 @@ pub struct JwtVerifier {
     /// Told of each token signed by a key not in the set: users may have a new one
     /// (`service::follow_jwks`).
     unknown_key: Arc<tokio::sync::Notify>,
+    /// Whether the set follows users' (`service::follow_jwks` runs for it).
+    followed: Arc<AtomicBool>,
+    /// Counts the follower's answers to unknown keys: a fetch of the set (made, or failed),
+    /// or word that the set was fetched too recently to be fetched again yet.
+    unknown_key_answers: Arc<tokio::sync::watch::Sender<u64>>,
 }
+
+/// How long a token signed by a key not in the followed set waits for the set to be fetched
+/// again before it is refused.
+const NEW_KEY_WAIT: Duration = Duration::from_secs(2);
 
 impl JwtVerifier {
     pub fn from_jwks(jwks: &str) -> Result<Self, AuthError> {
@@ -254,6 +266,8 @@ impl JwtVerifier {
             keys: Arc::default(),
             validation: Arc::new(validation),
             unknown_key: Arc::default(),
+            followed: Arc::default(),
+            unknown_key_answers: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         verifier.replace_keys(jwks)?;
         Ok(verifier)
@@ -291,6 +305,44 @@ impl JwtVerifier {
         self.unknown_key.notified().await;
     }
 
+    /// Marks the set as followed: from now on, tokens signed by unknown keys wait for the
+    /// follower's answer (`verify_awaiting_new_keys`).
+    pub fn set_followed(&self) {
+        self.followed.store(true, Ordering::Release);
+    }
+
+    /// The follower's answer to the unknown keys seen so far: the set fetched (or the fetch
+    /// failed), or it was fetched too recently to be fetched again yet.
+    pub fn answer_unknown_keys(&self) {
+        self.unknown_key_answers
+            .send_modify(|answers| *answers += 1);
+    }
+
+    /// As [`JwtVerifier::verify`]; but while the set follows users', a token signed by a key
+    /// not in it waits (up to 2 s) for the fetch of the set it asks for and is checked again:
+    /// the first token signed by a key users has just published is accepted. It is refused
+    /// at once if the set was fetched too recently (`service::JWKS_REFETCH_GAP`), so that
+    /// tokens naming made-up keys cannot hold requests either.
+    pub async fn verify_awaiting_new_keys(&self, token: &str) -> Result<Caller, AuthError> {
+        match self.verify(token) {
+            Err(AuthError::UnknownKey(_)) if self.followed.load(Ordering::Acquire) => {
+                // Boxed: the common path keeps a small future.
+                Box::pin(self.verify_after_next_answer(token)).await
+            }
+            checked => checked,
+        }
+    }
+
+    async fn verify_after_next_answer(&self, token: &str) -> Result<Caller, AuthError> {
+        let mut answers = self.unknown_key_answers.subscribe();
+        // A fetch that ended since the first check is not waited for again.
+        if let Ok(caller) = self.verify(token) {
+            return Ok(caller);
+        }
+        let _ = tokio::time::timeout(NEW_KEY_WAIT, answers.changed()).await;
+        self.verify(token)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Token(e.to_string()))?;
@@ -303,7 +355,7 @@ impl JwtVerifier {
         let keys = self.keys.read().expect("key lock poisoned");
         let Some(key) = keys.get(&kid) else {
             self.unknown_key.notify_one();
-            return Err(AuthError::Token("unknown kid".into()));
+            return Err(AuthError::UnknownKey(kid));
         };
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| AuthError::Token(e.to_string()))?;
@@ -324,10 +376,13 @@ async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let verifier = req
         .data::<JwtVerifier>()
         .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
-    verifier.verify(&bearer.token).map_err(|e| {
-        tracing::debug!(error = %e, "bearer token rejected");
-        Problem::unauthorized("the access token is invalid or expired").into()
-    })
+    verifier
+        .verify_awaiting_new_keys(&bearer.token)
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, "bearer token rejected");
+            Problem::unauthorized("the access token is invalid or expired").into()
+        })
 }
 
 /// The shared secret that internal routes require in `X-Internal-Token`.
@@ -392,14 +447,31 @@ pub fn caller_of(
     header: &poem::http::HeaderValue,
     verifier: &JwtVerifier,
 ) -> Result<Caller, Problem> {
-    let token = header
+    verifier
+        .verify(bearer_token(header)?)
+        .map_err(|_| token_refused())
+}
+
+/// As [`caller_of`], also for a token signed by a key users has just published
+/// ([`JwtVerifier::verify_awaiting_new_keys`]).
+pub async fn caller_of_awaiting_new_keys(
+    header: &poem::http::HeaderValue,
+    verifier: &JwtVerifier,
+) -> Result<Caller, Problem> {
+    verifier
+        .verify_awaiting_new_keys(bearer_token(header)?)
+        .await
+        .map_err(|_| token_refused())
+}
+
+fn bearer_token(header: &poem::http::HeaderValue) -> Result<&str, Problem> {
+    header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Problem::unauthorized("the Authorization header must be `Bearer <token>`")
-        })?;
-    verifier
-        .verify(token)
-        .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))
+        .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
+fn token_refused() -> Problem {
+    Problem::unauthorized("the access token is invalid or expired")
 }

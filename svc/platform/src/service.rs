@@ -249,7 +249,20 @@ pub const JWKS_REFETCH_GAP: Duration = Duration::from_secs(10);
 /// has a new signing key), so that a rotation needs no restart of the services that verify.
 /// A fetch that fails, or brings an unusable set, keeps the keys in force. Fetches that
 /// unknown keys ask for are `refetch_gap` apart at least ([`JWKS_REFETCH_GAP`] in services).
-pub async fn follow_jwks(
+///
+/// The verifier counts as followed from the call on, before the returned future first runs.
+pub fn follow_jwks(
+    verifier: JwtVerifier,
+    discovery: Arc<dyn Discovery>,
+    timeout: Duration,
+    refetch_gap: Duration,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    verifier.set_followed();
+    following_jwks(verifier, discovery, timeout, refetch_gap, shutdown)
+}
+
+async fn following_jwks(
     verifier: JwtVerifier,
     discovery: Arc<dyn Discovery>,
     timeout: Duration,
@@ -261,10 +274,18 @@ pub async fn follow_jwks(
         tokio::select! {
             _ = tokio::time::sleep(JWKS_REFRESH) => {}
             _ = verifier.unknown_key_seen() => {
-                if let Some(last) = last_fetch {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(last + refetch_gap) => {}
-                        _ = shutdown.cancelled() => return,
+                if let Some(last) = last_fetch.filter(|last| last.elapsed() < refetch_gap) {
+                    // Tokens waiting for a fetch within the gap are refused at once rather
+                    // than held (`JwtVerifier::verify_awaiting_new_keys`).
+                    verifier.answer_unknown_keys();
+                    let gap_over = tokio::time::sleep_until(last + refetch_gap);
+                    tokio::pin!(gap_over);
+                    loop {
+                        tokio::select! {
+                            _ = &mut gap_over => break,
+                            _ = verifier.unknown_key_seen() => verifier.answer_unknown_keys(),
+                            _ = shutdown.cancelled() => return,
+                        }
                     }
                 }
             }
@@ -274,6 +295,7 @@ pub async fn follow_jwks(
         let fetched = fetch_jwks_once(discovery.as_ref(), timeout)
             .await
             .and_then(|jwks| verifier.replace_keys(&jwks).map_err(|e| e.to_string()));
+        verifier.answer_unknown_keys();
         if let Err(error) = fetched {
             tracing::warn!(%error, "cannot refresh users' key set; keeping the keys in force");
         }

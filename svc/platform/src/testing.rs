@@ -214,6 +214,74 @@ impl TestIdentity {
     }
 }
 
+/// A stand-in for users' `/.well-known/jwks.json`: publishes the key set the test sets, and
+/// notes when it was fetched.
+pub struct JwksStandIn {
+    published: std::sync::Arc<std::sync::Mutex<String>>,
+    fetched_at: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+    pub server: TestServer,
+}
+
+impl JwksStandIn {
+    /// Serving `identities`' keys on a port of its own.
+    pub async fn start(identities: &[&TestIdentity]) -> Self {
+        use poem::EndpointExt;
+        let published = std::sync::Arc::new(std::sync::Mutex::new(key_set(identities)));
+        let fetched_at = std::sync::Arc::<std::sync::Mutex<Vec<_>>>::default();
+        let (p, f) = (published.clone(), fetched_at.clone());
+        let jwks = poem::endpoint::make_sync(move |_| {
+            f.lock()
+                .expect("fetch log lock")
+                .push(std::time::Instant::now());
+            p.lock().expect("key set lock").clone()
+        });
+        let server = TestServer::start(
+            poem::Route::new().at("/.well-known/jwks.json", jwks.map_to_response()),
+        )
+        .await;
+        Self {
+            published,
+            fetched_at,
+            server,
+        }
+    }
+
+    /// A local registry listing this stand-in as the one instance of users.
+    pub async fn as_users(&self) -> std::sync::Arc<crate::discovery::LocalDiscovery> {
+        use crate::discovery::Discovery;
+        let discovery = std::sync::Arc::new(crate::discovery::LocalDiscovery::new());
+        let users = crate::discovery::Registration::new("users", "127.0.0.1", self.server.port());
+        discovery
+            .register(&users)
+            .await
+            .expect("a local registry takes a registration");
+        discovery
+    }
+
+    /// Publishes `identities`' keys from now on.
+    pub fn publish(&self, identities: &[&TestIdentity]) {
+        *self.published.lock().expect("key set lock") = key_set(identities);
+    }
+
+    /// When the key set was fetched, in order.
+    pub fn fetched_at(&self) -> Vec<std::time::Instant> {
+        self.fetched_at.lock().expect("fetch log lock").clone()
+    }
+}
+
+/// One key set holding the keys of every one of `identities`.
+pub fn key_set(identities: &[&TestIdentity]) -> String {
+    let keys: Vec<serde_json::Value> = identities
+        .iter()
+        .flat_map(|id| {
+            let set: serde_json::Value =
+                serde_json::from_str(&id.jwks).expect("an identity's key set is JSON");
+            set["keys"].as_array().cloned().unwrap_or_default()
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
 /// A service's settings as the KV seed gives them, pointed at `db`, a fresh Redis prefix,
 /// the tests' identity and internal credential.
 pub async fn settings(
