@@ -124,9 +124,7 @@ pub async fn forward(
         None
     } else {
         let checked = match req.headers().get(header::AUTHORIZATION) {
-            Some(header) => {
-                platform::auth::caller_of_awaiting_new_keys(header, gateway.verifier()).await
-            }
+            Some(header) => platform::auth::caller_of(header, gateway.verifier()).await,
             None => Err(Problem::unauthorized(
                 "a valid bearer access token is required",
             )),

@@ -189,7 +189,9 @@ impl InventoryApi {
         tag = "Tag::Stock"
     )]
     async fn get(&self, req: &Request, product_id: Path<Uuid>) -> ApiResult<Json<StockView>> {
-        let full = optional_caller(req)?.is_some_and(|c| c.has(authority::INVENTORY_WRITE));
+        let full = optional_caller(req)
+            .await?
+            .is_some_and(|c| c.has(authority::INVENTORY_WRITE));
         match store::stock(&self.state.base.pool, product_id.0).await? {
             Some(row) => Ok(Json(StockView::new(&row, full))),
             None => Err(Problem::not_found("no stock is recorded for this product")),

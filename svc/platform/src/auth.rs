@@ -89,8 +89,9 @@ pub enum AuthError {
     KeySet(String),
     #[error("token rejected: {0}")]
     Token(String),
-    #[error("token signed by a key not in the set: {0}")]
-    UnknownKey(String),
+    // Without the kid: it is the sender's to choose, and goes to the logs.
+    #[error("token signed by a key not in the set")]
+    UnknownKey,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,10 +306,10 @@ impl JwtVerifier {
         self.unknown_key.notified().await;
     }
 
-    /// Marks the set as followed: from now on, tokens signed by unknown keys wait for the
-    /// follower's answer (`verify_awaiting_new_keys`).
-    pub fn set_followed(&self) {
-        self.followed.store(true, Ordering::Release);
+    /// Marks the set as followed (`true`): from then on, tokens signed by unknown keys wait
+    /// for the follower's answer (`verify_awaiting_new_keys`); or no longer followed.
+    pub fn set_followed(&self, followed: bool) {
+        self.followed.store(followed, Ordering::Release);
     }
 
     /// The follower's answer to the unknown keys seen so far: the set fetched (or the fetch
@@ -319,31 +320,44 @@ impl JwtVerifier {
     }
 
     /// As [`JwtVerifier::verify`]; but while the set follows users', a token signed by a key
-    /// not in it waits (up to 2 s) for the fetch of the set it asks for and is checked again:
-    /// the first token signed by a key users has just published is accepted. It is refused
-    /// at once if the set was fetched too recently (`service::JWKS_REFETCH_GAP`), so that
-    /// tokens naming made-up keys cannot hold requests either.
+    /// not in it waits (up to 2 s) for the follower's next answer and is checked again then.
+    /// That answer is the fetch the token asks for, so the first token signed by a key users
+    /// has just published is accepted; or, when the set was fetched too recently to be
+    /// fetched again (`service::JWKS_REFETCH_GAP`), word of that, given at once, and the
+    /// token is refused. A fetch already under way when the token came answers it too, and
+    /// may have missed a key published just before.
     pub async fn verify_awaiting_new_keys(&self, token: &str) -> Result<Caller, AuthError> {
-        match self.verify(token) {
-            Err(AuthError::UnknownKey(_)) if self.followed.load(Ordering::Acquire) => {
+        // Subscribed before the check that tells the follower: its answer cannot be missed.
+        let answers = self
+            .followed
+            .load(Ordering::Acquire)
+            .then(|| self.unknown_key_answers.subscribe());
+        match (self.verify(token), answers) {
+            (Err(AuthError::UnknownKey), Some(answers)) => {
                 // Boxed: the common path keeps a small future.
-                Box::pin(self.verify_after_next_answer(token)).await
+                Box::pin(self.verify_after_answer(token, answers)).await
             }
-            checked => checked,
+            (checked, _) => checked,
         }
     }
 
-    async fn verify_after_next_answer(&self, token: &str) -> Result<Caller, AuthError> {
-        let mut answers = self.unknown_key_answers.subscribe();
-        // A fetch that ended since the first check is not waited for again.
-        if let Ok(caller) = self.verify(token) {
-            return Ok(caller);
-        }
+    async fn verify_after_answer(
+        &self,
+        token: &str,
+        mut answers: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Caller, AuthError> {
         let _ = tokio::time::timeout(NEW_KEY_WAIT, answers.changed()).await;
-        self.verify(token)
+        // Not telling the follower again: that would ask for another fetch after this one.
+        self.check(token, false)
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        self.check(token, true)
+    }
+
+    /// The token's caller, if it verifies; a key not in the set is told to the follower if
+    /// `tell_unknown_key`.
+    fn check(&self, token: &str, tell_unknown_key: bool) -> Result<Caller, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Token(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
@@ -354,8 +368,10 @@ impl JwtVerifier {
             .ok_or_else(|| AuthError::Token("no kid".into()))?;
         let keys = self.keys.read().expect("key lock poisoned");
         let Some(key) = keys.get(&kid) else {
-            self.unknown_key.notify_one();
-            return Err(AuthError::UnknownKey(kid));
+            if tell_unknown_key {
+                self.unknown_key.notify_one();
+            }
+            return Err(AuthError::UnknownKey);
         };
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| AuthError::Token(e.to_string()))?;
@@ -431,47 +447,32 @@ async fn check_internal(req: &Request, key: poem_openapi::auth::ApiKey) -> poem:
 
 /// The caller of a public route that shows more to those who authenticate: `None` without
 /// an `Authorization` header, 401 with an invalid one.
-pub fn optional_caller(req: &Request) -> Result<Option<Caller>, Problem> {
+pub async fn optional_caller(req: &Request) -> Result<Option<Caller>, Problem> {
     let Some(header) = req.headers().get(poem::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
     let verifier = req
         .data::<JwtVerifier>()
         .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
-    caller_of(header, verifier).map(Some)
+    caller_of(header, verifier).await.map(Some)
 }
 
-/// The caller an `Authorization` header names, checked by `verifier`; 401 when it is not a
-/// valid bearer token.
-pub fn caller_of(
+/// The caller an `Authorization` header names, checked by `verifier` (a token signed by a
+/// key users has just published included: [`JwtVerifier::verify_awaiting_new_keys`]); 401
+/// when it is not a valid bearer token.
+pub async fn caller_of(
     header: &poem::http::HeaderValue,
     verifier: &JwtVerifier,
 ) -> Result<Caller, Problem> {
-    verifier
-        .verify(bearer_token(header)?)
-        .map_err(|_| token_refused())
-}
-
-/// As [`caller_of`], also for a token signed by a key users has just published
-/// ([`JwtVerifier::verify_awaiting_new_keys`]).
-pub async fn caller_of_awaiting_new_keys(
-    header: &poem::http::HeaderValue,
-    verifier: &JwtVerifier,
-) -> Result<Caller, Problem> {
-    verifier
-        .verify_awaiting_new_keys(bearer_token(header)?)
-        .await
-        .map_err(|_| token_refused())
-}
-
-fn bearer_token(header: &poem::http::HeaderValue) -> Result<&str, Problem> {
-    header
+    let token = header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <token>`"))
-}
-
-fn token_refused() -> Problem {
-    Problem::unauthorized("the access token is invalid or expired")
+        .ok_or_else(|| {
+            Problem::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+    verifier
+        .verify_awaiting_new_keys(token)
+        .await
+        .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))
 }

@@ -258,11 +258,31 @@ pub fn follow_jwks(
     refetch_gap: Duration,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    verifier.set_followed();
-    following_jwks(verifier, discovery, timeout, refetch_gap, shutdown)
+    verifier.set_followed(true);
+    let following = Following(verifier.clone());
+    following_jwks(
+        following,
+        verifier,
+        discovery,
+        timeout,
+        refetch_gap,
+        shutdown,
+    )
+}
+
+/// Ends the following when dropped (stopped, panicking, or never run): tokens waiting for an
+/// answer get it, and later ones do not wait for a follower that is gone.
+struct Following(JwtVerifier);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.set_followed(false);
+        self.0.answer_unknown_keys();
+    }
 }
 
 async fn following_jwks(
+    _following: Following,
     verifier: JwtVerifier,
     discovery: Arc<dyn Discovery>,
     timeout: Duration,
