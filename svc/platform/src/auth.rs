@@ -392,13 +392,7 @@ async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Caller> {
     let verifier = req
         .data::<JwtVerifier>()
         .ok_or_else(|| Problem::internal("no JwtVerifier in the app's data"))?;
-    verifier
-        .verify_awaiting_new_keys(&bearer.token)
-        .await
-        .map_err(|e| {
-            tracing::debug!(error = %e, "bearer token rejected");
-            Problem::unauthorized("the access token is invalid or expired").into()
-        })
+    Ok(caller_of_token(&bearer.token, verifier).await?)
 }
 
 /// The shared secret that internal routes require in `X-Internal-Token`.
@@ -471,8 +465,14 @@ pub async fn caller_of(
         .ok_or_else(|| {
             Problem::unauthorized("the Authorization header must be `Bearer <token>`")
         })?;
-    verifier
-        .verify_awaiting_new_keys(token)
-        .await
-        .map_err(|_| Problem::unauthorized("the access token is invalid or expired"))
+    caller_of_token(token, verifier).await
+}
+
+/// The caller `token` names, checked by `verifier` as every route checks it; 401 when it is
+/// not valid.
+async fn caller_of_token(token: &str, verifier: &JwtVerifier) -> Result<Caller, Problem> {
+    verifier.verify_awaiting_new_keys(token).await.map_err(|e| {
+        tracing::debug!(error = %e, "bearer token rejected");
+        Problem::unauthorized("the access token is invalid or expired")
+    })
 }

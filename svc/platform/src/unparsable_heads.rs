@@ -127,13 +127,29 @@ fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
 pub(crate) struct ProblemForUnparsableHeads {
     /// Taken only when dropped, to send what is held.
     socket: Option<TcpStream>,
-    /// Bytes hyper wrote that end as its answer to an unparsable head would, not sent yet,
-    /// and how many of them have been sent since the connection went on.
-    held: Option<(Vec<u8>, usize)>,
+    held: Option<Held>,
     /// Whether the connection's task has been woken since bytes were held.
     woken: bool,
     /// Raised by the connection's task when hyper ends the connection with a parse error.
     ended_by_parse_error: Arc<AtomicBool>,
+}
+
+/// Bytes hyper wrote that end as its answer to an unparsable head would.
+struct Held {
+    bytes: Vec<u8>,
+    /// How many of them have been sent since the connection went on.
+    sent: usize,
+    /// Where that answer begins in them, and which of [`HYPERS_ANSWERS`] it is.
+    hypers_answer: (usize, usize),
+}
+
+/// The socket of a connection not yet dropped.
+fn open(socket: &mut Option<TcpStream>) -> Pin<&mut TcpStream> {
+    Pin::new(
+        socket
+            .as_mut()
+            .expect("the socket is taken only when dropped"),
+    )
 }
 
 impl ProblemForUnparsableHeads {
@@ -151,29 +167,21 @@ impl ProblemForUnparsableHeads {
     }
 
     fn socket(&mut self) -> Pin<&mut TcpStream> {
-        Pin::new(
-            self.socket
-                .as_mut()
-                .expect("the socket is taken only when dropped"),
-        )
+        open(&mut self.socket)
     }
 
     /// Sends what is held: the connection went on, so it was no answer to a parse error.
     fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, sent)) = &mut self.held {
-            if *sent == bytes.len() {
+        while let Some(held) = &mut self.held {
+            if held.sent == held.bytes.len() {
                 self.held = None;
                 break;
             }
-            let socket = self
-                .socket
-                .as_mut()
-                .expect("the socket is taken only when dropped");
-            let n = ready!(Pin::new(socket).poll_write(cx, &bytes[*sent..]))?;
+            let n = ready!(open(&mut self.socket).poll_write(cx, &held.bytes[held.sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            *sent += n;
+            held.sent += n;
         }
         Poll::Ready(Ok(()))
     }
@@ -193,19 +201,17 @@ const LINGER: Duration = Duration::from_secs(1);
 
 impl Drop for ProblemForUnparsableHeads {
     fn drop(&mut self) {
-        let Some((bytes, sent)) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
         let Some(socket) = self.socket.take() else {
             return;
         };
-        let out = match hypers_answer_in(&bytes) {
-            Some((start, which))
-                if sent == 0 && self.ended_by_parse_error.load(Ordering::Acquire) =>
-            {
-                as_problem(&bytes, start, which)
-            }
-            _ => bytes[sent..].to_vec(),
+        let out = if held.sent == 0 && self.ended_by_parse_error.load(Ordering::Acquire) {
+            let (start, which) = held.hypers_answer;
+            as_problem(&held.bytes, start, which)
+        } else {
+            held.bytes[held.sent..].to_vec()
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -262,8 +268,12 @@ impl AsyncWrite for ProblemForUnparsableHeads {
         if this.held.is_some() {
             ready!(this.poll_send_held(cx))?;
         }
-        if hypers_answer_in(buf).is_some() {
-            this.held = Some((buf.to_vec(), 0));
+        if let Some(hypers_answer) = hypers_answer_in(buf) {
+            this.held = Some(Held {
+                bytes: buf.to_vec(),
+                sent: 0,
+                hypers_answer,
+            });
             this.woken = false;
             return Poll::Ready(Ok(buf.len()));
         }
