@@ -221,6 +221,45 @@ impl TokenIssuer {
     }
 }
 
+/// The public keys of a JWKS that verify access tokens (Ed25519 only), by `kid`; never empty.
+pub struct KeySet(HashMap<String, DecodingKey>);
+
+impl KeySet {
+    /// The keys of a JWKS document; an error if any key is not Ed25519, or there is none.
+    pub fn from_jwks(jwks: &str) -> Result<Self, AuthError> {
+        let set: JwkSet =
+            serde_json::from_str(jwks).map_err(|e| AuthError::KeySet(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in set.keys {
+            if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
+                return Err(AuthError::KeySet(format!(
+                    "key {} is not an Ed25519 key",
+                    jwk.kid
+                )));
+            }
+            let x = jwk
+                .x
+                .ok_or_else(|| AuthError::KeySet(format!("key {} has no x", jwk.kid)))?;
+            let key = DecodingKey::from_ed_components(&x)
+                .map_err(|e| AuthError::KeySet(e.to_string()))?;
+            keys.insert(jwk.kid, key);
+        }
+        if keys.is_empty() {
+            return Err(AuthError::KeySet("the key set is empty".into()));
+        }
+        Ok(Self(keys))
+    }
+
+    /// Every key of `self` and of `other`. A kid names one key (users derives it from the
+    /// public key), so a kid in both is the same key.
+    pub fn union(mut self, other: KeySet) -> Self {
+        for (kid, key) in other.0 {
+            self.0.entry(kid).or_insert(key);
+        }
+        self
+    }
+}
+
 #[derive(Deserialize)]
 struct JwkSet {
     keys: Vec<Jwk>,
@@ -257,47 +296,28 @@ const NEW_KEY_WAIT: Duration = Duration::from_secs(2);
 
 impl JwtVerifier {
     pub fn from_jwks(jwks: &str) -> Result<Self, AuthError> {
+        Ok(Self::from_key_set(KeySet::from_jwks(jwks)?))
+    }
+
+    pub fn from_key_set(keys: KeySet) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        let verifier = Self {
-            keys: Arc::default(),
+        Self {
+            keys: Arc::new(RwLock::new(keys.0)),
             validation: Arc::new(validation),
             unknown_key: Arc::default(),
             followed: Arc::default(),
             unknown_key_answers: Arc::new(tokio::sync::watch::Sender::new(0)),
-        };
-        verifier.replace_keys(jwks)?;
-        Ok(verifier)
+        }
     }
 
     /// Swaps in a new key set (rotation): tokens signed by removed keys stop verifying.
-    pub fn replace_keys(&self, jwks: &str) -> Result<(), AuthError> {
-        let set: JwkSet =
-            serde_json::from_str(jwks).map_err(|e| AuthError::KeySet(e.to_string()))?;
-        let mut keys = HashMap::new();
-        for jwk in set.keys {
-            if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
-                return Err(AuthError::KeySet(format!(
-                    "key {} is not an Ed25519 key",
-                    jwk.kid
-                )));
-            }
-            let x = jwk
-                .x
-                .ok_or_else(|| AuthError::KeySet(format!("key {} has no x", jwk.kid)))?;
-            let key = DecodingKey::from_ed_components(&x)
-                .map_err(|e| AuthError::KeySet(e.to_string()))?;
-            keys.insert(jwk.kid, key);
-        }
-        if keys.is_empty() {
-            return Err(AuthError::KeySet("the key set is empty".into()));
-        }
-        *self.keys.write().expect("key lock poisoned") = keys;
-        Ok(())
+    pub fn replace_key_set(&self, keys: KeySet) {
+        *self.keys.write().expect("key lock poisoned") = keys.0;
     }
 
     /// Resolves once a token signed by a key not in the set has been seen (since the last

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::CancellationToken;
-use crate::auth::{InternalToken, JwtVerifier};
+use crate::auth::{InternalToken, JwtVerifier, KeySet};
 use crate::config::{ConfigError, Settings};
 use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::discovery::Discovery;
@@ -178,12 +178,12 @@ pub async fn load_verifier(
     discovery: &dyn Discovery,
     timeout: Duration,
 ) -> Result<JwtVerifier, StartError> {
-    let jwks = if configured_jwks.trim().is_empty() {
-        fetch_jwks(discovery, timeout).await?
+    let keys = if configured_jwks.trim().is_empty() {
+        fetch_key_set(discovery, timeout).await?
     } else {
-        configured_jwks.to_owned()
+        KeySet::from_jwks(configured_jwks)?
     };
-    Ok(JwtVerifier::from_jwks(&jwks)?)
+    Ok(JwtVerifier::from_key_set(keys))
 }
 
 /// For a verifier made by [`load_verifier`] from users' keys (none configured), the task that
@@ -204,12 +204,12 @@ pub fn key_set_tasks(
     tasks
 }
 
-/// The JWKS users publishes, found through discovery; waits up to 30 s for users to come up.
-async fn fetch_jwks(discovery: &dyn Discovery, timeout: Duration) -> Result<String, StartError> {
+/// The keys users publishes, found through discovery; waits up to 30 s for users to come up.
+async fn fetch_key_set(discovery: &dyn Discovery, timeout: Duration) -> Result<KeySet, StartError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match fetch_jwks_once(discovery, timeout).await {
-            Ok(jwks) => return Ok(jwks),
+        match fetch_key_set_once(discovery, timeout).await {
+            Ok(keys) => return Ok(keys),
             Err(e) if tokio::time::Instant::now() > deadline => return Err(StartError::Keys(e)),
             Err(e) => {
                 tracing::info!(error = %e, "waiting for users to publish its keys");
@@ -219,23 +219,51 @@ async fn fetch_jwks(discovery: &dyn Discovery, timeout: Duration) -> Result<Stri
     }
 }
 
-async fn fetch_jwks_once(discovery: &dyn Discovery, timeout: Duration) -> Result<String, String> {
+/// Every key some users instance publishes, asked of all of them at once: in a rolling
+/// restart with a new signing key, instances still running publish the old set and restarted
+/// ones the new, and tokens of both are in use. Instances that do not answer (dead, say, and
+/// not yet known to discovery as gone), or answer with an unusable set, are left out; an
+/// error only when none answers usably.
+async fn fetch_key_set_once(
+    discovery: &dyn Discovery,
+    timeout: Duration,
+) -> Result<KeySet, String> {
     let instances = discovery
         .resolve("users")
         .await
         .map_err(|e| e.to_string())?;
-    let instance = instances.first().ok_or("no users instance is registered")?;
+    if instances.is_empty() {
+        return Err("no users instance is registered".into());
+    }
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .build()
         .map_err(|e| e.to_string())?;
-    let resp = client
-        .get(format!("{}/.well-known/jwks.json", instance.base_url()))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| e.to_string())?;
-    resp.text().await.map_err(|e| e.to_string())
+    let answers = futures::future::join_all(instances.iter().map(|instance| {
+        let url = format!("{}/.well-known/jwks.json", instance.base_url());
+        let client = &client;
+        async move {
+            let answer = async {
+                let resp = client.get(&url).send().await?.error_for_status()?;
+                resp.text().await
+            };
+            let jwks = answer.await.map_err(|e| e.to_string())?;
+            KeySet::from_jwks(&jwks).map_err(|e| format!("{url}: {e}"))
+        }
+    }))
+    .await;
+    let (sets, failures): (Vec<_>, Vec<_>) = answers.into_iter().partition(Result::is_ok);
+    let failures: Vec<String> = failures.into_iter().filter_map(Result::err).collect();
+    let Some(keys) = sets.into_iter().flatten().reduce(KeySet::union) else {
+        return Err(failures.join("; "));
+    };
+    if !failures.is_empty() {
+        tracing::warn!(
+            failures = %failures.join("; "),
+            "some users instances did not give their key sets; using the others'"
+        );
+    }
+    Ok(keys)
 }
 
 /// How often a service fetches users' key set again.
@@ -312,9 +340,9 @@ async fn following_jwks(
             _ = shutdown.cancelled() => return,
         }
         last_fetch = Some(tokio::time::Instant::now());
-        let fetched = fetch_jwks_once(discovery.as_ref(), timeout)
+        let fetched = fetch_key_set_once(discovery.as_ref(), timeout)
             .await
-            .and_then(|jwks| verifier.replace_keys(&jwks).map_err(|e| e.to_string()));
+            .map(|keys| verifier.replace_key_set(keys));
         verifier.answer_unknown_keys();
         if let Err(error) = fetched {
             tracing::warn!(%error, "cannot refresh users' key set; keeping the keys in force");

@@ -2,12 +2,14 @@
 //! from its first token on, and tokens naming unknown keys cannot make it call users for
 //! each, nor be held waiting.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::CancellationToken;
 use platform::auth::{AuthError, JwtVerifier, Role};
+use platform::discovery::{Discovery, LocalDiscovery, Registration};
 use platform::testing::{JwksStandIn, TestIdentity};
 
 /// A token whose header names a key nobody has (its signature is never looked at).
@@ -138,4 +140,81 @@ async fn within_the_gap_a_new_keys_token_is_refused_at_once_and_without_a_follow
         assert!(matches!(refused, Err(AuthError::UnknownKey)), "{refused:?}");
         assert!(asked.elapsed() < Duration::from_secs(1));
     }
+}
+
+/// A local registry listing each of `ports` as an instance of users, in that order.
+async fn users_at(ports: &[u16]) -> Arc<LocalDiscovery> {
+    let discovery = Arc::new(LocalDiscovery::new());
+    for port in ports {
+        let users = Registration::new("users", "127.0.0.1", *port);
+        discovery.register(&users).await.unwrap();
+    }
+    discovery
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn keys_are_those_of_every_users_instance_that_answers() {
+    // A rolling restart onto a new signing key: one instance still publishes the old set,
+    // one the new, and one has died without leaving discovery (listed first).
+    let (old, new) = (TestIdentity::new(), TestIdentity::new());
+    let (still_old, restarted) = (
+        JwksStandIn::start(&[&old]).await,
+        JwksStandIn::start(&[&new, &old]).await,
+    );
+    let discovery = users_at(&[
+        closed_port(),
+        still_old.server.port(),
+        restarted.server.port(),
+    ])
+    .await;
+    let started = Instant::now();
+    let verifier = platform::service::load_verifier("", discovery.as_ref(), Duration::from_secs(2))
+        .await
+        .expect("the answering instances' keys");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no wait for the dead instance"
+    );
+    let user = uuid::Uuid::new_v4();
+    for identity in [&old, &new] {
+        assert_eq!(
+            verifier
+                .verify(&identity.token(user, Role::Customer))
+                .unwrap()
+                .id,
+            user
+        );
+    }
+
+    // The follower asks them all too: a key only the restarted instance publishes arrives.
+    let newest = TestIdentity::new();
+    restarted.publish(&[&newest, &new]);
+    let stop = CancellationToken::new();
+    let following = tokio::spawn(platform::service::follow_jwks(
+        verifier.clone(),
+        discovery,
+        Duration::from_secs(2),
+        GAP,
+        stop.clone(),
+    ));
+    let accepted = verifier
+        .verify_awaiting_new_keys(&newest.token(user, Role::Customer))
+        .await;
+    assert_eq!(accepted.unwrap().id, user);
+    assert!(
+        verifier.verify(&old.token(user, Role::Customer)).is_ok(),
+        "still published by the instance not yet restarted"
+    );
+    assert_eq!(
+        (still_old.fetched_at().len(), restarted.fetched_at().len()),
+        (2, 2)
+    );
+    stop.cancel();
+    following.await.unwrap();
 }
