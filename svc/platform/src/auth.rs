@@ -222,14 +222,22 @@ impl TokenIssuer {
 }
 
 /// The public keys of a JWKS that verify access tokens (Ed25519 only), by `kid`; never empty.
-pub struct KeySet(HashMap<String, DecodingKey>);
+pub struct KeySet(HashMap<String, PublishedKey>);
+
+/// A key as published (its `x`, to tell whether two sets mean the same key by a kid), and as
+/// tokens are checked with.
+struct PublishedKey {
+    x: String,
+    key: DecodingKey,
+}
 
 impl KeySet {
-    /// The keys of a JWKS document; an error if any key is not Ed25519, or there is none.
+    /// The keys of a JWKS document; an error if any key is not Ed25519, if one kid names two
+    /// keys, or if there is none.
     pub fn from_jwks(jwks: &str) -> Result<Self, AuthError> {
         let set: JwkSet =
             serde_json::from_str(jwks).map_err(|e| AuthError::KeySet(e.to_string()))?;
-        let mut keys = HashMap::new();
+        let mut keys: HashMap<String, PublishedKey> = HashMap::new();
         for jwk in set.keys {
             if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
                 return Err(AuthError::KeySet(format!(
@@ -242,7 +250,13 @@ impl KeySet {
                 .ok_or_else(|| AuthError::KeySet(format!("key {} has no x", jwk.kid)))?;
             let key = DecodingKey::from_ed_components(&x)
                 .map_err(|e| AuthError::KeySet(e.to_string()))?;
-            keys.insert(jwk.kid, key);
+            if keys.get(&jwk.kid).is_some_and(|known| known.x != x) {
+                return Err(AuthError::KeySet(format!(
+                    "kid {} names two different keys",
+                    jwk.kid
+                )));
+            }
+            keys.insert(jwk.kid, PublishedKey { x, key });
         }
         if keys.is_empty() {
             return Err(AuthError::KeySet("the key set is empty".into()));
@@ -250,13 +264,36 @@ impl KeySet {
         Ok(Self(keys))
     }
 
-    /// Every key of `self` and of `other`. A kid names one key (users derives it from the
-    /// public key), so a kid in both is the same key.
-    pub fn union(mut self, other: KeySet) -> Self {
-        for (kid, key) in other.0 {
-            self.0.entry(kid).or_insert(key);
+    /// Every key of `sets` (several instances' of users), except those whose kid names
+    /// different keys in different sets: users derives the kid of its signing key from the
+    /// key, but previous keys are published as configured, and a token naming such a kid
+    /// could be checked with either; it is refused rather than guessed. None if no key is left.
+    pub fn union_of(sets: impl IntoIterator<Item = KeySet>) -> Option<KeySet> {
+        let mut union: HashMap<String, PublishedKey> = HashMap::new();
+        let mut conflicting = std::collections::HashSet::new();
+        for set in sets {
+            for (kid, published) in set.0 {
+                if conflicting.contains(&kid) {
+                    continue;
+                }
+                match union.get(&kid) {
+                    None => {
+                        union.insert(kid, published);
+                    }
+                    Some(known) if known.x == published.x => {}
+                    Some(_) => {
+                        tracing::error!(%kid, "users instances publish different keys under one kid; tokens naming it are refused");
+                        union.remove(&kid);
+                        conflicting.insert(kid);
+                    }
+                }
+            }
         }
-        self
+        (!union.is_empty()).then_some(Self(union))
+    }
+
+    fn into_decoding_keys(self) -> HashMap<String, DecodingKey> {
+        self.0.into_iter().map(|(kid, k)| (kid, k.key)).collect()
     }
 }
 
@@ -307,7 +344,7 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.leeway = 5;
         Self {
-            keys: Arc::new(RwLock::new(keys.0)),
+            keys: Arc::new(RwLock::new(keys.into_decoding_keys())),
             validation: Arc::new(validation),
             unknown_key: Arc::default(),
             followed: Arc::default(),
@@ -317,7 +354,7 @@ impl JwtVerifier {
 
     /// Swaps in a new key set (rotation): tokens signed by removed keys stop verifying.
     pub fn replace_key_set(&self, keys: KeySet) {
-        *self.keys.write().expect("key lock poisoned") = keys.0;
+        *self.keys.write().expect("key lock poisoned") = keys.into_decoding_keys();
     }
 
     /// Resolves once a token signed by a key not in the set has been seen (since the last

@@ -222,12 +222,14 @@ async fn fetch_key_set(discovery: &dyn Discovery, timeout: Duration) -> Result<K
 /// Every key some users instance publishes, asked of all of them at once: in a rolling
 /// restart with a new signing key, instances still running publish the old set and restarted
 /// ones the new, and tokens of both are in use. Instances that do not answer (dead, say, and
-/// not yet known to discovery as gone), or answer with an unusable set, are left out; an
-/// error only when none answers usably.
+/// not yet known to discovery as gone), answer with an unusable set, or answer more than
+/// [`KEY_SET_GRACE`] after the first usable answer, are left out; an error only when no
+/// instance answers usably.
 async fn fetch_key_set_once(
     discovery: &dyn Discovery,
     timeout: Duration,
 ) -> Result<KeySet, String> {
+    use futures::StreamExt;
     let instances = discovery
         .resolve("users")
         .await
@@ -239,22 +241,37 @@ async fn fetch_key_set_once(
         .timeout(timeout)
         .build()
         .map_err(|e| e.to_string())?;
-    let answers = futures::future::join_all(instances.iter().map(|instance| {
-        let url = format!("{}/.well-known/jwks.json", instance.base_url());
-        let client = &client;
-        async move {
-            let answer = async {
-                let resp = client.get(&url).send().await?.error_for_status()?;
-                resp.text().await
-            };
-            let jwks = answer.await.map_err(|e| e.to_string())?;
-            KeySet::from_jwks(&jwks).map_err(|e| format!("{url}: {e}"))
+    let mut unanswered: Vec<String> = instances.iter().map(|i| i.base_url()).collect();
+    let mut answers: futures::stream::FuturesUnordered<_> = unanswered
+        .iter()
+        .map(|url| instance_key_set(&client, url.clone()))
+        .collect();
+    let mut sets = Vec::new();
+    let mut failures = Vec::new();
+    let mut grace_over = None;
+    loop {
+        let next = match grace_over {
+            None => answers.next().await,
+            Some(at) => tokio::time::timeout_at(at, answers.next())
+                .await
+                .unwrap_or(None),
+        };
+        let Some((url, answer)) = next else { break };
+        unanswered.retain(|u| *u != url);
+        match answer {
+            Ok(set) => {
+                grace_over.get_or_insert_with(|| tokio::time::Instant::now() + KEY_SET_GRACE);
+                sets.push(set);
+            }
+            Err(e) => failures.push(format!("{url}: {e}")),
         }
-    }))
-    .await;
-    let (sets, failures): (Vec<_>, Vec<_>) = answers.into_iter().partition(Result::is_ok);
-    let failures: Vec<String> = failures.into_iter().filter_map(Result::err).collect();
-    let Some(keys) = sets.into_iter().flatten().reduce(KeySet::union) else {
+    }
+    failures.extend(
+        unanswered
+            .iter()
+            .map(|url| format!("{url}: no answer within {KEY_SET_GRACE:?} of another instance's")),
+    );
+    let Some(keys) = KeySet::union_of(sets) else {
         return Err(failures.join("; "));
     };
     if !failures.is_empty() {
@@ -264,6 +281,37 @@ async fn fetch_key_set_once(
         );
     }
     Ok(keys)
+}
+
+/// Once one users instance has given its key set, how much longer the others are waited for:
+/// a token signed by a new key waits (2 s) for the fetch, which one hung instance must not
+/// hold up until its timeout.
+const KEY_SET_GRACE: Duration = Duration::from_millis(500);
+
+/// `url`'s key set, with `url` to tell the answers apart.
+async fn instance_key_set(
+    client: &reqwest::Client,
+    url: String,
+) -> (String, Result<KeySet, String>) {
+    let answer = async {
+        let resp = client
+            .get(format!("{url}/.well-known/jwks.json"))
+            .send()
+            .await?
+            .error_for_status()?;
+        resp.text().await
+    };
+    // reqwest's own message leaves out why (refused, timed out, reset): its sources say.
+    let set = match answer.await {
+        Ok(jwks) => KeySet::from_jwks(&jwks).map_err(|e| e.to_string()),
+        Err(e) => Err(
+            std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": "),
+        ),
+    };
+    (url, set)
 }
 
 /// How often a service fetches users' key set again.

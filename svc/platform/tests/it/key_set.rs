@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::CancellationToken;
-use platform::auth::{AuthError, JwtVerifier, Role};
+use platform::auth::{AuthError, JwtVerifier, KeySet, Role};
 use platform::discovery::{Discovery, LocalDiscovery, Registration};
 use platform::testing::{JwksStandIn, TestIdentity};
 
@@ -142,44 +142,64 @@ async fn within_the_gap_a_new_keys_token_is_refused_at_once_and_without_a_follow
     }
 }
 
-/// A local registry listing each of `ports` as an instance of users, in that order.
+/// A local registry listing each of `ports` as an instance of users, in that order (the
+/// registry lists instances by id).
 async fn users_at(ports: &[u16]) -> Arc<LocalDiscovery> {
     let discovery = Arc::new(LocalDiscovery::new());
-    for port in ports {
-        let users = Registration::new("users", "127.0.0.1", *port);
+    for (i, port) in ports.iter().enumerate() {
+        let mut users = Registration::new("users", "127.0.0.1", *port);
+        users.id = format!("users-{i}");
         discovery.register(&users).await.unwrap();
     }
     discovery
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// A port bound and not listening, so that connecting to it is refused; bound until the
+/// socket is dropped, so that no other test's server gets it meanwhile.
+fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
+/// A port whose connections are taken (by the kernel's backlog) and never answered: an
+/// instance hung, or behind a firewall that drops.
+async fn hanging_port() -> (tokio::net::TcpListener, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
 }
 
 #[tokio::test]
 async fn keys_are_those_of_every_users_instance_that_answers() {
     // A rolling restart onto a new signing key: one instance still publishes the old set,
-    // one the new, and one has died without leaving discovery (listed first).
+    // one the new; one has died without leaving discovery, one hangs (both listed first).
     let (old, new) = (TestIdentity::new(), TestIdentity::new());
     let (still_old, restarted) = (
         JwksStandIn::start(&[&old]).await,
         JwksStandIn::start(&[&new, &old]).await,
     );
+    let (_dead, dead_port) = refusing_port();
+    let (_hung, hung_port) = hanging_port().await;
     let discovery = users_at(&[
-        closed_port(),
+        dead_port,
+        hung_port,
         still_old.server.port(),
         restarted.server.port(),
     ])
     .await;
+    // A timeout longer than a new key's token waits for a fetch: the hung instance must not
+    // hold a fetch that long.
+    let timeout = Duration::from_secs(5);
     let started = Instant::now();
-    let verifier = platform::service::load_verifier("", discovery.as_ref(), Duration::from_secs(2))
+    let verifier = platform::service::load_verifier("", discovery.as_ref(), timeout)
         .await
         .expect("the answering instances' keys");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "no wait for the dead instance"
+        started.elapsed() < Duration::from_millis(1500),
+        "waited {:?} for instances that do not answer",
+        started.elapsed()
     );
     let user = uuid::Uuid::new_v4();
     for identity in [&old, &new] {
@@ -192,14 +212,15 @@ async fn keys_are_those_of_every_users_instance_that_answers() {
         );
     }
 
-    // The follower asks them all too: a key only the restarted instance publishes arrives.
+    // The follower asks them all too: a key only the restarted instance publishes arrives,
+    // and its first token is accepted.
     let newest = TestIdentity::new();
     restarted.publish(&[&newest, &new]);
     let stop = CancellationToken::new();
     let following = tokio::spawn(platform::service::follow_jwks(
         verifier.clone(),
         discovery,
-        Duration::from_secs(2),
+        timeout,
         GAP,
         stop.clone(),
     ));
@@ -217,4 +238,49 @@ async fn keys_are_those_of_every_users_instance_that_answers() {
     );
     stop.cancel();
     following.await.unwrap();
+}
+
+/// `identity`'s key set with its key published under `kid` instead of its own.
+fn published_as(identity: &TestIdentity, kid: &str) -> serde_json::Value {
+    let mut set: serde_json::Value = serde_json::from_str(&identity.jwks).unwrap();
+    set["keys"][0]["kid"] = kid.into();
+    set["keys"][0].clone()
+}
+
+#[tokio::test]
+async fn a_kid_that_instances_publish_for_different_keys_is_refused_and_the_rest_kept() {
+    let (a, b) = (TestIdentity::new(), TestIdentity::new());
+    let user = uuid::Uuid::new_v4();
+    let token_of_a = a.token(user, Role::Customer);
+    let kid_of_a = jsonwebtoken::decode_header(&token_of_a)
+        .unwrap()
+        .kid
+        .unwrap();
+    let one = KeySet::from_jwks(&a.jwks).unwrap();
+    // Another instance publishes b's key under a's kid (a mistyped previous key, say), and b's.
+    let other = serde_json::json!({"keys": [published_as(&b, &kid_of_a), serde_json::from_str::<serde_json::Value>(&b.jwks).unwrap()["keys"][0]]});
+    let other = KeySet::from_jwks(&other.to_string()).unwrap();
+    let verifier = JwtVerifier::from_key_set(KeySet::union_of([one, other]).unwrap());
+    assert!(matches!(
+        verifier.verify(&token_of_a),
+        Err(AuthError::UnknownKey)
+    ));
+    assert_eq!(
+        verifier.verify(&b.token(user, Role::Customer)).unwrap().id,
+        user
+    );
+
+    // Within one set, one kid for two keys makes the set unusable.
+    let both = serde_json::json!({"keys": [published_as(&a, "k"), published_as(&b, "k")]});
+    assert!(KeySet::from_jwks(&both.to_string()).is_err());
+    // Nothing left: no set.
+    let only_a = || {
+        KeySet::from_jwks(&serde_json::json!({"keys": [published_as(&a, "k")]}).to_string())
+            .unwrap()
+    };
+    let only_b =
+        KeySet::from_jwks(&serde_json::json!({"keys": [published_as(&b, "k")]}).to_string())
+            .unwrap();
+    assert!(KeySet::union_of([only_a(), only_b]).is_none());
+    assert!(KeySet::union_of([only_a(), only_a()]).is_some());
 }
