@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,11 +16,11 @@ use platform::context::{self, RequestId};
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use crate::forward::{BodyProgress, ForwardBody, UpstreamClient, UpstreamError};
+use crate::forward::{BodyProgress, ForwardBody, PooledBody, UpstreamClient, UpstreamError};
 use crate::judged::JudgedBody;
 use crate::live::{ClientKey, Live};
 use crate::upstreams::Target;
-use crate::{Gateway, routes};
+use crate::{Call, Gateway, routes};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not strings:
 /// removing by a string parses it first.
@@ -73,7 +74,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the proxy knows of a request besides the request itself.
 pub struct Forwarding<'a> {
     /// The config in force when the request arrived.
-    pub live: &'a Live,
+    pub live: &'a Arc<Live>,
     pub request_id: &'a RequestId,
     /// The address the request came from.
     pub client: IpAddr,
@@ -160,22 +161,38 @@ pub async fn forward(
     };
     let (outgoing, body) = build_request(req, &target, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
-    // Pinned here rather than handed to within_limits by value: a future moved into another's
-    // arguments is copied whole at each level, and this one is over a kilobyte.
     // An instance that cannot be connected to (killed, say, and not yet known to discovery as
     // gone) has been sent nothing: the request goes to another, whatever its method.
     let mut unreachable = Vec::new();
-    let elsewhere = |req: &mut Request<ForwardBody>, tried: &Authority, err: &UpstreamError| {
+    let routes = gateway.upstreams.clone();
+    let elsewhere = move |req: &mut Request<ForwardBody>,
+                          tried: &Authority,
+                          err: &UpstreamError| {
         unreachable.push(tried.clone());
-        let other = gateway.upstreams.pick_other(service, &unreachable)?;
+        let other = routes.pick_other(service, &unreachable)?;
         tracing::warn!(service, error = %err, instead = %other.authority, "instance unreachable; the request goes to another");
         metrics::counter!("gateway_upstream_failovers_total", "upstream" => service).increment(1);
         req.headers_mut().insert(header::HOST, other.host);
         Some(other.authority)
     };
-    let answer =
-        std::pin::pin!(client.request_or_elsewhere(&target.authority, outgoing, elsewhere));
-    let result = within_limits(answer, body, about.live).await;
+    let client = client.clone();
+    // Boxed, and owning what it uses: should the caller give up, the exchange goes on to be
+    // judged (`Exchange`). Boxed, it is also not copied whole into the futures awaiting it.
+    let answer = Box::pin(async move {
+        client
+            .request_or_elsewhere(&target.authority, outgoing, elsewhere)
+            .await
+    });
+    let mut exchange = Exchange {
+        answer: Some(answer),
+        call: Some(call),
+        limit_from: None,
+        limits: about.live.clone(),
+    };
+    let answering = exchange.answer.as_mut().expect("just set").as_mut();
+    let result = within_limits(answering, body, about.live, &mut exchange.limit_from).await;
+    exchange.answer = None;
+    let call = exchange.call.take().expect("taken only here");
     upstream.record_latency(started.elapsed());
     let answer = match result {
         Err(Late::Upstream) => {
@@ -254,6 +271,73 @@ pub(crate) fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Pr
     })
 }
 
+/// An upstream exchange under way, with the breaker's call it decides. Its caller may give up
+/// first (hang up, or time out on its side): the exchange then goes on, in a task of its own,
+/// until the instance answers or its limit passes, and the call is judged as it would have
+/// been had the caller stayed. Dropped, an instance that hangs for every caller would never
+/// count against its breaker when the callers' limits are shorter than the gateway's, and
+/// every caller would go on waiting for it.
+struct Exchange<F: Future<Output = UpstreamAnswer> + Send + 'static> {
+    answer: Option<Pin<Box<F>>>,
+    call: Option<Call>,
+    /// When the upstream's limit started: once the request's body had all gone. None while
+    /// the caller's body is still coming: a caller gone mid-body says nothing of the upstream.
+    limit_from: Option<tokio::time::Instant>,
+    limits: Arc<Live>,
+}
+
+type UpstreamAnswer = Result<Response<PooledBody>, UpstreamError>;
+
+impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
+    fn drop(&mut self) {
+        let (Some(answer), Some(call), Some(from)) =
+            (self.answer.take(), self.call.take(), self.limit_from)
+        else {
+            return;
+        };
+        // None while the runtime shuts down: nothing is left to judge for.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let limits = self.limits.clone();
+            runtime.spawn(judge_abandoned(
+                answer,
+                call,
+                from + limits.upstream_timeout,
+                limits,
+            ));
+        }
+    }
+}
+
+/// Follows an exchange whose caller gave up to its end, and judges `call` by it: an answer not
+/// come by `deadline` is a failure (a caller still there would have had 504), and an answer is
+/// judged as one passed on is, by how its body ends (read here and thrown away, which also
+/// hands the connection back).
+async fn judge_abandoned<F: Future<Output = UpstreamAnswer>>(
+    answer: Pin<Box<F>>,
+    call: Call,
+    deadline: tokio::time::Instant,
+    limits: Arc<Live>,
+) {
+    let resp = match tokio::time::timeout_at(deadline, answer).await {
+        Err(_) => return call.record(false),
+        Ok(Err(err)) if callers_fault(&err).is_some() => return call.release(),
+        Ok(Err(_)) => return call.record(false),
+        Ok(Ok(resp)) => resp,
+    };
+    let status = resp.status();
+    if status.is_server_error() || status == StatusCode::SWITCHING_PROTOCOLS {
+        return call.record(false);
+    }
+    let mut body = resp.into_body();
+    body.limit_stalls(limits.upstream_timeout);
+    let mut body = JudgedBody::new(body, Some(call));
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+}
+
 /// Who made an upstream call take too long.
 #[derive(Debug, PartialEq)]
 enum Late {
@@ -272,9 +356,11 @@ async fn within_limits<F: Future>(
     mut answer: Pin<&mut F>,
     body: Option<BodyProgress>,
     limits: &Live,
+    limit_from: &mut Option<tokio::time::Instant>,
 ) -> Result<F::Output, Late> {
     let limit = limits.upstream_timeout;
     let Some(mut body) = body else {
+        *limit_from = Some(tokio::time::Instant::now());
         return tokio::time::timeout(limit, answer)
             .await
             .map_err(|_| Late::Upstream);
@@ -287,7 +373,9 @@ async fn within_limits<F: Future>(
             out = answer.as_mut() => return Ok(out),
             _ = &mut body.sent, if sending => {
                 sending = false;
-                deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                let now = tokio::time::Instant::now();
+                *limit_from = Some(now);
+                deadline.as_mut().reset(now + limit);
             }
             // A body held up because the upstream does not take it is the upstream's delay.
             _ = &mut deadline => return Err(match (sending, body.waiting_on_caller()) {
@@ -423,7 +511,9 @@ mod tests {
     /// Who was late, for an upstream that never answers.
     async fn never_answered(body: Option<BodyProgress>, live: &Live) -> Late {
         let answer = std::pin::pin!(std::future::pending::<()>());
-        within_limits(answer, body, live).await.unwrap_err()
+        within_limits(answer, body, live, &mut None)
+            .await
+            .unwrap_err()
     }
 
     #[tokio::test(start_paused = true)]
@@ -516,7 +606,7 @@ mod tests {
             42
         };
         assert_eq!(
-            within_limits(std::pin::pin!(answer), Some(body), &live)
+            within_limits(std::pin::pin!(answer), Some(body), &live, &mut None)
                 .await
                 .ok(),
             Some(42)

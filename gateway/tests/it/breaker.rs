@@ -236,19 +236,16 @@ async fn two_successful_trials_of_three_close_it_with_a_fresh_window() {
     five_successes_complete_a_window_that_opens_it(&edge, &products).await;
 }
 
-#[tokio::test]
-async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
-    let (edge, products) = past_the_open_period().await;
-    products.answer(200);
-    products.delay(Duration::from_millis(250));
-    // Three callers take the three trials and hang up before the answer: the gateway drops
-    // their calls, with no outcome.
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
-    for _ in 0..3 {
-        let gave_up = impatient
+/// A client that gives up on each request after `limit`.
+fn impatient(limit: Duration) -> reqwest::Client {
+    reqwest::Client::builder().timeout(limit).build().unwrap()
+}
+
+/// `times` requests for products, each given up by its caller before any answer.
+async fn given_up(edge: &Edge, times: usize) {
+    let client = impatient(Duration::from_millis(50));
+    for _ in 0..times {
+        let gave_up = client
             .get(edge.url("/api/v1/products"))
             .bearer_auth(edge.token())
             .send()
@@ -256,11 +253,64 @@ async fn trials_whose_callers_hang_up_give_their_places_to_new_trials() {
             .unwrap_err();
         assert!(gave_up.is_timeout(), "{gave_up}");
     }
-    // (The gateway sees each hang-up as soon as it reads from that connection again.)
-    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn trials_whose_callers_hang_up_are_judged_by_the_answers_they_would_have_had() {
+    // A limit well beyond the time the trials are held below.
+    let (edge, products) = past_the_open_period_with(&[("upstream_timeout_ms", "3000")]).await;
+    products.answer(200);
+    products.hold();
+    // Three callers take the three trials and hang up before the answer: the exchanges go on
+    // without them, and keep their places until the instance answers.
+    given_up(&edge, 3).await;
+    products.until_hits(10 + 3).await;
+    refused_while_open(&edge, &products).await;
+    assert_eq!(edge.breaker("products").await, "half_open");
+    // The instance answers them, whole: three successes close the breaker.
+    products.release();
+    platform::testing::eventually_within(Duration::from_secs(2), "the trials judged", || async {
+        edge.breaker("products").await == "closed"
+    })
+    .await;
+    assert_eq!(products.hits(), 10 + 3);
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_whose_callers_give_up_first_counts_as_failing() {
+    // Callers that give up after 50 ms, before the gateway's limit (300 ms here): each
+    // exchange is followed to the limit, and counts as the 504 a caller still there got.
+    let (edge, products) = products_behind_a_gateway().await;
+    products.delay(Duration::from_secs(5));
+    given_up(&edge, 5).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     products.delay(Duration::ZERO);
-    calls(&edge, &products, &[200; 3]).await;
-    assert_eq!(edge.breaker("products").await, "closed");
+    calls(&edge, &products, &[200; 5]).await;
+    assert_eq!(
+        edge.breaker("products").await,
+        "open",
+        "5 given-up calls to a hanging instance of 10 opened it"
+    );
+}
+
+#[tokio::test]
+async fn calls_whose_callers_give_up_and_which_the_instance_answers_count_as_succeeding() {
+    let (edge, products) = products_behind_a_gateway().await;
+    // Answered after the callers have gone, within the limit.
+    products.delay(Duration::from_millis(150));
+    given_up(&edge, 5).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    products.delay(Duration::ZERO);
+    // Counted as failures, these would open it now (9 of 10); not counted, the window would
+    // not be full at the next failure.
+    calls(&edge, &products, &[500, 500, 500, 500, 200]).await;
+    assert_eq!(edge.breaker("products").await, "closed", "4 failures of 10");
+    calls(&edge, &products, &[500]).await;
+    assert_eq!(
+        edge.breaker("products").await,
+        "open",
+        "the last 10: 4 given-up successes, 5 failures and a success"
+    );
 }
 
 #[tokio::test]
