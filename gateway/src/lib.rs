@@ -94,7 +94,14 @@ pub(crate) struct Upstream {
     clock: BreakerClock,
     state: metrics::Gauge,
     latency: metrics::Histogram,
+    /// Calls whose callers gave up, followed to their ends (`Call::follow`).
+    followed: std::sync::atomic::AtomicUsize,
 }
+
+/// The most calls whose callers gave up that a gateway follows to their ends at once, per
+/// upstream: enough to judge a hanging instance by, and a bound on the work callers who hang
+/// up at once can leave the gateway and the instance doing for nobody.
+const MAX_FOLLOWED_PER_UPSTREAM: usize = 64;
 
 impl Upstream {
     fn new(service: &'static str, breaker: Breaker, clock: BreakerClock) -> Self {
@@ -106,6 +113,7 @@ impl Upstream {
             clock,
             state,
             latency: metrics::histogram!("gateway_upstream_duration_seconds", "upstream" => service),
+            followed: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -184,6 +192,23 @@ impl Call {
     /// slowness): not counted, its place given back.
     pub(crate) fn release(self) {}
 
+    /// One of the call's upstream's places for following calls whose callers gave up, held
+    /// until the returned value is dropped; none when all are taken.
+    pub(crate) fn follow(&self) -> Option<FollowedPlace> {
+        use std::sync::atomic::Ordering;
+        let followed = &self.upstream.followed;
+        followed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now < MAX_FOLLOWED_PER_UPSTREAM).then_some(now + 1)
+            })
+            .ok()?;
+        Some(FollowedPlace(self.upstream.clone()))
+    }
+
+    pub(crate) fn record_latency(&self, elapsed: Duration) {
+        self.upstream.record_latency(elapsed);
+    }
+
     /// A half-open trial, whose answer's progress the breaker follows.
     pub(crate) fn is_trial(&self) -> bool {
         self.permit.is_some_and(|p| p.is_trial())
@@ -197,6 +222,17 @@ impl Call {
             let since = waiting.then(|| self.upstream.clock.now());
             self.upstream.breaker().trial_waits_on_caller(permit, since)
         })
+    }
+}
+
+/// A place among an upstream's followed calls (`Call::follow`), given back when dropped.
+pub(crate) struct FollowedPlace(Arc<Upstream>);
+
+impl Drop for FollowedPlace {
+    fn drop(&mut self) {
+        self.0
+            .followed
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -425,5 +461,31 @@ impl Gateway {
             }
         });
         tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::{Breaker, BreakerConfig};
+
+    #[test]
+    fn an_upstream_follows_at_most_its_share_of_given_up_calls_and_gets_places_back() {
+        let config = BreakerConfig {
+            window: 1000,
+            ..BreakerConfig::default()
+        };
+        let upstream = Arc::new(Upstream::new(
+            "products",
+            Breaker::new(config),
+            BreakerClock::default(),
+        ));
+        let call = upstream.acquire().unwrap();
+        let places: Vec<FollowedPlace> = (0..MAX_FOLLOWED_PER_UPSTREAM)
+            .map(|_| call.follow().expect("a place is free"))
+            .collect();
+        assert!(call.follow().is_none(), "all places are taken");
+        drop(places);
+        assert!(call.follow().is_some(), "places come back when dropped");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -74,7 +74,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the proxy knows of a request besides the request itself.
 pub struct Forwarding<'a> {
     /// The config in force when the request arrived.
-    pub live: &'a Arc<Live>,
+    pub live: &'a Live,
     pub request_id: &'a RequestId,
     /// The address the request came from.
     pub client: IpAddr,
@@ -187,7 +187,9 @@ pub async fn forward(
         answer: Some(answer),
         call: Some(call),
         limit_from: None,
-        limits: about.live.clone(),
+        upstream_timeout: about.live.upstream_timeout,
+        service,
+        started,
     };
     let answering = exchange.answer.as_mut().expect("just set").as_mut();
     let result = within_limits(answering, body, about.live, &mut exchange.limit_from).await;
@@ -274,67 +276,105 @@ pub(crate) fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Pr
 /// An upstream exchange under way, with the breaker's call it decides. Its caller may give up
 /// first (hang up, or time out on its side): the exchange then goes on, in a task of its own,
 /// until the instance answers or its limit passes, and the call is judged as it would have
-/// been had the caller stayed. Dropped, an instance that hangs for every caller would never
-/// count against its breaker when the callers' limits are shorter than the gateway's, and
-/// every caller would go on waiting for it.
+/// been had the caller stayed. Dropped instead, an instance that hangs for every caller would
+/// never count against its breaker when the callers' limits are shorter than the gateway's,
+/// and every caller would go on waiting for it.
 struct Exchange<F: Future<Output = UpstreamAnswer> + Send + 'static> {
     answer: Option<Pin<Box<F>>>,
     call: Option<Call>,
     /// When the upstream's limit started: once the request's body had all gone. None while
     /// the caller's body is still coming: a caller gone mid-body says nothing of the upstream.
     limit_from: Option<tokio::time::Instant>,
-    limits: Arc<Live>,
+    upstream_timeout: Duration,
+    service: &'static str,
+    started: std::time::Instant,
 }
 
 type UpstreamAnswer = Result<Response<PooledBody>, UpstreamError>;
 
 impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
     fn drop(&mut self) {
+        // A panic's unwinding: the exchange is in no state to go on.
+        if std::thread::panicking() {
+            return;
+        }
         let (Some(answer), Some(call), Some(from)) =
             (self.answer.take(), self.call.take(), self.limit_from)
         else {
             return;
         };
+        // With all the upstream's places taken the call ends here with no outcome, and its
+        // exchange with it: the ones followed are enough to judge the instance by.
+        let Some(place) = call.follow() else { return };
         // None while the runtime shuts down: nothing is left to judge for.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let limits = self.limits.clone();
-            runtime.spawn(judge_abandoned(
-                answer,
+            let abandoned = Abandoned {
                 call,
-                from + limits.upstream_timeout,
-                limits,
-            ));
+                deadline: from + self.upstream_timeout,
+                upstream_timeout: self.upstream_timeout,
+                service: self.service,
+                started: self.started,
+            };
+            runtime.spawn(async move {
+                abandoned.judge(answer).await;
+                drop(place);
+            });
         }
     }
 }
 
-/// Follows an exchange whose caller gave up to its end, and judges `call` by it: an answer not
-/// come by `deadline` is a failure (a caller still there would have had 504), and an answer is
-/// judged as one passed on is, by how its body ends (read here and thrown away, which also
-/// hands the connection back).
-async fn judge_abandoned<F: Future<Output = UpstreamAnswer>>(
-    answer: Pin<Box<F>>,
+/// How much of the answer to a call whose caller gave up is read to judge it. An answer that
+/// goes on past this, or past the upstream limit, leaves the call with no outcome (as a caller
+/// hanging up mid-answer does), its connection closed, rather than the gateway reading on for
+/// nobody.
+const ABANDONED_ANSWER_BUDGET: usize = 1 << 20;
+
+/// A call whose caller gave up, its exchange followed to the end.
+struct Abandoned {
     call: Call,
+    /// An answer's head not come by then is a failure, as a caller still there had 504.
     deadline: tokio::time::Instant,
-    limits: Arc<Live>,
-) {
-    let resp = match tokio::time::timeout_at(deadline, answer).await {
-        Err(_) => return call.record(false),
-        Ok(Err(err)) if callers_fault(&err).is_some() => return call.release(),
-        Ok(Err(_)) => return call.record(false),
-        Ok(Ok(resp)) => resp,
-    };
-    let status = resp.status();
-    if status.is_server_error() || status == StatusCode::SWITCHING_PROTOCOLS {
-        return call.record(false);
-    }
-    let mut body = resp.into_body();
-    body.limit_stalls(limits.upstream_timeout);
-    let mut body = JudgedBody::new(body, Some(call));
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            break;
+    upstream_timeout: Duration,
+    service: &'static str,
+    started: std::time::Instant,
+}
+
+impl Abandoned {
+    /// Judges the call by `answer`: a timeout, a 5xx or an unasked-for switch of protocols
+    /// is a failure (the answer dropped unread, its connection closed); another answer is
+    /// judged as one passed on is, by how its body ends, the body read (within the budget)
+    /// and thrown away, which also hands the connection back.
+    async fn judge<F: Future<Output = UpstreamAnswer>>(self, answer: Pin<Box<F>>) {
+        let Self { call, .. } = self;
+        let answered = tokio::time::timeout_at(self.deadline, answer).await;
+        call.record_latency(self.started.elapsed());
+        let resp = match answered {
+            Err(_) => return call.record(false),
+            Ok(Err(err)) if callers_fault(&err).is_some() => return call.release(),
+            Ok(Err(err)) => {
+                tracing::warn!(service = self.service, error = %err, "upstream call failed (its caller had given up)");
+                return call.record(false);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if status.is_server_error() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return call.record(false);
         }
+        let mut body = resp.into_body();
+        body.limit_stalls(self.upstream_timeout);
+        let mut body = JudgedBody::new(body, Some(call));
+        let read_to_end = async {
+            let mut read = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |data| data.len());
+                if read > ABANDONED_ANSWER_BUDGET {
+                    return;
+                }
+            }
+        };
+        // Past the limit, or the budget, the body is dropped unfinished: no outcome.
+        let _ = tokio::time::timeout(self.upstream_timeout, read_to_end).await;
     }
 }
 

@@ -295,11 +295,12 @@ async fn a_hanging_upstream_whose_callers_give_up_first_counts_as_failing() {
 
 #[tokio::test]
 async fn calls_whose_callers_give_up_and_which_the_instance_answers_count_as_succeeding() {
-    let (edge, products) = products_behind_a_gateway().await;
+    // A limit far beyond the answers' time, on a loaded machine too.
+    let (edge, products) = products_behind_a_gateway_with(&[("upstream_timeout_ms", "3000")]).await;
     // Answered after the callers have gone, within the limit.
     products.delay(Duration::from_millis(150));
     given_up(&edge, 5).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     products.delay(Duration::ZERO);
     // Counted as failures, these would open it now (9 of 10); not counted, the window would
     // not be full at the next failure.
@@ -310,6 +311,26 @@ async fn calls_whose_callers_give_up_and_which_the_instance_answers_count_as_suc
         edge.breaker("products").await,
         "open",
         "the last 10: 4 given-up successes, 5 failures and a success"
+    );
+}
+
+#[tokio::test]
+async fn a_long_answer_to_a_caller_gone_is_not_read_through_and_has_no_outcome() {
+    let (edge, products) = products_behind_a_gateway_with(&[("upstream_timeout_ms", "3000")]).await;
+    // Answers longer than the gateway reads for callers who have gone (1 MiB).
+    products.pad_answers(4 << 20);
+    products.delay(Duration::from_millis(150));
+    given_up(&edge, 5).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    products.pad_answers(0);
+    products.delay(Duration::ZERO);
+    // Counted as successes or as failures, these would make the window full (and open it)
+    // at the fifth failure.
+    calls(&edge, &products, &[500; 5]).await;
+    assert_eq!(
+        edge.breaker("products").await,
+        "closed",
+        "5 outcomes in all"
     );
 }
 
