@@ -3,6 +3,7 @@
 //! and back was a measurable share of a proxied request), inside the same context the
 //! services give their requests: request id, problem+json, metrics, access log; plus CORS.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Empty, Full};
@@ -18,7 +19,7 @@ use platform::runtime::{ConnectionAddrs, Handler, PoemHandler, ResponseBody};
 
 use crate::forward::UpstreamClient;
 use crate::live::ClientKey;
-use crate::proxy::{self, Forwarding, Refused};
+use crate::proxy::{self, Forwarding, Refused, WorkerUpstreams};
 use crate::{Gateway, SERVICE};
 
 /// The route label of requests that reach no service.
@@ -27,18 +28,22 @@ const NO_ROUTE: &str = "other";
 pub struct GatewayHandler {
     gateway: Gateway,
     own_routes: PoemHandler<BoxEndpoint<'static>>,
-    /// This worker's upstream connections.
-    upstream_client: UpstreamClient,
+    /// This worker's upstream connections, and the instances.
+    upstreams: Arc<WorkerUpstreams>,
     metrics: RouteMetrics,
 }
 
 impl GatewayHandler {
     /// A worker's handler, with upstream connections of its own.
     pub(crate) fn new(gateway: Gateway, own_routes: BoxEndpoint<'static>) -> Self {
+        let upstreams = Arc::new(WorkerUpstreams {
+            client: UpstreamClient::default(),
+            upstreams: gateway.upstreams.clone(),
+        });
         Self {
             gateway,
             own_routes: PoemHandler::new(own_routes),
-            upstream_client: UpstreamClient::default(),
+            upstreams,
             metrics: RouteMetrics::new(SERVICE),
         }
     }
@@ -103,7 +108,7 @@ impl Handler for GatewayHandler {
                 request_id: &request_id,
                 client: addrs.remote.ip(),
             };
-            proxy::forward(&self.gateway, &self.upstream_client, req, about).await
+            proxy::forward(&self.gateway, &self.upstreams, req, about).await
         };
         let (mut resp, route) = answer.unwrap_or_else(|refused| {
             (

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -19,7 +20,7 @@ use platform::runtime::ResponseBody;
 use crate::forward::{BodyProgress, ForwardBody, PooledBody, UpstreamClient, UpstreamError};
 use crate::judged::JudgedBody;
 use crate::live::{ClientKey, Live};
-use crate::upstreams::Target;
+use crate::upstreams::{Target, Upstreams};
 use crate::{Call, Gateway, routes};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1). Names, not strings:
@@ -71,6 +72,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A worker's way to the upstreams: its own connections, and the instances (shared by every
+/// worker). One per worker, shared by its requests: a request's exchange holds it without
+/// touching counters other workers' cores write.
+pub struct WorkerUpstreams {
+    pub client: UpstreamClient,
+    pub upstreams: Upstreams,
+}
+
 /// What the proxy knows of a request besides the request itself.
 pub struct Forwarding<'a> {
     /// The config in force when the request arrived.
@@ -100,7 +109,7 @@ impl From<Problem> for Refused {
 /// service, or why there is none.
 pub async fn forward(
     gateway: &Gateway,
-    client: &UpstreamClient,
+    worker: &Arc<WorkerUpstreams>,
     req: Request<Incoming>,
     about: Forwarding<'_>,
 ) -> Result<(Response<ResponseBody>, &'static str), Refused> {
@@ -161,25 +170,25 @@ pub async fn forward(
     };
     let (outgoing, body) = build_request(req, &target, &about, gateway.max_body_bytes());
     let started = std::time::Instant::now();
-    // An instance that cannot be connected to (killed, say, and not yet known to discovery as
-    // gone) has been sent nothing: the request goes to another, whatever its method.
-    let mut unreachable = Vec::new();
-    let routes = gateway.upstreams.clone();
-    let elsewhere = move |req: &mut Request<ForwardBody>,
-                          tried: &Authority,
-                          err: &UpstreamError| {
-        unreachable.push(tried.clone());
-        let other = routes.pick_other(service, &unreachable)?;
-        tracing::warn!(service, error = %err, instead = %other.authority, "instance unreachable; the request goes to another");
-        metrics::counter!("gateway_upstream_failovers_total", "upstream" => service).increment(1);
-        req.headers_mut().insert(header::HOST, other.host);
-        Some(other.authority)
-    };
-    let client = client.clone();
+    let worker = worker.clone();
     // Boxed, and owning what it uses: should the caller give up, the exchange goes on to be
     // judged (`Exchange`). Boxed, it is also not copied whole into the futures awaiting it.
     let answer = Box::pin(async move {
-        client
+        // An instance that cannot be connected to (killed, say, and not yet known to
+        // discovery as gone) has been sent nothing: the request goes to another, whatever
+        // its method.
+        let mut unreachable = Vec::new();
+        let elsewhere = |req: &mut Request<ForwardBody>, tried: &Authority, err: &UpstreamError| {
+            unreachable.push(tried.clone());
+            let other = worker.upstreams.pick_other(service, &unreachable)?;
+            tracing::warn!(service, error = %err, instead = %other.authority, "instance unreachable; the request goes to another");
+            metrics::counter!("gateway_upstream_failovers_total", "upstream" => service)
+                .increment(1);
+            req.headers_mut().insert(header::HOST, other.host);
+            Some(other.authority)
+        };
+        worker
+            .client
             .request_or_elsewhere(&target.authority, outgoing, elsewhere)
             .await
     });
