@@ -315,7 +315,8 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
         // With all the upstream's places taken the call ends here with no outcome, and its
         // exchange with it: the ones followed are enough to judge the instance by.
         let Some(place) = call.follow() else { return };
-        // None while the runtime shuts down: nothing is left to judge for.
+        // Outside a runtime there is nothing to run it on (a runtime shutting down takes the
+        // task and drops it at once): the call ends with no outcome.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let abandoned = Abandoned {
                 call,
