@@ -224,10 +224,12 @@ impl Breaker {
         failures as f64 >= self.config.failure_rate * total as f64
     }
 
-    /// Gives back the permit of a call that ended with no outcome (its caller went away
-    /// before the answer). In half-open its place goes to another trial, as Resilience4j's
-    /// `releasePermission` does; kept, a few callers hanging up would hold every place and
-    /// the breaker would refuse calls for good.
+    /// Gives back the permit of a call that ended with no outcome (its caller hung up once
+    /// the answer's head had gone, or while its own body was still coming; the caller's own
+    /// fault; a caller gone when the calls followed for such callers are at their cap). In
+    /// half-open its place goes to another trial, as Resilience4j's `releasePermission` does;
+    /// kept, a few callers hanging up would hold every place and the breaker would refuse
+    /// calls for good.
     pub fn release(&mut self, permit: Permit) {
         self.take_trial(permit);
     }

@@ -94,7 +94,7 @@ pub(crate) struct Upstream {
     clock: BreakerClock,
     state: metrics::Gauge,
     latency: metrics::Histogram,
-    /// Calls whose callers gave up, followed to their ends (`Call::follow`).
+    /// How many calls whose callers gave up are being followed to their ends (`Call::follow`).
     followed: std::sync::atomic::AtomicUsize,
 }
 
@@ -173,8 +173,9 @@ impl Upstream {
 }
 
 /// A call to an upstream that its breaker let through. Its outcome is recorded with
-/// [`Call::record`]; dropped unrecorded (the caller went away mid-call and its request, or
-/// its answer, was dropped with it), it gives its place back to the breaker. It lives as long
+/// [`Call::record`]; dropped unrecorded (the caller hung up mid-answer or mid-body, or a call
+/// whose caller gave up could not be followed: see `proxy::Exchange`), it gives its place
+/// back to the breaker. It lives as long
 /// as the answer's body (see `judged::JudgedBody`), hence owned.
 pub(crate) struct Call {
     upstream: Arc<Upstream>,

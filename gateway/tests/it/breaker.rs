@@ -236,14 +236,11 @@ async fn two_successful_trials_of_three_close_it_with_a_fresh_window() {
     five_successes_complete_a_window_that_opens_it(&edge, &products).await;
 }
 
-/// A client that gives up on each request after `limit`.
-fn impatient(limit: Duration) -> reqwest::Client {
-    reqwest::Client::builder().timeout(limit).build().unwrap()
-}
-
-/// `times` requests for products, each given up by its caller before any answer.
-async fn given_up(edge: &Edge, times: usize) {
-    let client = impatient(Duration::from_millis(50));
+/// `times` requests for products, each given up by its caller `after` it was sent, before any
+/// answer, and each known to have reached the upstream.
+async fn given_up(edge: &Edge, products: &Upstream, times: usize, after: Duration) {
+    let client = reqwest::Client::builder().timeout(after).build().unwrap();
+    let before = products.hits();
     for _ in 0..times {
         let gave_up = client
             .get(edge.url("/api/v1/products"))
@@ -253,6 +250,8 @@ async fn given_up(edge: &Edge, times: usize) {
             .unwrap_err();
         assert!(gave_up.is_timeout(), "{gave_up}");
     }
+    // A request given up before the gateway sent it on is no call at all: each must have gone.
+    products.until_hits(before + times).await;
 }
 
 #[tokio::test]
@@ -263,8 +262,7 @@ async fn trials_whose_callers_hang_up_are_judged_by_the_answers_they_would_have_
     products.hold();
     // Three callers take the three trials and hang up before the answer: the exchanges go on
     // without them, and keep their places until the instance answers.
-    given_up(&edge, 3).await;
-    products.until_hits(10 + 3).await;
+    given_up(&edge, &products, 3, Duration::from_millis(300)).await;
     refused_while_open(&edge, &products).await;
     assert_eq!(edge.breaker("products").await, "half_open");
     // The instance answers them, whole: three successes close the breaker.
@@ -278,12 +276,13 @@ async fn trials_whose_callers_hang_up_are_judged_by_the_answers_they_would_have_
 
 #[tokio::test]
 async fn a_hanging_upstream_whose_callers_give_up_first_counts_as_failing() {
-    // Callers that give up after 50 ms, before the gateway's limit (300 ms here): each
-    // exchange is followed to the limit, and counts as the 504 a caller still there got.
-    let (edge, products) = products_behind_a_gateway().await;
+    // Callers that give up before the gateway's limit (1 s here): each exchange is followed
+    // to the limit, and counts as the 504 a caller still there got.
+    let (edge, products) = products_behind_a_gateway_with(&[("upstream_timeout_ms", "1000")]).await;
     products.delay(Duration::from_secs(5));
-    given_up(&edge, 5).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    given_up(&edge, &products, 5, Duration::from_millis(300)).await;
+    // Past the last one's limit, with time to spare.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     products.delay(Duration::ZERO);
     calls(&edge, &products, &[200; 5]).await;
     assert_eq!(
@@ -293,15 +292,20 @@ async fn a_hanging_upstream_whose_callers_give_up_first_counts_as_failing() {
     );
 }
 
+/// Five calls to products whose callers give up, then answered by the instance (with what
+/// it answers by then), and time for them to be judged.
+async fn answered_after_their_callers_gave_up(edge: &Edge, products: &Upstream) {
+    products.hold();
+    given_up(edge, products, 5, Duration::from_millis(300)).await;
+    products.release();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+}
+
 #[tokio::test]
 async fn calls_whose_callers_give_up_and_which_the_instance_answers_count_as_succeeding() {
     // A limit far beyond the answers' time, on a loaded machine too.
     let (edge, products) = products_behind_a_gateway_with(&[("upstream_timeout_ms", "3000")]).await;
-    // Answered after the callers have gone, within the limit.
-    products.delay(Duration::from_millis(150));
-    given_up(&edge, 5).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    products.delay(Duration::ZERO);
+    answered_after_their_callers_gave_up(&edge, &products).await;
     // Counted as failures, these would open it now (9 of 10); not counted, the window would
     // not be full at the next failure.
     calls(&edge, &products, &[500, 500, 500, 500, 200]).await;
@@ -319,11 +323,8 @@ async fn a_long_answer_to_a_caller_gone_is_not_read_through_and_has_no_outcome()
     let (edge, products) = products_behind_a_gateway_with(&[("upstream_timeout_ms", "3000")]).await;
     // Answers longer than the gateway reads for callers who have gone (1 MiB).
     products.pad_answers(4 << 20);
-    products.delay(Duration::from_millis(150));
-    given_up(&edge, 5).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    answered_after_their_callers_gave_up(&edge, &products).await;
     products.pad_answers(0);
-    products.delay(Duration::ZERO);
     // Counted as successes or as failures, these would make the window full (and open it)
     // at the fifth failure.
     calls(&edge, &products, &[500; 5]).await;

@@ -272,6 +272,13 @@ async fn fetch_key_set_once(
             .map(|url| format!("{url}: no answer within {KEY_SET_GRACE:?} of another instance's")),
     );
     let Some(keys) = KeySet::union_of(sets) else {
+        if failures.is_empty() {
+            return Err(
+                "every kid the instances publish names different keys in different \
+                        instances' sets"
+                    .into(),
+            );
+        }
         return Err(failures.join("; "));
     };
     if !failures.is_empty() {
