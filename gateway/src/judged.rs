@@ -109,8 +109,8 @@ mod tests {
     use poem::http::HeaderMap;
 
     use super::*;
-    use crate::breaker::{Breaker, BreakerConfig, StateName};
-    use crate::{BreakerClock, Upstream};
+    use crate::Upstream;
+    use crate::breaker::{BreakerConfig, StateName};
 
     type Frames = [Result<Frame<Bytes>, std::io::Error>; 2];
 
@@ -122,11 +122,7 @@ mod tests {
             half_open_calls: 1,
             ..BreakerConfig::default()
         };
-        let upstream = Arc::new(Upstream::new(
-            "products",
-            Breaker::new(config),
-            BreakerClock::default(),
-        ));
+        let upstream = Upstream::with_breaker(config);
         upstream.acquire().unwrap().record(false);
         tokio::time::advance(config.open_for).await;
         upstream

@@ -172,6 +172,18 @@ impl Upstream {
     }
 }
 
+#[cfg(test)]
+impl Upstream {
+    /// An upstream of products whose breaker runs `config` on its own clock.
+    pub(crate) fn with_breaker(config: breaker::BreakerConfig) -> Arc<Self> {
+        Arc::new(Self::new(
+            "products",
+            Breaker::new(config),
+            BreakerClock::default(),
+        ))
+    }
+}
+
 /// A call to an upstream that its breaker let through. Its outcome is recorded with
 /// [`Call::record`]; dropped unrecorded (the caller hung up mid-answer or mid-body, or a call
 /// whose caller gave up could not be followed: see `proxy::Exchange`), it gives its place
@@ -468,7 +480,7 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::breaker::{Breaker, BreakerConfig};
+    use crate::breaker::BreakerConfig;
 
     #[test]
     fn an_upstream_follows_at_most_its_share_of_given_up_calls_and_gets_places_back() {
@@ -476,11 +488,7 @@ mod tests {
             window: 1000,
             ..BreakerConfig::default()
         };
-        let upstream = Arc::new(Upstream::new(
-            "products",
-            Breaker::new(config),
-            BreakerClock::default(),
-        ));
+        let upstream = Upstream::with_breaker(config);
         let call = upstream.acquire().unwrap();
         let places: Vec<FollowedPlace> = (0..MAX_FOLLOWED_PER_UPSTREAM)
             .map(|_| call.follow().expect("a place is free"))

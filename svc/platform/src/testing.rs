@@ -248,14 +248,7 @@ impl JwksStandIn {
 
     /// A local registry listing this stand-in as the one instance of users.
     pub async fn as_users(&self) -> std::sync::Arc<crate::discovery::LocalDiscovery> {
-        use crate::discovery::Discovery;
-        let discovery = std::sync::Arc::new(crate::discovery::LocalDiscovery::new());
-        let users = crate::discovery::Registration::new("users", "127.0.0.1", self.server.port());
-        discovery
-            .register(&users)
-            .await
-            .expect("a local registry takes a registration");
-        discovery
+        users_at(&[self.server.port()]).await
     }
 
     /// Publishes `identities`' keys from now on.
@@ -267,6 +260,22 @@ impl JwksStandIn {
     pub fn fetched_at(&self) -> Vec<std::time::Instant> {
         self.fetched_at.lock().expect("fetch log lock").clone()
     }
+}
+
+/// A local registry listing each of `ports` as an instance of users, in that order (the
+/// registry lists instances by id).
+pub async fn users_at(ports: &[u16]) -> std::sync::Arc<crate::discovery::LocalDiscovery> {
+    use crate::discovery::Discovery;
+    let discovery = std::sync::Arc::new(crate::discovery::LocalDiscovery::new());
+    for (i, port) in ports.iter().enumerate() {
+        let mut users = crate::discovery::Registration::new("users", "127.0.0.1", *port);
+        users.id = format!("users-{i}");
+        discovery
+            .register(&users)
+            .await
+            .expect("a local registry takes a registration");
+    }
+    discovery
 }
 
 /// One key set holding the keys of every one of `identities`.

@@ -2,15 +2,13 @@
 //! from its first token on, and tokens naming unknown keys cannot make it call users for
 //! each, nor be held waiting.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::CancellationToken;
 use platform::auth::{AuthError, JwtVerifier, KeySet, Role};
-use platform::discovery::{Discovery, LocalDiscovery, Registration};
-use platform::testing::{JwksStandIn, TestIdentity};
+use platform::testing::{JwksStandIn, TestIdentity, users_at};
 
 /// A token whose header names a key nobody has (its signature is never looked at).
 fn token_of_unknown_key(i: usize) -> String {
@@ -140,18 +138,6 @@ async fn within_the_gap_a_new_keys_token_is_refused_at_once_and_without_a_follow
         assert!(matches!(refused, Err(AuthError::UnknownKey)), "{refused:?}");
         assert!(asked.elapsed() < Duration::from_secs(1));
     }
-}
-
-/// A local registry listing each of `ports` as an instance of users, in that order (the
-/// registry lists instances by id).
-async fn users_at(ports: &[u16]) -> Arc<LocalDiscovery> {
-    let discovery = Arc::new(LocalDiscovery::new());
-    for (i, port) in ports.iter().enumerate() {
-        let mut users = Registration::new("users", "127.0.0.1", *port);
-        users.id = format!("users-{i}");
-        discovery.register(&users).await.unwrap();
-    }
-    discovery
 }
 
 /// A port bound and not listening, so that connecting to it is refused; bound until the
