@@ -195,12 +195,14 @@ pub async fn forward(
     let mut exchange = Exchange {
         answer: Some(answer),
         call: Some(call),
+        body,
         limit_from: None,
         upstream_timeout: about.live.upstream_timeout,
         service,
         started,
     };
     let answering = exchange.answer.as_mut().expect("just set").as_mut();
+    let body = exchange.body.as_mut();
     let result = within_limits(answering, body, about.live, &mut exchange.limit_from).await;
     exchange.answer = None;
     let call = exchange.call.take().expect("taken only here");
@@ -291,6 +293,8 @@ pub(crate) fn within_rate(gateway: &Gateway, client: ClientKey) -> Result<(), Pr
 struct Exchange<F: Future<Output = UpstreamAnswer> + Send + 'static> {
     answer: Option<Pin<Box<F>>>,
     call: Option<Call>,
+    /// How far the caller's body has gone, if it has one.
+    body: Option<BodyProgress>,
     /// When the upstream's limit started: once the request's body had all gone. None while
     /// the caller's body is still coming: a caller gone mid-body says nothing of the upstream.
     limit_from: Option<tokio::time::Instant>,
@@ -307,8 +311,16 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
         if std::thread::panicking() {
             return;
         }
-        let (Some(answer), Some(call), Some(from)) =
-            (self.answer.take(), self.call.take(), self.limit_from)
+        // A body whose last bytes went just as the caller gave up, before `within_limits`
+        // saw them go: the limit starts now.
+        let from = self.limit_from.or_else(|| {
+            let body = self.body.as_mut()?;
+            body.sent
+                .try_recv()
+                .ok()
+                .map(|()| tokio::time::Instant::now())
+        });
+        let (Some(answer), Some(call), Some(from)) = (self.answer.take(), self.call.take(), from)
         else {
             return;
         };
@@ -404,12 +416,12 @@ enum Late {
 /// caller takes longer than its own limit to send that body.
 async fn within_limits<F: Future>(
     mut answer: Pin<&mut F>,
-    body: Option<BodyProgress>,
+    body: Option<&mut BodyProgress>,
     limits: &Live,
     limit_from: &mut Option<tokio::time::Instant>,
 ) -> Result<F::Output, Late> {
     let limit = limits.upstream_timeout;
-    let Some(mut body) = body else {
+    let Some(body) = body else {
         *limit_from = Some(tokio::time::Instant::now());
         return tokio::time::timeout(limit, answer)
             .await
@@ -559,9 +571,9 @@ mod tests {
     }
 
     /// Who was late, for an upstream that never answers.
-    async fn never_answered(body: Option<BodyProgress>, live: &Live) -> Late {
+    async fn never_answered(mut body: Option<BodyProgress>, live: &Live) -> Late {
         let answer = std::pin::pin!(std::future::pending::<()>());
-        within_limits(answer, body, live, &mut None)
+        within_limits(answer, body.as_mut(), live, &mut None)
             .await
             .unwrap_err()
     }
@@ -647,16 +659,61 @@ mod tests {
         );
     }
 
+    /// A caller that gives up just as its body's last bytes go, before `within_limits` has seen
+    /// them go, leaves a call that is followed and judged as any whose body had gone; one
+    /// whose body was still coming says nothing of the upstream.
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_gone_as_its_body_went_leaves_a_call_that_is_judged() {
+        for body_all_sent in [true, false] {
+            // One failure in a window of one opens the breaker.
+            let upstream = crate::Upstream::with_breaker(crate::breaker::BreakerConfig {
+                window: 1,
+                ..Default::default()
+            });
+            let (answer_now, answered) = oneshot::channel::<()>();
+            let answer = Box::pin(async move {
+                let _ = answered.await;
+                Err(UpstreamError::ConnectTimeout(Authority::from_static(
+                    "127.0.0.1:1",
+                )))
+            });
+            let (sent, body) = progress(false);
+            if body_all_sent {
+                sent.send(()).unwrap();
+            }
+            drop(Exchange {
+                answer: Some(answer),
+                call: Some(upstream.acquire().unwrap()),
+                body: Some(body),
+                limit_from: None,
+                upstream_timeout: Duration::from_secs(5),
+                service: "products",
+                started: std::time::Instant::now(),
+            });
+            // Unfollowed, the answer is gone and nobody waits for it.
+            let _ = answer_now.send(());
+            // The followed exchange goes on in a task of its own.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                upstream.acquire().is_err(),
+                body_all_sent,
+                "breaker open after a caller gone with its body all sent: {body_all_sent}"
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_within_the_limits_is_passed_on() {
         let live = limits();
-        let (_sent, body) = progress(false);
+        let (_sent, mut body) = progress(false);
         let answer = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             42
         };
         assert_eq!(
-            within_limits(std::pin::pin!(answer), Some(body), &live, &mut None)
+            within_limits(std::pin::pin!(answer), Some(&mut body), &live, &mut None)
                 .await
                 .ok(),
             Some(42)
