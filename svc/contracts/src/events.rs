@@ -70,7 +70,10 @@ pub struct UserRegistered {
     pub email: String,
     pub name: String,
     pub phone: Option<String>,
-    pub verification_url: String,
+    /// Where the user confirms the email address; none for an account created already
+    /// verified (the local demo's), which gets a welcome without a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_url: Option<String>,
 }
 impl Event for UserRegistered {
     const TYPE: &'static str = "UserRegistered";

@@ -131,6 +131,34 @@ impl Notifier {
     }
 }
 
+/// How every message ends.
+const SIGN_OFF: &str = "\n\nMicroMart";
+
+/// The email a new account gets: a link to confirm its address, unless it has none to confirm.
+fn welcome(e: &UserRegistered) -> Notice {
+    let name = e.name.trim();
+    let (subject, body) = match &e.verification_url {
+        Some(url) => (
+            "Welcome to MicroMart: please confirm your email",
+            format!(
+                "Hello {name},\n\nwelcome to MicroMart. Please confirm your email address by opening this link:\n\n{url}\n\nIf you did not register, ignore this email."
+            ),
+        ),
+        None => (
+            "Welcome to MicroMart",
+            format!(
+                "Hello {name},\n\nwelcome to MicroMart. Your account is ready: sign in with this email address."
+            ),
+        ),
+    };
+    Notice {
+        address: Some(e.email.clone()),
+        subject: subject.into(),
+        body: format!("{body}{SIGN_OFF}"),
+        sms: None,
+    }
+}
+
 fn greeting(contact: Option<&Contact>) -> String {
     match contact {
         Some(c) if !c.name.trim().is_empty() => format!("Hello {},", c.name.trim()),
@@ -166,23 +194,13 @@ impl Notifier {
 
     fn compose(&self, incoming: &Incoming, contact: Option<&Contact>) -> Notice {
         let hello = greeting(contact);
-        let sign_off = "\n\nMicroMart";
         match incoming {
-            Incoming::Registered(e) => Notice {
-                address: Some(e.email.clone()),
-                subject: "Welcome to MicroMart: please confirm your email".into(),
-                body: format!(
-                    "Hello {},\n\nwelcome to MicroMart. Please confirm your email address by opening this link:\n\n{}\n\nIf you did not register, ignore this email.{sign_off}",
-                    e.name.trim(),
-                    e.verification_url
-                ),
-                sms: None,
-            },
+            Incoming::Registered(e) => welcome(e),
             Incoming::ResetRequested(e) => Notice {
                 address: Some(e.email.clone()),
                 subject: "Reset your MicroMart password".into(),
                 body: format!(
-                    "{hello}\n\nsomeone asked to reset the password of your MicroMart account. To choose a new password, open this link:\n\n{}\n\nThe link works once and expires soon. If it was not you, ignore this email: your password stays as it is.{sign_off}",
+                    "{hello}\n\nsomeone asked to reset the password of your MicroMart account. To choose a new password, open this link:\n\n{}\n\nThe link works once and expires soon. If it was not you, ignore this email: your password stays as it is.{SIGN_OFF}",
                     e.reset_url
                 ),
                 sms: None,
@@ -193,7 +211,7 @@ impl Notifier {
                     address: None,
                     subject: format!("Your MicroMart order {} is confirmed", short(e.order_id)),
                     body: format!(
-                        "{hello}\n\nthank you for your order. We received your payment of {} for {items} item(s).\n\nOrder: {}\nDetails: {}{sign_off}",
+                        "{hello}\n\nthank you for your order. We received your payment of {} for {items} item(s).\n\nOrder: {}\nDetails: {}{SIGN_OFF}",
                         format_money(&e.amount),
                         e.order_id,
                         self.order_url(e.order_id)
@@ -209,7 +227,7 @@ impl Notifier {
                 address: None,
                 subject: format!("Payment for MicroMart order {} failed", short(e.order_id)),
                 body: format!(
-                    "{hello}\n\nthe payment for your order {} did not go through: {}.\nThe order was cancelled and nothing was charged. You are welcome to try again.{sign_off}",
+                    "{hello}\n\nthe payment for your order {} did not go through: {}.\nThe order was cancelled and nothing was charged. You are welcome to try again.{SIGN_OFF}",
                     e.order_id, e.reason
                 ),
                 sms: None,
@@ -218,7 +236,7 @@ impl Notifier {
                 address: None,
                 subject: format!("Your MicroMart order {} expired", short(e.order_id)),
                 body: format!(
-                    "{hello}\n\nwe did not receive a payment for your order {} in time, so it was cancelled and nothing was charged.{sign_off}",
+                    "{hello}\n\nwe did not receive a payment for your order {} in time, so it was cancelled and nothing was charged.{SIGN_OFF}",
                     e.order_id
                 ),
                 sms: None,
@@ -227,7 +245,7 @@ impl Notifier {
                 address: None,
                 subject: format!("Refund for MicroMart order {}", short(e.order_id)),
                 body: format!(
-                    "{hello}\n\nwe refunded {} for your order {}. Depending on your bank it can take a few days to show.\n\nDetails: {}{sign_off}",
+                    "{hello}\n\nwe refunded {} for your order {}. Depending on your bank it can take a few days to show.\n\nDetails: {}{SIGN_OFF}",
                     format_money(&e.amount),
                     e.order_id,
                     self.order_url(e.order_id)
@@ -238,7 +256,7 @@ impl Notifier {
                 address: None,
                 subject: format!("Your MicroMart order {} was cancelled", short(e.order_id)),
                 body: format!(
-                    "{hello}\n\nyour order {} was cancelled ({}). Nothing was charged.{sign_off}",
+                    "{hello}\n\nyour order {} was cancelled ({}). Nothing was charged.{SIGN_OFF}",
                     e.order_id, e.reason
                 ),
                 sms: None,
@@ -325,5 +343,43 @@ mod tests {
         assert_eq!(format_money(&Money::new(5, "USD")), "0.05 USD");
         assert_eq!(format_money(&Money::new(1200, "JPY")), "1200 JPY");
         assert_eq!(format_money(&Money::new(-250, "EUR")), "-2.50 EUR");
+    }
+
+    #[test]
+    fn an_account_with_an_address_to_confirm_gets_the_link_and_one_without_is_just_welcomed() {
+        let mut registered = UserRegistered {
+            user_id: Uuid::now_v7(),
+            email: "ada@example.com".into(),
+            name: " Ada ".into(),
+            phone: None,
+            verification_url: Some("https://shop.example/api/v1/users/verify?token=t".into()),
+        };
+        let notice = welcome(&registered);
+        assert_eq!(notice.address.as_deref(), Some("ada@example.com"));
+        assert!(notice.subject.contains("confirm"), "{}", notice.subject);
+        assert!(notice.body.starts_with("Hello Ada,"), "{}", notice.body);
+        assert!(notice.body.contains("/verify?token=t"), "{}", notice.body);
+
+        registered.verification_url = None;
+        let notice = welcome(&registered);
+        assert_eq!(notice.subject, "Welcome to MicroMart");
+        assert!(!notice.body.contains("confirm"), "{}", notice.body);
+        assert!(!notice.body.contains("http"), "{}", notice.body);
+        assert!(notice.body.ends_with("\n\nMicroMart"), "{}", notice.body);
+    }
+
+    #[test]
+    fn a_registration_without_a_link_is_sent_and_read_without_the_field() {
+        let registered = UserRegistered {
+            user_id: Uuid::now_v7(),
+            email: "demo@example.com".into(),
+            name: "Demo".into(),
+            phone: None,
+            verification_url: None,
+        };
+        let json = serde_json::to_value(&registered).unwrap();
+        assert!(json.get("verification_url").is_none(), "{json}");
+        let read: UserRegistered = serde_json::from_value(json).unwrap();
+        assert_eq!(read, registered);
     }
 }

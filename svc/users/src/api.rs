@@ -297,10 +297,10 @@ impl UsersApi {
             email: email.clone(),
             name: name.clone(),
             phone: req.phone.clone(),
-            verification_url: format!(
+            verification_url: Some(format!(
                 "{}/api/v1/users/verify?token={token}",
                 self.state.config.public_base_url.trim_end_matches('/')
-            ),
+            )),
         };
         outbox::enqueue(&mut tx, &event, crate::SERVICE, context::request_id()).await?;
         let user = store::user_by_id(&mut *tx, id)

@@ -42,16 +42,14 @@ pub async fn ensure_account(
     if created {
         store::mark_verified(&mut *tx, id, false).await?;
         store::set_roles(&mut *tx, id, roles).await?;
-        // Tells notification who this is, as a registration would.
+        // Tells notification who this is, as a registration would; verified already, it has
+        // nothing to confirm.
         let event = contracts::events::UserRegistered {
             user_id: id,
             email: email.to_owned(),
             name: name.to_owned(),
             phone: None,
-            verification_url: format!(
-                "{}/api/v1/users/me",
-                users.config.public_base_url.trim_end_matches('/')
-            ),
+            verification_url: None,
         };
         platform::outbox::enqueue(&mut tx, &event, crate::SERVICE, None).await?;
     }

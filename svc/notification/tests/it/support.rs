@@ -367,9 +367,9 @@ pub fn registered(name: &str, phone: Option<&str>) -> UserRegistered {
         email: format!("{name}.{}@example.com", user_id.simple()),
         name: name.to_owned(),
         phone: phone.map(str::to_owned),
-        verification_url: format!(
+        verification_url: Some(format!(
             "https://shop.example.test/api/v1/users/verify?token={}",
             Uuid::new_v4().simple()
-        ),
+        )),
     }
 }

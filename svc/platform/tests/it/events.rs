@@ -79,7 +79,7 @@ fn registered(n: usize) -> UserRegistered {
         email: format!("u{n}@example.com"),
         name: "U".into(),
         phone: None,
-        verification_url: "http://x/verify".into(),
+        verification_url: Some("http://x/verify".into()),
     }
 }
 
