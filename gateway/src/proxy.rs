@@ -311,8 +311,13 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
         if std::thread::panicking() {
             return;
         }
-        // A body whose last bytes went just as the caller gave up, before `within_limits`
-        // saw them go: the limit starts now.
+        let (Some(answer), Some(call)) = (self.answer.take(), self.call.take()) else {
+            return;
+        };
+        // The upstream's limit started once the body had all gone. A body whose last bytes
+        // went just as the caller gave up, before `within_limits` saw them go, starts it now.
+        // One that failed or was dropped unsent (`Closed`: the caller gone mid-body, say) says
+        // nothing of the upstream: the call ends with no outcome.
         let from = self.limit_from.or_else(|| {
             let body = self.body.as_mut()?;
             body.sent
@@ -320,10 +325,7 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
                 .ok()
                 .map(|()| tokio::time::Instant::now())
         });
-        let (Some(answer), Some(call), Some(from)) = (self.answer.take(), self.call.take(), from)
-        else {
-            return;
-        };
+        let Some(from) = from else { return };
         // With all the upstream's places taken the call ends here with no outcome, and its
         // exchange with it: the ones followed are enough to judge the instance by.
         let Some(place) = call.follow() else { return };
@@ -659,12 +661,26 @@ mod tests {
         );
     }
 
+    /// Where a caller's body was when the caller gave up.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum BodyAtDrop {
+        /// All sent, though `within_limits` had not seen it go.
+        AllSent,
+        StillComing,
+        /// Failed, or dropped unsent (the caller gone mid-body, say).
+        Failed,
+    }
+
     /// A caller that gives up just as its body's last bytes go, before `within_limits` has seen
     /// them go, leaves a call that is followed and judged as any whose body had gone; one
-    /// whose body was still coming says nothing of the upstream.
+    /// whose body was still coming, or failed, says nothing of the upstream.
     #[tokio::test(start_paused = true)]
     async fn a_caller_gone_as_its_body_went_leaves_a_call_that_is_judged() {
-        for body_all_sent in [true, false] {
+        for body_at_drop in [
+            BodyAtDrop::AllSent,
+            BodyAtDrop::StillComing,
+            BodyAtDrop::Failed,
+        ] {
             // One failure in a window of one opens the breaker.
             let upstream = crate::Upstream::with_breaker(crate::breaker::BreakerConfig {
                 window: 1,
@@ -678,8 +694,11 @@ mod tests {
                 )))
             });
             let (sent, body) = progress(false);
-            if body_all_sent {
-                sent.send(()).unwrap();
+            let mut sent = Some(sent);
+            match body_at_drop {
+                BodyAtDrop::AllSent => sent.take().unwrap().send(()).unwrap(),
+                BodyAtDrop::Failed => drop(sent.take()),
+                BodyAtDrop::StillComing => {}
             }
             drop(Exchange {
                 answer: Some(answer),
@@ -698,9 +717,10 @@ mod tests {
             }
             assert_eq!(
                 upstream.acquire().is_err(),
-                body_all_sent,
-                "breaker open after a caller gone with its body all sent: {body_all_sent}"
+                body_at_drop == BodyAtDrop::AllSent,
+                "breaker open after a caller gone with its body {body_at_drop:?}"
             );
+            drop(sent);
         }
     }
 

@@ -1,5 +1,7 @@
 //! Events that cross services, in the envelope of DESIGN.md. Adding a field is compatible;
-//! removing or renaming one needs a new `version`.
+//! removing or renaming one needs a new `version`. An optional field that is left out when it
+//! has no value (`skip_serializing_if`) can be read only by consumers built since it became
+//! optional: roll them out before any producer leaves it out.
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -72,7 +74,7 @@ pub struct UserRegistered {
     pub phone: Option<String>,
     /// Where the user confirms the email address; none for an account created already
     /// verified (the local demo's), which gets a welcome without a link.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub verification_url: Option<String>,
 }
 impl Event for UserRegistered {
@@ -154,4 +156,24 @@ pub struct PaymentRefunded {
 impl Event for PaymentRefunded {
     const TYPE: &'static str = "PaymentRefunded";
     const STREAM: &'static str = streams::PAYMENT;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_without_a_link_is_sent_and_read_without_the_field() {
+        let registered = UserRegistered {
+            user_id: Uuid::now_v7(),
+            email: "demo@example.com".into(),
+            name: "Demo".into(),
+            phone: None,
+            verification_url: None,
+        };
+        let json = serde_json::to_value(&registered).unwrap();
+        assert!(json.get("verification_url").is_none(), "{json}");
+        let read: UserRegistered = serde_json::from_value(json).unwrap();
+        assert_eq!(read, registered);
+    }
 }

@@ -367,19 +367,4 @@ mod tests {
         assert!(!notice.body.contains("http"), "{}", notice.body);
         assert!(notice.body.ends_with("\n\nMicroMart"), "{}", notice.body);
     }
-
-    #[test]
-    fn a_registration_without_a_link_is_sent_and_read_without_the_field() {
-        let registered = UserRegistered {
-            user_id: Uuid::now_v7(),
-            email: "demo@example.com".into(),
-            name: "Demo".into(),
-            phone: None,
-            verification_url: None,
-        };
-        let json = serde_json::to_value(&registered).unwrap();
-        assert!(json.get("verification_url").is_none(), "{json}");
-        let read: UserRegistered = serde_json::from_value(json).unwrap();
-        assert_eq!(read, registered);
-    }
 }
