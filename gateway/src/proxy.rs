@@ -314,6 +314,23 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
         let (Some(answer), Some(call)) = (self.answer.take(), self.call.take()) else {
             return;
         };
+        // The caller gave up before the answer's head. Its caller got no answer, so this call
+        // is in no count of requests: operators see such calls here, and whether they were
+        // followed to be judged.
+        let followed = self.follow(answer, call);
+        metrics::counter!(
+            "gateway_given_up_calls_total",
+            "upstream" => self.service,
+            "followed" => if followed { "true" } else { "false" }
+        )
+        .increment(1);
+    }
+}
+
+impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Exchange<F> {
+    /// Goes on with the exchange of a caller gone, in a task of its own, to judge the call;
+    /// false when it cannot be followed, and the call ends with no outcome.
+    fn follow(&mut self, answer: Pin<Box<F>>, call: Call) -> bool {
         // The upstream's limit started once the body had all gone. A body whose last bytes
         // went just as the caller gave up, before `within_limits` saw them go, starts it now.
         // One that failed or was dropped unsent (`Closed`: the caller gone mid-body, say) says
@@ -325,25 +342,29 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Drop for Exchange<F> {
                 .ok()
                 .map(|()| tokio::time::Instant::now())
         });
-        let Some(from) = from else { return };
+        let Some(from) = from else { return false };
         // With all the upstream's places taken the call ends here with no outcome, and its
         // exchange with it: the ones followed are enough to judge the instance by.
-        let Some(place) = call.follow() else { return };
+        let Some(place) = call.follow() else {
+            return false;
+        };
         // Outside a runtime there is nothing to run it on (a runtime shutting down takes the
         // task and drops it at once): the call ends with no outcome.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let abandoned = Abandoned {
-                call,
-                deadline: from + self.upstream_timeout,
-                upstream_timeout: self.upstream_timeout,
-                service: self.service,
-                started: self.started,
-            };
-            runtime.spawn(async move {
-                abandoned.judge(answer).await;
-                drop(place);
-            });
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let abandoned = Abandoned {
+            call,
+            deadline: from + self.upstream_timeout,
+            upstream_timeout: self.upstream_timeout,
+            service: self.service,
+            started: self.started,
+        };
+        runtime.spawn(async move {
+            abandoned.judge(answer).await;
+            drop(place);
+        });
+        true
     }
 }
 

@@ -290,6 +290,12 @@ async fn a_hanging_upstream_whose_callers_give_up_first_counts_as_failing() {
         "open",
         "5 given-up calls to a hanging instance of 10 opened it"
     );
+    // Their callers got no answer, so no request count has them: this one does.
+    assert!(has_series(
+        &edge.metrics().await,
+        "gateway_given_up_calls_total",
+        &[("upstream", "products"), ("followed", "true")]
+    ));
 }
 
 /// Five calls to products whose callers give up, then answered by the instance (with what
