@@ -230,75 +230,45 @@ pub async fn forward(
                 about.live.caller_body_timeout.as_millis()
             ))));
         }
-        Ok(answer) => match judge(answer, call, about.live.upstream_timeout) {
-            Judged::CallersFault(problem) => return Err(refused(problem)),
-            Judged::Failed(err) => {
-                tracing::warn!(service, error = %err, "upstream call failed");
-                return Err(refused(Problem::unavailable(
-                    format!("{service} could not be reached"),
-                    5,
-                )));
-            }
-            Judged::SwitchedProtocols => {
-                return Err(refused(Problem::bad_gateway(format!(
-                    "{service} switched protocols, which the gateway did not ask for"
-                ))));
-            }
-            Judged::Answer(answer) => answer,
-        },
-    };
-    let (mut parts, body) = answer.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let body = body.map_err(std::io::Error::other).boxed();
-    Ok((Response::from_parts(parts, body), service))
-}
-
-/// What an upstream's answer, or its failure, says of the call, which `judge` records (or
-/// releases): the same whether the caller is still there or has given up.
-enum Judged {
-    /// The caller's fault, not the upstream's (its body too large or unreadable): not counted.
-    CallersFault(Problem),
-    /// No answer from the instance: a failure.
-    Failed(UpstreamError),
-    /// A switch of protocols: a failure. The gateway asks for no upgrade (Upgrade is
-    /// hop-by-hop, dropped), and passed on it would end the caller's connection with nothing
-    /// it could use.
-    SwitchedProtocols,
-    /// An answer: a server error is the instance's failure whatever follows, counted at its
-    /// head; any other is judged by how its body ends, which may stall no longer than the
-    /// upstream's limit.
-    Answer(Response<JudgedBody<PooledBody>>),
-}
-
-fn judge(answer: UpstreamAnswer, call: Call, upstream_timeout: Duration) -> Judged {
-    let resp = match answer {
-        Err(err) => {
-            return match callers_fault(&err) {
-                Some(problem) => {
-                    call.release();
-                    Judged::CallersFault(problem)
-                }
-                None => {
-                    call.record(false);
-                    Judged::Failed(err)
-                }
-            };
+        Ok(Err(err)) if let Some(problem) = callers_fault(&err) => {
+            // The caller's fault, not the upstream's: the breaker does not count it.
+            call.release();
+            return Err(refused(problem));
         }
-        Ok(resp) => resp,
+        Ok(Err(err)) => {
+            call.record(false);
+            tracing::warn!(service, error = %err, "upstream call failed");
+            return Err(refused(Problem::unavailable(
+                format!("{service} could not be reached"),
+                5,
+            )));
+        }
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            // The gateway asks for no upgrade (Upgrade is hop-by-hop, dropped): a switch of
+            // protocols is the instance's fault, and passed on it would end the caller's
+            // connection with nothing it could use.
+            call.record(false);
+            return Err(refused(Problem::bad_gateway(format!(
+                "{service} switched protocols, which the gateway did not ask for"
+            ))));
+        }
+        Ok(Ok(resp)) => resp,
     };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        call.record(false);
-        return Judged::SwitchedProtocols;
-    }
-    let call = if resp.status().is_server_error() {
+    // A server error is the instance's failure whatever follows; any other answer is judged
+    // by how its body ends.
+    let call = if answer.status().is_server_error() {
         call.record(false);
         None
     } else {
         Some(call)
     };
-    let (parts, mut body) = resp.into_parts();
-    body.limit_stalls(upstream_timeout);
-    Judged::Answer(Response::from_parts(parts, JudgedBody::new(body, call)))
+    let (mut parts, mut body) = answer.into_parts();
+    body.limit_stalls(about.live.upstream_timeout);
+    strip_hop_by_hop(&mut parts.headers);
+    let body = JudgedBody::new(body, call)
+        .map_err(std::io::Error::other)
+        .boxed();
+    Ok((Response::from_parts(parts, body), service))
 }
 
 /// 429, if `client` has used up its rate.
@@ -415,26 +385,30 @@ struct Abandoned {
 }
 
 impl Abandoned {
-    /// Judges the call by `answer` as one passed on is (`judge`), a timeout being a failure;
-    /// a 5xx's body is dropped unread (its connection closed); another's body is read (within
-    /// the budget) and thrown away, which judges it by how it ends and hands the connection
-    /// back.
+    /// Judges the call by `answer`: a timeout, a 5xx or an unasked-for switch of protocols
+    /// is a failure (the answer dropped unread, its connection closed); another answer is
+    /// judged as one passed on is, by how its body ends, the body read (within the budget)
+    /// and thrown away, which also hands the connection back.
     async fn judge<F: Future<Output = UpstreamAnswer>>(self, answer: Pin<Box<F>>) {
         let Self { call, .. } = self;
         let answered = tokio::time::timeout_at(self.deadline, answer).await;
         call.record_latency(self.started.elapsed());
-        let Ok(answer) = answered else {
-            return call.record(false);
-        };
-        let resp = match judge(answer, call, self.upstream_timeout) {
-            Judged::Answer(resp) if !resp.status().is_server_error() => resp,
-            Judged::Failed(err) => {
+        let resp = match answered {
+            Err(_) => return call.record(false),
+            Ok(Err(err)) if callers_fault(&err).is_some() => return call.release(),
+            Ok(Err(err)) => {
                 tracing::warn!(service = self.service, error = %err, "upstream call failed (its caller had given up)");
-                return;
+                return call.record(false);
             }
-            _ => return,
+            Ok(Ok(resp)) => resp,
         };
+        let status = resp.status();
+        if status.is_server_error() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return call.record(false);
+        }
         let mut body = resp.into_body();
+        body.limit_stalls(self.upstream_timeout);
+        let mut body = JudgedBody::new(body, Some(call));
         let read_to_end = async {
             let mut read = 0;
             while let Some(Ok(frame)) = body.frame().await {
