@@ -243,25 +243,20 @@ pub async fn forward(
                 5,
             )));
         }
-        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            // The gateway asks for no upgrade (Upgrade is hop-by-hop, dropped): a switch of
-            // protocols is the instance's fault, and passed on it would end the caller's
-            // connection with nothing it could use.
-            call.record(false);
-            return Err(refused(Problem::bad_gateway(format!(
-                "{service} switched protocols, which the gateway did not ask for"
-            ))));
-        }
         Ok(Ok(resp)) => resp,
     };
-    // A server error is the instance's failure whatever follows; any other answer is judged
-    // by how its body ends.
-    let call = if answer.status().is_server_error() {
+    let call = if fails_its_call(answer.status()) {
         call.record(false);
         None
     } else {
         Some(call)
     };
+    if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Passed on, it would end the caller's connection with nothing it could use.
+        return Err(refused(Problem::bad_gateway(format!(
+            "{service} switched protocols, which the gateway did not ask for"
+        ))));
+    }
     let (mut parts, mut body) = answer.into_parts();
     body.limit_stalls(about.live.upstream_timeout);
     strip_hop_by_hop(&mut parts.headers);
@@ -402,8 +397,7 @@ impl Abandoned {
             }
             Ok(Ok(resp)) => resp,
         };
-        let status = resp.status();
-        if status.is_server_error() || status == StatusCode::SWITCHING_PROTOCOLS {
+        if fails_its_call(resp.status()) {
             return call.record(false);
         }
         let mut body = resp.into_body();
@@ -421,6 +415,14 @@ impl Abandoned {
         // Past the limit, or the budget, the body is dropped unfinished: no outcome.
         let _ = tokio::time::timeout(self.upstream_timeout, read_to_end).await;
     }
+}
+
+/// Whether an answer with `status` is its instance's failure whatever its body says: a server
+/// error, or a switch of protocols, which the gateway never asks for (Upgrade is hop-by-hop,
+/// dropped). Any other answer is judged by how its body ends. The one rule for an answer passed
+/// on and for one whose caller gave up.
+fn fails_its_call(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Who made an upstream call take too long.
