@@ -126,7 +126,8 @@ impl Breaker {
     }
 
     /// New numbers apply to what comes next (the next call let in or judged, the next open
-    /// period); the current state, its outcomes and its trials are kept.
+    /// period); the current state, its outcomes and its trials are kept. Fewer trials than
+    /// have outcomes already bring the verdict at the next call.
     pub fn reconfigure(&mut self, config: BreakerConfig) {
         self.config = config;
     }
@@ -146,6 +147,10 @@ impl Breaker {
 
     /// A permit, or how long until calls are let through again.
     pub fn try_acquire(&mut self, now: Instant) -> Result<Permit, Duration> {
+        // With the number of trials lowered since they were let in, the last one out may end
+        // with no outcome (released, or its place taken back): the outcomes in are then all
+        // there will be. Judged here, or the half-open state would refuse every call for good.
+        self.judge_trials(now);
         if let State::Open { until } = self.state {
             if now < until {
                 return Err(until - now);
@@ -239,34 +244,50 @@ impl Breaker {
         if permit.generation != self.generation || (permit.is_trial() && !self.take_trial(permit)) {
             return;
         }
-        let window = self.config.window;
-        let trials = self.config.half_open_calls;
-        let verdict = match &mut self.state {
+        match &mut self.state {
             State::Closed { outcomes } => {
                 outcomes.push_back(success);
-                while outcomes.len() > window {
+                while outcomes.len() > self.config.window {
                     outcomes.pop_front();
                 }
-                (outcomes.len() == window).then(|| failures_of(outcomes.iter()))
+                let judged =
+                    (outcomes.len() == self.config.window).then(|| failures_of(outcomes.iter()));
+                if judged.is_some_and(|judged| self.too_many_failures(judged)) {
+                    self.open(now);
+                }
             }
             State::HalfOpen { outcomes, .. } => {
                 outcomes.push(success);
-                // At least, not exactly: the number of trials may have been lowered by a live
-                // config change after they were let in, and a verdict must still come.
-                (outcomes.len() >= trials).then(|| failures_of(outcomes.iter()))
+                self.judge_trials(now);
             }
-            State::Open { .. } => None,
+            State::Open { .. } => {}
+        }
+    }
+
+    /// The half-open verdict, once as many outcomes are in as trials are let in. At least,
+    /// not exactly: the number of trials may have been lowered by a live config change after
+    /// they were let in, and a verdict must still come.
+    fn judge_trials(&mut self, now: Instant) {
+        let State::HalfOpen { outcomes, .. } = &self.state else {
+            return;
         };
-        let Some(judged) = verdict else { return };
+        if outcomes.len() < self.config.half_open_calls {
+            return;
+        }
+        let judged = failures_of(outcomes.iter());
         if self.too_many_failures(judged) {
-            self.transition(State::Open {
-                until: now + self.config.open_for,
-            });
-        } else if self.state() == StateName::HalfOpen {
+            self.open(now);
+        } else {
             self.transition(State::Closed {
                 outcomes: VecDeque::new(),
             });
         }
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.transition(State::Open {
+            until: now + self.config.open_for,
+        });
     }
 }
 
@@ -473,6 +494,34 @@ mod tests {
         });
         b.record(trials[2], OK, later);
         assert_eq!(b.state(), StateName::Closed);
+    }
+
+    #[test]
+    fn fewer_trials_configured_while_half_open_bring_a_verdict_when_the_last_ends_unjudged() {
+        let wait = BreakerConfig::default().trial_caller_wait;
+        for (outcomes, verdict) in [([OK, OK], StateName::Closed), ([FAIL, OK], StateName::Open)] {
+            // The last trial's caller hangs up (released), or leaves its answer unread until
+            // its place could be taken back: either way it brings no outcome.
+            for stuck in [false, true] {
+                let (mut b, later, trials) = trials_let_in();
+                b.record(trials[0], outcomes[0], later);
+                b.record(trials[1], outcomes[1], later);
+                b.reconfigure(BreakerConfig {
+                    half_open_calls: 2,
+                    ..BreakerConfig::default()
+                });
+                let now = if stuck {
+                    b.trial_waits_on_caller(trials[2], Some(later));
+                    later + wait
+                } else {
+                    b.release(trials[2]);
+                    later
+                };
+                let next = b.try_acquire(now);
+                assert_eq!(b.state(), verdict, "{outcomes:?}, stuck: {stuck}");
+                assert_eq!(next.is_ok(), verdict == StateName::Closed);
+            }
+        }
     }
 
     #[test]
