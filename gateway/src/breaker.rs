@@ -145,20 +145,29 @@ impl Breaker {
         self.generation += 1;
     }
 
-    /// A permit, or how long until calls are let through again.
-    pub fn try_acquire(&mut self, now: Instant) -> Result<Permit, Duration> {
-        // With the number of trials lowered since they were let in, the last one out may end
-        // with no outcome (released, or its place taken back): the outcomes in are then all
-        // there will be. Judged here, or the half-open state would refuse every call for good.
+    /// Moves the state on to what `now` makes it, before a call is let in and when the state
+    /// is shown: an open period over is half-open (shown open, an idle upstream's breaker
+    /// would look open for good). With the number of trials lowered since they were let in,
+    /// the last one out may end with no outcome (released, or its place taken back): the
+    /// outcomes in are then all there will be, and are judged here, or the half-open state
+    /// would refuse every call for good.
+    pub fn advance(&mut self, now: Instant) {
         self.judge_trials(now);
-        if let State::Open { until } = self.state {
-            if now < until {
-                return Err(until - now);
-            }
+        if let State::Open { until } = self.state
+            && now >= until
+        {
             self.transition(State::HalfOpen {
                 out: Vec::new(),
                 outcomes: Vec::new(),
             });
+        }
+    }
+
+    /// A permit, or how long until calls are let through again.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<Permit, Duration> {
+        self.advance(now);
+        if let State::Open { until } = self.state {
+            return Err(until - now);
         }
         let generation = self.generation;
         let State::HalfOpen { out, outcomes } = &mut self.state else {
@@ -522,6 +531,17 @@ mod tests {
                 assert_eq!(next.is_ok(), verdict == StateName::Closed);
             }
         }
+    }
+
+    #[test]
+    fn an_open_period_over_is_half_open_before_any_call_comes() {
+        let (mut b, now) = breaker();
+        calls(&mut b, now, &[FAIL; 10]);
+        let open_for = BreakerConfig::default().open_for;
+        b.advance(now + open_for - Duration::from_millis(1));
+        assert_eq!(b.state(), StateName::Open);
+        b.advance(now + open_for);
+        assert_eq!(b.state(), StateName::HalfOpen);
     }
 
     #[test]

@@ -150,6 +150,19 @@ impl Upstream {
         self.observe(before, after);
     }
 
+    /// The breaker's state as of now (see [`Breaker::advance`]), its gauge and transitions
+    /// brought up to date with it.
+    fn current_state(&self) -> StateName {
+        let (before, after) = {
+            let mut breaker = self.breaker();
+            let before = breaker.state();
+            breaker.advance(self.clock.now());
+            (before, breaker.state())
+        };
+        self.observe(before, after);
+        after
+    }
+
     fn release(&self, permit: Permit) {
         self.breaker().release(permit);
     }
@@ -381,12 +394,13 @@ impl Gateway {
         self.inner
             .upstreams
             .get(service)
-            .map(|upstream| upstream.breaker().state())
+            .map(|upstream| upstream.current_state())
     }
 
     /// The routes the gateway answers itself: `/health`, `/ready`, `/metrics`, `/docs` and
     /// the services' documents under `/openapi/`.
     fn own_routes(&self) -> BoxEndpoint<'static> {
+        let gateway = self.clone();
         Route::new()
             .at(
                 "/health",
@@ -395,7 +409,11 @@ impl Gateway {
             .at("/ready", docs::ready(self.clone()))
             .at(
                 "/metrics",
-                poem::endpoint::make_sync(|_| {
+                poem::endpoint::make_sync(move |_| {
+                    // Breaker states as of now, not as of their last call.
+                    for service in routes::services() {
+                        gateway.breaker_state(service);
+                    }
                     Response::builder()
                         .content_type("text/plain; version=0.0.4")
                         .body(platform::metrics::handle().render())
