@@ -356,6 +356,33 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn on_a_public_route_a_signed_in_user_is_limited_by_id_and_anyone_else_by_address() {
+    let mut edge = Edge::start(&[("rate_limit_per_second", "1"), ("rate_limit_burst", "3")]).await;
+    let products = Upstream::new();
+    edge.add("products", &products).await;
+    let statuses = async |token: Option<&str>, n| {
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let req = edge.client.get(edge.url("/api/v1/products"));
+            let req = match token {
+                Some(token) => req.bearer_auth(token),
+                None => req,
+            };
+            statuses.push(req.send().await.unwrap().status().as_u16());
+        }
+        statuses
+    };
+    // Two users from one address (as behind a NAT), then anonymous callers from it, each with
+    // a bucket of their own.
+    let (ada, bob) = (edge.token(), edge.token());
+    assert_eq!(statuses(Some(&ada), 4).await, [200, 200, 200, 429]);
+    assert_eq!(statuses(Some(&bob), 3).await, [200, 200, 200]);
+    assert_eq!(statuses(None, 4).await, [200, 200, 200, 429]);
+    // A token that does not verify counts against the address, whose bucket is spent.
+    assert_eq!(statuses(Some("not-a-token"), 1).await, [429]);
+}
+
+#[tokio::test]
 async fn a_malformed_body_is_400_and_no_failure_of_the_upstream() {
     let mut edge = Edge::start(&[]).await;
     let cart = Upstream::new();

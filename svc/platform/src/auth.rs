@@ -515,14 +515,15 @@ pub async fn caller_of(
     header: &poem::http::HeaderValue,
     verifier: &JwtVerifier,
 ) -> Result<Caller, Problem> {
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Problem::unauthorized("the Authorization header must be `Bearer <token>`")
-        })?;
+    let token = bearer_token(header).ok_or_else(|| {
+        Problem::unauthorized("the Authorization header must be `Bearer <token>`")
+    })?;
     caller_of_token(token, verifier).await
+}
+
+/// The token of a `Bearer <token>` Authorization header; none for any other.
+pub fn bearer_token(header: &poem::http::HeaderValue) -> Option<&str> {
+    header.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 /// The caller `token` names, checked by `verifier` as every route checks it; 401 when it is
