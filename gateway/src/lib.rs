@@ -123,13 +123,7 @@ impl Upstream {
 
     /// A call the breaker lets through, or how long until it lets calls through again.
     pub(crate) fn acquire(self: &Arc<Self>) -> Result<Call, Duration> {
-        let (before, res, after) = {
-            let mut breaker = self.breaker();
-            let before = breaker.state();
-            let res = breaker.try_acquire(self.clock.now());
-            (before, res, breaker.state())
-        };
-        self.observe(before, after);
+        let res = self.on_breaker(|breaker, now| breaker.try_acquire(now));
         if res.is_err() {
             metrics::counter!("gateway_breaker_rejected_total", "upstream" => self.service)
                 .increment(1);
@@ -141,26 +135,16 @@ impl Upstream {
     }
 
     fn record(&self, permit: Permit, success: bool) {
-        let (before, after) = {
-            let mut breaker = self.breaker();
-            let before = breaker.state();
-            breaker.record(permit, success, self.clock.now());
-            (before, breaker.state())
-        };
-        self.observe(before, after);
+        self.on_breaker(|breaker, now| breaker.record(permit, success, now));
     }
 
     /// The breaker's state as of now (see [`Breaker::advance`]), its gauge and transitions
     /// brought up to date with it.
     fn current_state(&self) -> StateName {
-        let (before, after) = {
-            let mut breaker = self.breaker();
-            let before = breaker.state();
-            breaker.advance(self.clock.now());
-            (before, breaker.state())
-        };
-        self.observe(before, after);
-        after
+        self.on_breaker(|breaker, now| {
+            breaker.advance(now);
+            breaker.state()
+        })
     }
 
     fn release(&self, permit: Permit) {
@@ -171,7 +155,21 @@ impl Upstream {
         self.latency.record(elapsed.as_secs_f64());
     }
 
-    fn observe(&self, before: StateName, after: StateName) {
+    /// Runs `op` on the breaker at the breaker clock's now, and reports a change of state it
+    /// made. The gauge is set under the lock: set after it, a change made meanwhile by another
+    /// thread could be overwritten by this older one, and the gauge show a state the breaker
+    /// has left.
+    fn on_breaker<T>(&self, op: impl FnOnce(&mut Breaker, tokio::time::Instant) -> T) -> T {
+        let (out, before, after) = {
+            let mut breaker = self.breaker();
+            let before = breaker.state();
+            let out = op(&mut breaker, self.clock.now());
+            let after = breaker.state();
+            if before != after {
+                self.state.set(after.gauge());
+            }
+            (out, before, after)
+        };
         if before != after {
             tracing::warn!(
                 upstream = self.service,
@@ -180,8 +178,8 @@ impl Upstream {
                 "circuit breaker changed state"
             );
             metrics::counter!("gateway_breaker_transitions_total", "upstream" => self.service, "to" => after.as_str()).increment(1);
-            self.state.set(after.gauge());
         }
+        out
     }
 }
 

@@ -131,11 +131,13 @@ pub async fn forward(
         service: Some(service),
     };
     let caller = if routes::is_public(req.method(), path) {
-        // No token is asked for, but one that verifies at once counts its user by id rather
-        // than by address, which users behind one NAT share. Any other is left to the service
-        // (401 where a token would show more), its request counted against the address.
-        req.headers()
-            .get(header::AUTHORIZATION)
+        // No token is asked for, but on a catalog read one that verifies at once counts its
+        // user by id rather than by address, which users behind one NAT share. Any other is
+        // left to the service (401 where a token would show more), its request counted against
+        // the address.
+        routes::is_catalog_read(req.method(), path)
+            .then(|| req.headers().get(header::AUTHORIZATION))
+            .flatten()
             .and_then(platform::auth::bearer_token)
             .and_then(|token| gateway.verifier().verify(token).ok())
     } else {

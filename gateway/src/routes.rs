@@ -69,11 +69,25 @@ pub fn is_public(method: &Method, path: &str) -> bool {
         | "/api/v1/payments/webhook" => post,
         "/api/v1/users/verify" | "/.well-known/jwks.json" => get,
         _ if path == "/pay" || path.starts_with("/pay/") => get || post,
-        _ if path == "/api/v1/products" || path.starts_with("/api/v1/products/") => get,
+        _ if is_products(path) => get,
         // Availability of one product; the low-stock list is for managers.
         _ if path.starts_with("/api/v1/inventory/") => get && path != "/api/v1/inventory/low-stock",
         _ => false,
     }
+}
+
+/// Among public requests, those that a valid token sent with them counts against its user's
+/// rate rather than its address's: reads of the catalog and of availability, which signed-in
+/// users behind one address browse together. The others (logging in, registering, resetting a
+/// password, paying) stay counted by address, or any one account's token would let attempts
+/// on other accounts past the address's limit.
+pub fn is_catalog_read(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (is_products(path) || path.starts_with("/api/v1/inventory/"))
+}
+
+fn is_products(path: &str) -> bool {
+    path == "/api/v1/products" || path.starts_with("/api/v1/products/")
 }
 
 #[cfg(test)]

@@ -78,17 +78,6 @@ async fn an_idle_breaker_whose_open_period_is_over_is_shown_half_open() {
     let (edge, products) = past_the_open_period().await;
     let hits = products.hits();
     assert_eq!(edge.breaker("products").await, "half_open");
-    // Gateways in one test process share a registry: the series is there, its value not
-    // this gateway's alone.
-    let metrics = edge.get("/metrics").await.text().await.unwrap();
-    assert!(
-        has_series(
-            &metrics,
-            "gateway_breaker_transitions_total",
-            &[("upstream", "products"), ("to", "half_open")]
-        ),
-        "{metrics}"
-    );
     assert_eq!(products.hits(), hits, "no call was needed to show it");
 }
 

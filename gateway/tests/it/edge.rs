@@ -380,6 +380,19 @@ async fn on_a_public_route_a_signed_in_user_is_limited_by_id_and_anyone_else_by_
     assert_eq!(statuses(None, 4).await, [200, 200, 200, 429]);
     // A token that does not verify counts against the address, whose bucket is spent.
     assert_eq!(statuses(Some("not-a-token"), 1).await, [429]);
+    // Logging in (public, but no catalog read) with a valid token counts against the address
+    // too: one account's token does not take attempts on others past the address's limit.
+    let carol = edge.token();
+    assert_eq!(statuses(Some(&carol), 1).await, [200]);
+    let login = edge
+        .client
+        .post(edge.url("/api/v1/users/login"))
+        .bearer_auth(&carol)
+        .json(&serde_json::json!({"email": "x@example.com", "password": "guess"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(login, 429).await;
 }
 
 #[tokio::test]
