@@ -70,8 +70,7 @@ pub fn is_public(method: &Method, path: &str) -> bool {
         "/api/v1/users/verify" | "/.well-known/jwks.json" => get,
         _ if path == "/pay" || path.starts_with("/pay/") => get || post,
         _ if is_products(path) => get,
-        // Availability of one product; the low-stock list is for managers.
-        _ if path.starts_with("/api/v1/inventory/") => get && path != "/api/v1/inventory/low-stock",
+        _ if is_availability(path) => get,
         _ => false,
     }
 }
@@ -83,11 +82,16 @@ pub fn is_public(method: &Method, path: &str) -> bool {
 /// on other accounts past the address's limit.
 pub fn is_catalog_read(method: &Method, path: &str) -> bool {
     (method == Method::GET || method == Method::HEAD)
-        && (is_products(path) || path.starts_with("/api/v1/inventory/"))
+        && (is_products(path) || is_availability(path))
 }
 
 fn is_products(path: &str) -> bool {
     path == "/api/v1/products" || path.starts_with("/api/v1/products/")
+}
+
+/// Availability of one product; the low-stock list is for managers.
+fn is_availability(path: &str) -> bool {
+    path.starts_with("/api/v1/inventory/") && path != "/api/v1/inventory/low-stock"
 }
 
 #[cfg(test)]
