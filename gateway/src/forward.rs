@@ -33,22 +33,52 @@ pub enum ForwardBody {
     Capped {
         body: CappedBody<Incoming>,
         sent: Option<oneshot::Sender<()>>,
-        waiting_on_caller: Arc<AtomicBool>,
+        state: Arc<BodyState>,
     },
+}
+
+/// What a caller's body on its way upstream tells those waiting on the exchange.
+#[derive(Debug, Default)]
+pub struct BodyState {
+    /// Whether it waits for the caller's next bytes, rather than for the upstream to take the
+    /// last ones (or for a connection to it).
+    waiting_on_caller: AtomicBool,
+    /// Whether it failed: it outgrew the limit, or could not be read (the caller gone
+    /// mid-body, say). The exchange fails with it, an answer already under way included,
+    /// through the caller's fault.
+    failed: AtomicBool,
+}
+
+impl BodyState {
+    /// A body that is, or is not, waiting for the caller's next bytes.
+    #[cfg(test)]
+    pub fn waiting(waiting_on_caller: bool) -> Self {
+        Self {
+            waiting_on_caller: AtomicBool::new(waiting_on_caller),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn waiting_on_caller(&self) -> bool {
+        self.waiting_on_caller.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
 }
 
 /// How far a caller's body has gone upstream.
 pub struct BodyProgress {
-    /// Resolves once the body has all been sent (or has failed, or was dropped unsent).
+    /// Resolves once the body has all been sent; closed if it failed, or was dropped unsent.
     pub sent: oneshot::Receiver<()>,
-    pub(crate) waiting_on_caller: Arc<AtomicBool>,
+    pub state: Arc<BodyState>,
 }
 
 impl BodyProgress {
-    /// Whether the body waits for the caller's next bytes, rather than for the upstream to
-    /// take the last ones (or for a connection to it).
-    pub fn waiting_on_caller(&self) -> bool {
-        self.waiting_on_caller.load(Ordering::Relaxed)
+    /// A body's progress, as `state` tells it, resolving when `sent` is.
+    pub fn new(sent: oneshot::Receiver<()>, state: Arc<BodyState>) -> Self {
+        Self { sent, state }
     }
 }
 
@@ -59,25 +89,22 @@ impl ForwardBody {
             return (Self::Empty, None);
         }
         let (sent, all_sent) = oneshot::channel();
-        let waiting_on_caller = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(BodyState::default());
         let body = Self::Capped {
             body: CappedBody::new(body, max),
             sent: Some(sent),
-            waiting_on_caller: waiting_on_caller.clone(),
+            state: state.clone(),
         };
-        let progress = BodyProgress {
-            sent: all_sent,
-            waiting_on_caller,
-        };
-        (body, Some(progress))
+        (body, Some(BodyProgress::new(all_sent, state)))
     }
 }
 
 impl Drop for ForwardBody {
     fn drop(&mut self) {
-        // Dropped unfinished (the upstream answered before reading it all, failed, or was
-        // too slow to take it), the caller's body is read on and thrown away: a connection
-        // closed on a caller still sending resets it, and it may never read its answer.
+        // Dropped unfinished (its connection failed, or was given up or dropped while the
+        // instance had not taken it all), the caller's body is read on and thrown away: a
+        // connection closed on a caller still sending resets it, and it may never read its
+        // answer.
         if let Self::Capped { body, .. } = self
             && let Some(rest) = body.take_unfinished()
         {
@@ -96,13 +123,16 @@ impl Body for ForwardBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Capped {
-                body,
-                sent,
-                waiting_on_caller,
-            } => {
+            Self::Capped { body, sent, state } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
-                waiting_on_caller.store(polled.is_pending(), Ordering::Relaxed);
+                state
+                    .waiting_on_caller
+                    .store(polled.is_pending(), Ordering::Relaxed);
+                if let Poll::Ready(Some(Err(_))) = polled {
+                    // Before hyper sees the error, and fails the answer's body with one of
+                    // its own that does not say whose it was.
+                    state.failed.store(true, Ordering::Release);
+                }
                 // A body of known length may end with its last frame, not a final None.
                 if (matches!(polled, Poll::Ready(None)) || body.is_end_stream())
                     && let Some(sent) = sent.take()
@@ -160,26 +190,20 @@ pub enum UpstreamError {
 /// One connection to an instance: where requests go in, and the task that drives it.
 struct Connection<B> {
     sender: SendRequest<B>,
-    task: AbortHandle,
+    task: AbortOnDrop,
 }
 
-/// Aborts a connection's task when dropped armed: a request given up before its answer (the
-/// limit passed) leaves its connection mid-exchange, of no further use, and the connection
-/// holds the caller's body, which it would keep unread for as long as the instance does
-/// not take it.
-struct AbortOnDrop(Option<AbortHandle>);
-
-impl AbortOnDrop {
-    fn disarm(&mut self) -> AbortHandle {
-        self.0.take().expect("armed once")
-    }
-}
+/// A connection's task, aborted when the connection is dropped, wherever that happens: given
+/// up before its answer (the limit passed), its answer's body dropped unfinished, or taken out
+/// of the idle ones (expired, closed, or one too many). Dropping the sender alone ends the task
+/// only once the connection is idle; one still sending a body the instance does not take (it
+/// answered without reading it, and does not read on) would hold its socket, and the caller's
+/// body, for as long as the instance keeps the connection open.
+struct AbortOnDrop(AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -343,7 +367,6 @@ where
                 },
             };
             let reused = idle_for.is_some();
-            let mut in_flight = AbortOnDrop(Some(task));
             let again = idle_for
                 .filter(|idle_for| *idle_for >= REPEAT_AFTER_IDLE)
                 .and_then(|_| repeatable_copy(&req))
@@ -361,10 +384,7 @@ where
                         give_back: Some(GiveBack {
                             client: self.clone(),
                             authority: authority.clone(),
-                            conn: Connection {
-                                sender,
-                                task: in_flight.disarm(),
-                            },
+                            conn: Connection { sender, task },
                         }),
                     };
                     return Ok(Response::from_parts(parts, body));
@@ -405,12 +425,14 @@ where
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
-        let task = tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
-            }
-        })
-        .abort_handle();
+        let task = AbortOnDrop(
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %err, "upstream connection ended with an error");
+                }
+            })
+            .abort_handle(),
+        );
         Ok(Connection { sender, task })
     }
 }
@@ -751,6 +773,64 @@ mod tests {
             }
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A request body that sends a first part and then never ends.
+    #[derive(Default)]
+    struct NeverEnding {
+        first_sent: bool,
+    }
+
+    impl Body for NeverEnding {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if std::mem::replace(&mut self.first_sent, true) {
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"part")))))
+        }
+    }
+
+    /// Expired, closed or one too many, an idle connection is dropped; one still sending a
+    /// body the instance answered without reading is closed with it, not left sending on.
+    #[tokio::test]
+    async fn a_connection_dropped_while_still_sending_a_body_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let (closed, seen_closed) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            read_head(&mut stream, &mut received).await;
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(answer).await.unwrap();
+            while read_more(&mut stream, &mut received).await {}
+            let _ = closed.send(());
+        });
+        let client = UpstreamClient::default();
+        let post = Request::post("/x")
+            .header("host", "upstream")
+            .body(NeverEnding::default())
+            .unwrap();
+        let resp = client.request(&authority, post).await.unwrap();
+        assert_eq!(read_to_end(resp).await, "ok");
+        assert!(
+            !client.lock().of(&authority).unwrap()[0]
+                .conn
+                .sender
+                .is_ready(),
+            "put back still sending its body"
+        );
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), seen_closed)
+            .await
+            .expect("the instance saw its connection closed")
+            .unwrap();
     }
 
     /// A client with one connection, idle long enough to be closed by an instance's

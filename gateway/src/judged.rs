@@ -1,17 +1,20 @@
 //! The outcome of an upstream call that got an answer, known once the answer's body ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::Call;
+use crate::forward::BodyState;
 
 /// An answer's body carrying the call it ends. The call is a success once the body has all
 /// come, and a failure if the instance breaks off or stalls mid-body: judged at the head, an
 /// instance that fails every answer halfway would never open its breaker. A body dropped
 /// before its end (the caller hung up, or stopped taking it) says nothing of the instance,
-/// and the call gives its place back.
+/// and the call gives its place back; so does one broken off because the caller's own body,
+/// still going out beside it, failed (outgrew the limit, or was broken off by the caller).
 ///
 /// A half-open trial's answer also tells the breaker when it waits on its caller: from its
 /// head, and from each part handed on, until it is asked for more. A trial whose caller
@@ -21,15 +24,19 @@ pub(crate) struct JudgedBody<B: Body> {
     call: Option<Call>,
     /// A trial whose breaker was told its answer waits on the caller.
     waiting_on_caller: bool,
+    /// The caller's body going out beside the answer, if the request had one.
+    callers_body: Option<Arc<BodyState>>,
 }
 
 impl<B: Body> JudgedBody<B> {
-    /// `body`, judging `call` by how it ends; none: already judged.
-    pub(crate) fn new(body: B, call: Option<Call>) -> Self {
+    /// `body`, judging `call` by how it ends; none: already judged. `callers_body`: the
+    /// state of the request's body, if it had one.
+    pub(crate) fn new(body: B, call: Option<Call>, callers_body: Option<Arc<BodyState>>) -> Self {
         let mut judged = Self {
             body,
             call,
             waiting_on_caller: false,
+            callers_body,
         };
         judged.wait_on_caller(true);
         judged
@@ -68,6 +75,12 @@ impl<B: Body + Unpin> Body for JudgedBody<B> {
         this.wait_on_caller(false);
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
+            Poll::Ready(Some(Err(_))) if this.callers_body.as_ref().is_some_and(|b| b.failed()) => {
+                // The caller's fault, not the instance's: no outcome.
+                if let Some(call) = this.call.take() {
+                    call.release();
+                }
+            }
             Poll::Ready(Some(Err(_))) => this.judge(false),
             Poll::Ready(None) => this.judge(true),
             // A body of known length ends with its last frame, and trailers are always the
@@ -134,7 +147,11 @@ mod tests {
         frames: Frames,
     ) -> impl Body<Data = Bytes, Error = std::io::Error> {
         let call = upstream.acquire().expect("a trial place is free");
-        JudgedBody::new(StreamBody::new(futures::stream::iter(frames)), Some(call))
+        JudgedBody::new(
+            StreamBody::new(futures::stream::iter(frames)),
+            Some(call),
+            None,
+        )
     }
 
     fn broken_off() -> Frames {
@@ -212,7 +229,7 @@ mod tests {
         let (more, rest) =
             futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         let call = upstream.acquire().unwrap();
-        let mut body = std::pin::pin!(JudgedBody::new(StreamBody::new(rest), Some(call)));
+        let mut body = std::pin::pin!(JudgedBody::new(StreamBody::new(rest), Some(call), None));
         // The caller asks for the answer; the instance has sent nothing yet.
         assert!(futures::poll!(body.frame()).is_pending());
         tokio::time::advance(BreakerConfig::default().trial_caller_wait * 2).await;

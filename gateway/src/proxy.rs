@@ -17,7 +17,9 @@ use platform::context::{self, RequestId};
 use platform::problem::Problem;
 use platform::runtime::ResponseBody;
 
-use crate::forward::{BodyProgress, ForwardBody, PooledBody, UpstreamClient, UpstreamError};
+use crate::forward::{
+    BodyProgress, BodyState, ForwardBody, PooledBody, UpstreamClient, UpstreamError,
+};
 use crate::judged::JudgedBody;
 use crate::live::{ClientKey, Live};
 use crate::upstreams::{Target, Upstreams};
@@ -268,7 +270,8 @@ pub async fn forward(
     let (mut parts, mut body) = answer.into_parts();
     body.limit_stalls(about.live.upstream_timeout);
     strip_hop_by_hop(&mut parts.headers);
-    let body = JudgedBody::new(body, call)
+    let callers_body = exchange.body.as_ref().map(|b| b.state.clone());
+    let body = JudgedBody::new(body, call, callers_body)
         .map_err(std::io::Error::other)
         .boxed();
     Ok((Response::from_parts(parts, body), service))
@@ -358,6 +361,7 @@ impl<F: Future<Output = UpstreamAnswer> + Send + 'static> Exchange<F> {
         };
         let abandoned = Abandoned {
             call,
+            callers_body: self.body.as_ref().map(|b| b.state.clone()),
             deadline: from + self.upstream_timeout,
             upstream_timeout: self.upstream_timeout,
             service: self.service,
@@ -380,6 +384,8 @@ const ABANDONED_ANSWER_BUDGET: usize = 1 << 20;
 /// A call whose caller gave up, its exchange followed to the end.
 struct Abandoned {
     call: Call,
+    /// The state of the request's body, if it had one.
+    callers_body: Option<Arc<BodyState>>,
     /// An answer's head not come by then is a failure, as a caller still there had 504.
     deadline: tokio::time::Instant,
     upstream_timeout: Duration,
@@ -393,7 +399,9 @@ impl Abandoned {
     /// judged as one passed on is, by how its body ends, the body read (within the budget)
     /// and thrown away, which also hands the connection back.
     async fn judge<F: Future<Output = UpstreamAnswer>>(self, answer: Pin<Box<F>>) {
-        let Self { call, .. } = self;
+        let Self {
+            call, callers_body, ..
+        } = self;
         let answered = tokio::time::timeout_at(self.deadline, answer).await;
         call.record_latency(self.started.elapsed());
         let resp = match answered {
@@ -410,7 +418,7 @@ impl Abandoned {
         }
         let mut body = resp.into_body();
         body.limit_stalls(self.upstream_timeout);
-        let mut body = JudgedBody::new(body, Some(call));
+        let mut body = JudgedBody::new(body, Some(call), callers_body);
         let read_to_end = async {
             let mut read = 0;
             while let Some(Ok(frame)) = body.frame().await {
@@ -445,8 +453,9 @@ enum Late {
 }
 
 /// `answer`, unless the upstream takes longer than its limit once the request's body (if any)
-/// has all been sent (an upstream cannot answer a request before it has read it), or the
-/// caller takes longer than its own limit to send that body.
+/// has all been sent (an upstream is not bound to answer a request before it has read it; one
+/// that does is answered at once), or the caller takes longer than its own limit to send that
+/// body.
 async fn within_limits<F: Future>(
     mut answer: Pin<&mut F>,
     body: Option<&mut BodyProgress>,
@@ -466,14 +475,15 @@ async fn within_limits<F: Future>(
     loop {
         tokio::select! {
             out = answer.as_mut() => return Ok(out),
-            _ = &mut body.sent, if sending => {
+            // Closed, the body failed or was dropped unsent: the answer, an error, is near.
+            Ok(()) = &mut body.sent, if sending => {
                 sending = false;
                 let now = tokio::time::Instant::now();
                 *limit_from = Some(now);
                 deadline.as_mut().reset(now + limit);
             }
             // A body held up because the upstream does not take it is the upstream's delay.
-            _ = &mut deadline => return Err(match (sending, body.waiting_on_caller()) {
+            _ = &mut deadline => return Err(match (sending, body.state.waiting_on_caller()) {
                 (true, true) => Late::Caller,
                 (true, false) => Late::UpstreamNotReading,
                 (false, _) => Late::Upstream,
@@ -578,7 +588,6 @@ fn new_traceparent() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     use platform::config::Settings;
@@ -596,10 +605,7 @@ mod tests {
 
     fn progress(waiting_on_caller: bool) -> (oneshot::Sender<()>, BodyProgress) {
         let (sent, all_sent) = oneshot::channel();
-        let progress = BodyProgress {
-            sent: all_sent,
-            waiting_on_caller: Arc::new(AtomicBool::new(waiting_on_caller)),
-        };
+        let progress = BodyProgress::new(all_sent, Arc::new(BodyState::waiting(waiting_on_caller)));
         (sent, progress)
     }
 

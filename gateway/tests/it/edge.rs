@@ -536,6 +536,32 @@ async fn a_service_refusing_a_body_under_the_gateway_limit_is_heard_as_413() {
     );
 }
 
+#[tokio::test]
+async fn a_body_outgrowing_the_limit_beside_an_answer_under_way_is_not_the_upstreams_failure() {
+    use futures::StreamExt;
+    // One failure would open the breaker; the answer's pause is within the upstream limit.
+    let mut edge = Edge::start(&[("upstream_timeout_ms", "5000"), ("breaker_window", "1")]).await;
+    let cart = Upstream::new();
+    cart.answer_before_bodies(true);
+    cart.pause_mid_body(Duration::from_secs(2));
+    edge.add("cart", &cart).await;
+    // The answer's head comes back before the body outgrows the gateway's limit (1 MiB),
+    // which then breaks the exchange off mid-answer.
+    let chunk = 64 * 1024;
+    let first = futures::stream::once(async move { Ok::<_, std::io::Error>(vec![b'x'; chunk]) });
+    let rest = futures::stream::once(tokio::time::sleep(Duration::from_millis(300)))
+        .flat_map(move |()| futures::stream::iter((0..32).map(move |_| Ok(vec![b'x'; chunk]))));
+    let resp = put_cart_item(&edge, reqwest::Body::wrap_stream(first.chain(rest))).await;
+    assert_eq!(resp.status(), 200, "answered before the body had gone");
+    assert!(
+        resp.bytes().await.is_err(),
+        "the answer was broken off with the body"
+    );
+    cart.answer_before_bodies(false);
+    cart.pause_mid_body(Duration::ZERO);
+    cart_not_blamed(&edge, "the caller's body outgrew the limit").await;
+}
+
 /// A cart PUT whose body's second kilobyte follows its first after `pause`.
 async fn put_with_a_pause(edge: &Edge, pause: Duration) -> reqwest::Response {
     use futures::StreamExt;

@@ -24,6 +24,8 @@ pub struct Upstream {
     pub pause_mid_body_ms: Arc<AtomicU64>,
     /// How many bytes of padding follow each answer, sent as they are asked for.
     pub padding: Arc<AtomicUsize>,
+    /// Whether requests are answered at once, their bodies read while the answer goes out.
+    pub early_answers: Arc<AtomicBool>,
     /// The request-body limit a service applies (none: reads any body).
     pub body_limit: Option<usize>,
     /// While true, requests are counted as they arrive and answered once it turns false.
@@ -68,6 +70,12 @@ impl Upstream {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Requests from now on are answered at once (`true`), their bodies read while the answer
+    /// goes out; or once their bodies have been read.
+    pub fn answer_before_bodies(&self, early: bool) {
+        self.early_answers.store(early, Ordering::SeqCst);
+    }
+
     /// Requests from now on are counted as they arrive but not answered until [`Self::release`].
     pub fn hold(&self) {
         self.held.send_replace(true);
@@ -103,7 +111,12 @@ impl Upstream {
                     async move {
                         this.hits.fetch_add(1, Ordering::SeqCst);
                         // Read as a service reads it; a failed read is the test's to see.
-                        let _ = req.take_body().into_bytes().await;
+                        let body = req.take_body().into_bytes();
+                        if this.early_answers.load(Ordering::SeqCst) {
+                            tokio::spawn(body);
+                        } else {
+                            let _ = body.await;
+                        }
                         let mut held = this.held.subscribe();
                         let _ = held.wait_for(|held| !held).await;
                         let delay = this.delay_ms.load(Ordering::SeqCst);
