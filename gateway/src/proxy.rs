@@ -534,9 +534,12 @@ fn build_request(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     let host = headers.insert(header::HOST, target.host.clone());
-    if let Some(asked) = asked_host.or(host) {
-        headers.insert(X_FORWARDED_HOST, asked);
-    }
+    // The gateway is the edge: a caller's own X-Forwarded-Host is never passed on, even from
+    // one that names no host (HTTP/1.0 without Host, HTTP/2 without :authority).
+    match asked_host.or(host) {
+        Some(asked) => headers.insert(X_FORWARDED_HOST, asked),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::try_from(format!("{prior}, {}", about.client)).ok(),
         None => Some(address_header(about.client)),

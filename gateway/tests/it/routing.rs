@@ -292,6 +292,20 @@ async fn the_host_asked_for_in_an_absolute_target_or_http2_authority_is_forwarde
         .to_bytes();
     let echoed: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(headers_of(&echoed)["x-forwarded-host"], "shop.example");
+
+    // HTTP/1.0 without Host names no host: the caller's own X-Forwarded-Host is not passed on.
+    let answer = edge
+        .raw(&format!(
+            "GET /api/v1/cart/items HTTP/1.0\r\nx-forwarded-host: evil.example\r\nauthorization: Bearer {}\r\n\r\n",
+            edge.token()
+        ))
+        .await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let echoed: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(
+        !headers_of(&echoed).contains_key("x-forwarded-host"),
+        "{echoed}"
+    );
 }
 
 /// A customer's GET of `target` with `host`, written by hand (HTTP clients would resolve dot
