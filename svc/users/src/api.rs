@@ -201,6 +201,28 @@ impl UsersApi {
         })
     }
 
+    /// Mails `user` a password-reset link (through the outbox, with `tx`).
+    async fn send_reset_link(&self, tx: &mut sqlx::PgConnection, user: &UserRow) -> ApiResult<()> {
+        let token = self
+            .new_one_time_token(
+                &mut *tx,
+                user.id,
+                Purpose::PasswordReset,
+                self.state.config.password_reset_ttl,
+            )
+            .await?;
+        let event = PasswordResetRequested {
+            user_id: user.id,
+            email: user.email.clone(),
+            reset_url: format!(
+                "{}/reset-password?token={token}",
+                self.state.config.public_base_url.trim_end_matches('/')
+            ),
+        };
+        outbox::enqueue(&mut *tx, &event, crate::SERVICE, context::request_id()).await?;
+        Ok(())
+    }
+
     async fn new_one_time_token(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -311,7 +333,9 @@ impl UsersApi {
         Ok(CreatedUser::Created(Json(user.into())))
     }
 
-    /// Confirm an email address with the token from the verification email.
+    /// Confirm an email address with the token from the verification email. The configured
+    /// admin email is made ADMIN here; its password is then set through the reset link this
+    /// mails to it (whoever registered the email chose the first one).
     #[oai(
         path = "/api/v1/users/verify",
         method = "get",
@@ -331,8 +355,21 @@ impl UsersApi {
         let user = store::user_by_id(&mut *tx, user_id)
             .await?
             .ok_or_else(|| Problem::internal("token of a missing user"))?;
-        let grant_admin = self.state.config.admin_email.as_deref() == Some(user.email.as_str());
+        let grant_admin = self.state.config.admin_email.as_deref() == Some(user.email.as_str())
+            && !user.roles().contains(&Role::Admin);
         store::mark_verified(&mut *tx, user_id, grant_admin).await?;
+        if grant_admin {
+            // Whoever registered the email chose the password, and anyone may register any
+            // email: the link proves only that the mailbox's owner (or a mail scanner) opened
+            // it. The account's password is replaced by one nobody knows, its sessions end,
+            // and the mailbox gets a reset link: only its owner can sign in as the admin.
+            let unknown = passwords::hash(tokens::generate())
+                .await
+                .map_err(Problem::internal)?;
+            store::update_profile(&mut *tx, user_id, None, None, Some(&unknown)).await?;
+            store::revoke_all_for_user(&mut *tx, user_id).await?;
+            self.send_reset_link(&mut tx, &user).await?;
+        }
         let user = store::user_by_id(&mut *tx, user_id)
             .await?
             .ok_or_else(|| Problem::internal("user vanished"))?;
@@ -455,23 +492,7 @@ impl UsersApi {
         if let Some(user) = store::user_by_email(&mut *tx, &email).await?
             && user.active
         {
-            let token = self
-                .new_one_time_token(
-                    &mut tx,
-                    user.id,
-                    Purpose::PasswordReset,
-                    self.state.config.password_reset_ttl,
-                )
-                .await?;
-            let event = PasswordResetRequested {
-                user_id: user.id,
-                email: user.email.clone(),
-                reset_url: format!(
-                    "{}/reset-password?token={token}",
-                    self.state.config.public_base_url.trim_end_matches('/')
-                ),
-            };
-            outbox::enqueue(&mut tx, &event, crate::SERVICE, context::request_id()).await?;
+            self.send_reset_link(&mut tx, &user).await?;
         }
         tx.commit().await?;
         self.state.relay.wake();

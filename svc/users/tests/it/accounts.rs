@@ -174,15 +174,7 @@ async fn password_reset_answers_202_for_anyone_and_works_once() {
     .await;
     shop.tokens("erin@example.com", "a brand new password")
         .await;
-    let refresh = shop
-        .post(
-            "/api/v1/users/token/refresh",
-            json!({"refresh_token": before["refresh_token"]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    problem(refresh, 401).await;
+    problem(shop.refresh(&before).await, 401).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::support::{ADMIN_EMAIL, Shop, problem};
+use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD, Shop, problem};
 
 #[tokio::test]
 async fn a_customer_cannot_read_another_user_and_gets_403_on_admin_routes() {
@@ -69,6 +69,31 @@ async fn the_configured_admin_email_becomes_admin_only_after_verification() {
         403,
     )
     .await;
+}
+
+#[tokio::test]
+async fn whoever_registered_the_admin_email_cannot_sign_in_as_admin_with_their_password() {
+    let shop = Shop::start().await;
+    // Anyone may register the configured email, before its owner does, with their own password.
+    let squatter = shop.register(ADMIN_EMAIL, "squatter's password").await;
+    let id = squatter["id"].as_str().unwrap();
+    let before = shop.tokens(ADMIN_EMAIL, "squatter's password").await;
+    // The owner (or a mail scanner) opens the link in the welcome mail.
+    let verified = shop.follow_link(id, "UserRegistered").await;
+    assert_eq!(verified["roles"], json!(["CUSTOMER", "ADMIN"]));
+    // The squatter's password no longer signs in, nor does their earlier session go on.
+    problem(shop.login(ADMIN_EMAIL, "squatter's password").await, 401).await;
+    problem(shop.refresh(&before).await, 401).await;
+    // The mailbox's owner sets the password through the reset link mailed to it.
+    shop.reset_password(id, ADMIN_PASSWORD).await;
+    let admin = shop.tokens(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let claims = decode_claims(admin["access_token"].as_str().unwrap());
+    assert!(
+        claims["authorities"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("user:manage"))
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use users::{Users, UsersConfig};
 
 pub const ADMIN_EMAIL: &str = "boss@micromart.test";
+/// The password the admin sets through the reset link mailed when the account is made ADMIN.
+pub const ADMIN_PASSWORD: &str = "the admin's own password";
 
 pub struct Shop {
     pub users: Users,
@@ -118,17 +120,51 @@ impl Shop {
     /// The admin named in config, verified, logged in: its access token.
     pub async fn admin(&self) -> String {
         let user = self.register(ADMIN_EMAIL, "admin password 1").await;
-        let token = self
-            .one_time_link_token(user["id"].as_str().unwrap(), "UserRegistered")
-            .await;
+        let id = user["id"].as_str().unwrap();
+        self.follow_link(id, "UserRegistered").await;
+        // Made ADMIN, the account's password is set again through the reset link mailed to it.
+        self.reset_password(id, ADMIN_PASSWORD).await;
+        let tokens = self.tokens(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+        tokens["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens the link in the newest `kind` event for `user_id` (an email's link), as its
+    /// reader would; its answer must be 200.
+    pub async fn follow_link(&self, user_id: &str, kind: &str) -> Value {
+        let token = self.one_time_link_token(user_id, kind).await;
         let resp = self
             .get(&format!("/api/v1/users/verify?token={token}"))
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let tokens = self.tokens(ADMIN_EMAIL, "admin password 1").await;
-        tokens["access_token"].as_str().unwrap().to_owned()
+        resp.json().await.unwrap()
+    }
+
+    /// Asks for new tokens with the refresh token among `tokens`.
+    pub async fn refresh(&self, tokens: &Value) -> Response {
+        self.post(
+            "/api/v1/users/token/refresh",
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// Sets `user_id`'s password to `password` with the newest reset link mailed to it.
+    pub async fn reset_password(&self, user_id: &str, password: &str) {
+        let token = self
+            .one_time_link_token(user_id, "PasswordResetRequested")
+            .await;
+        let resp = self
+            .client
+            .post(self.url("/api/v1/users/password-reset/confirm"))
+            .json(&serde_json::json!({"token": token, "new_password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
     }
 
     /// The newest event of `kind` for `user_id`, as the outbox holds it.

@@ -161,17 +161,7 @@ async fn logout_revokes_the_refresh_family() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    problem(
-        shop.post(
-            "/api/v1/users/token/refresh",
-            json!({"refresh_token": t["refresh_token"]}),
-        )
-        .send()
-        .await
-        .unwrap(),
-        401,
-    )
-    .await;
+    problem(shop.refresh(&t).await, 401).await;
 }
 
 #[tokio::test]
