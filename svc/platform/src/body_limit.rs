@@ -91,6 +91,76 @@ where
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum LateBodyError<E> {
+    #[error("the request body did not all arrive within {} s", .0.as_secs())]
+    Late(Duration),
+    #[error("{0}")]
+    Inner(E),
+}
+
+/// A request body that must all have arrived by a deadline. A client that sends part of a
+/// body and then nothing, or a byte now and then, would otherwise hold its handler, and its
+/// connection (not idle while a request is in flight), for good.
+pub struct BodyWithDeadline<B> {
+    inner: B,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+    /// Armed the first time the body has to wait: most bodies never do.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    late: bool,
+}
+
+impl<B> BodyWithDeadline<B> {
+    /// `inner`, failing unless it has all arrived within `limit` from now.
+    pub fn new(inner: B, limit: Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::Instant::now() + limit,
+            limit,
+            timer: None,
+            late: false,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for BodyWithDeadline<B> {
+    type Data = B::Data;
+    type Error = LateBodyError<B::Error>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.late {
+            return Poll::Ready(Some(Err(LateBodyError::Late(this.limit))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(polled) => Poll::Ready(polled.map(|r| r.map_err(LateBodyError::Inner))),
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.late = true;
+                Poll::Ready(Some(Err(LateBodyError::Late(this.limit))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.late && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Reads what remains of a refused request's body in the background and throws it away
 /// (bounded in size and time), so that the caller can finish sending and read the answer.
 pub fn discard<B>(mut body: B)

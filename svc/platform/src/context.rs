@@ -3,8 +3,8 @@
 //! problem's `instance` is the request id).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
@@ -12,7 +12,7 @@ use poem::http::HeaderValue;
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::OperationId;
 
-use crate::body_limit::{self, CappedBody, CappedBodyError};
+use crate::body_limit::{self, BodyWithDeadline, CappedBody, CappedBodyError, LateBodyError};
 use crate::metrics::RouteMetrics;
 use crate::problem::{Problem, into_problem_response};
 
@@ -108,10 +108,10 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                     return too_large.into_response();
                 }
                 // An empty body (most requests) has no limit to go over.
-                let went_over = (!body.is_empty()).then(|| {
-                    let went_over = Arc::new(AtomicBool::new(false));
-                    req.set_body(capped_body(body, max, went_over.clone()));
-                    went_over
+                let refusal = (!body.is_empty()).then(|| {
+                    let refusal = Arc::new(BodyRefusal::default());
+                    req.set_body(capped_body(body, max, refusal.clone()));
+                    refusal
                 });
                 let mut resp = match self.inner.call(req).await {
                     Ok(resp) => resp.into_response(),
@@ -124,11 +124,19 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                         resp
                     }
                 };
-                if went_over.is_some_and(|w| w.load(Ordering::Relaxed)) {
+                let refused = refusal.map_or(Refused::No, |r| r.get());
+                if refused != Refused::No {
                     // The handler saw its body fail as it read it, and answered that; the
                     // caller needs to hear why.
                     let operation = resp.data::<OperationId>().copied();
-                    resp = Problem::body_too_large(max).into_response();
+                    resp = match refused {
+                        Refused::TooSlow => Problem::request_timeout(format!(
+                            "the request body did not all arrive within {} s",
+                            BODY_TIME_LIMIT.as_secs()
+                        )),
+                        _ => Problem::body_too_large(max),
+                    }
+                    .into_response();
                     if let Some(op) = operation {
                         resp.set_data(op);
                     }
@@ -205,16 +213,52 @@ fn new_request_id() -> RequestId {
     )
 }
 
+/// How long a request's body may take to arrive, from when the request came: as long as a
+/// connection may go without one ([`crate::runtime::CLIENT_IDLE_LIMIT`]).
+const BODY_TIME_LIMIT: Duration = crate::runtime::CLIENT_IDLE_LIMIT;
+
+/// Why a request's body was refused as the handler read it.
+#[derive(Clone, Copy, PartialEq)]
+#[repr(u8)]
+enum Refused {
+    No = 0,
+    TooLarge = 1,
+    TooSlow = 2,
+}
+
+/// What a request's body tells once its handler has answered: whether it was refused, and why.
+#[derive(Default)]
+struct BodyRefusal(AtomicU8);
+
+impl BodyRefusal {
+    fn set(&self, why: Refused) {
+        self.0.store(why as u8, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Refused {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Refused::TooLarge,
+            2 => Refused::TooSlow,
+            _ => Refused::No,
+        }
+    }
+}
+
 /// The request body, failing once it has produced more than `max` bytes (for chunked
-/// uploads that declare no length), with the rest then discarded; `went_over` tells that it
-/// did.
-fn capped_body(body: Body, max: usize, went_over: Arc<AtomicBool>) -> Body {
-    let capped = CappedBody::new(BoxBody::from(body), max).map_err(move |e| match e {
+/// uploads that declare no length), with the rest then discarded, or once it has taken longer
+/// than `BODY_TIME_LIMIT` to arrive; `refusal` tells which.
+fn capped_body(body: Body, max: usize, refusal: Arc<BodyRefusal>) -> Body {
+    let timed = BodyWithDeadline::new(BoxBody::from(body), BODY_TIME_LIMIT);
+    let capped = CappedBody::new(timed, max).map_err(move |e| match e {
         CappedBodyError::TooLarge(max) => {
-            went_over.store(true, Ordering::Relaxed);
+            refusal.set(Refused::TooLarge);
             std::io::Error::other(Problem::body_too_large(max).detail)
         }
-        CappedBodyError::Inner(e) => e,
+        CappedBodyError::Inner(late @ LateBodyError::Late(_)) => {
+            refusal.set(Refused::TooSlow);
+            std::io::Error::other(late.to_string())
+        }
+        CappedBodyError::Inner(LateBodyError::Inner(e)) => e,
     });
     Body::from(BoxBody::new(capped))
 }

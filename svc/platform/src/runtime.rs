@@ -113,6 +113,9 @@ where
     })
 }
 
+/// How long leaving discovery may take at shutdown.
+const DEREGISTER_LIMIT: Duration = Duration::from_secs(5);
+
 /// Waits for `shutdown`, leaves discovery first (so that no new request is routed here),
 /// answers through the grace period, then stops the accept loops and waits until they have
 /// drained.
@@ -125,8 +128,15 @@ pub(crate) fn stop_when_told(
 ) -> JoinHandle<std::io::Result<()>> {
     tokio::spawn(async move {
         shutdown.token.cancelled().await;
-        if let Err(e) = discovery.deregister(&id).await {
-            tracing::warn!(error = %e, "deregistration failed");
+        // A registry that does not answer must not hold the stop up for good (nor the signal
+        // that asked for it): past the limit, its health check finds the instance gone.
+        match tokio::time::timeout(DEREGISTER_LIMIT, discovery.deregister(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "deregistration failed"),
+            Err(_) => tracing::warn!(
+                limit_ms = DEREGISTER_LIMIT.as_millis() as u64,
+                "deregistration did not finish in time; stopping anyway"
+            ),
         }
         if !shutdown.grace.is_zero() {
             tracing::info!(
@@ -339,13 +349,16 @@ pub(crate) async fn serve_connections_with(
             }
         });
     }
-    // Finish what is in flight; a connection kept busy longer is dropped.
+    // No more connections: closed now, a caller still connecting is refused (and may try
+    // another instance) rather than accepted, sent its request and then reset unanswered.
+    drop(listener);
+    // Finish what is in flight, waiting at most 10 s.
     connections.close();
     if tokio::time::timeout(Duration::from_secs(10), connections.wait())
         .await
         .is_err()
     {
-        tracing::warn!("connections still busy 10 s after the stop; closing them");
+        tracing::warn!("connections still busy 10 s after the stop; no longer waited for");
     }
     Ok(())
 }
@@ -630,4 +643,96 @@ pub async fn run_serving_until_signal(
         task.await.ok();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::discovery::{Instance, Resolved};
+
+    /// A registry that takes every call and answers none.
+    struct Unanswering;
+
+    #[async_trait]
+    impl Discovery for Unanswering {
+        async fn register(&self, _: &Registration) -> Result<(), DiscoveryError> {
+            std::future::pending().await
+        }
+        async fn deregister(&self, _: &str) -> Result<(), DiscoveryError> {
+            std::future::pending().await
+        }
+        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
+            std::future::pending().await
+        }
+        async fn watch(&self, _: &str, _: u64, _: Duration) -> Result<Resolved, DiscoveryError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn once_stopped_new_connections_are_refused_while_those_in_flight_are_answered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (answer, answered) = tokio::sync::watch::channel(false);
+        let app = poem::endpoint::make(move |_| {
+            let mut answered = answered.clone();
+            async move {
+                let _ = answered.wait_for(|go| *go).await;
+                "done"
+            }
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_connections(
+            listener,
+            PoemHandler::new(app),
+            stop.clone(),
+        ));
+        let mut in_flight = tokio::net::TcpStream::connect(addr).await.unwrap();
+        in_flight
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        let refused = async {
+            while tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), refused)
+            .await
+            .expect("connections refused once stopped, not left waiting in the backlog");
+        answer.send_replace(true);
+        let mut received = String::new();
+        in_flight.read_to_string(&mut received).await.unwrap();
+        assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+        assert!(received.ends_with("done"), "{received}");
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registry_that_does_not_answer_holds_the_stop_up_for_the_limit_only() {
+        let shutdown = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let stopping = stop_when_told(
+            Arc::new(Unanswering),
+            "instance".to_owned(),
+            shutdown.clone().into(),
+            stop.clone(),
+            Vec::new(),
+        );
+        let started = tokio::time::Instant::now();
+        shutdown.cancel();
+        tokio::time::timeout(DEREGISTER_LIMIT * 2, stopping)
+            .await
+            .expect("stopped, though the registry never answered")
+            .unwrap()
+            .unwrap();
+        assert!(stop.is_cancelled());
+        assert_eq!(started.elapsed(), DEREGISTER_LIMIT);
+    }
 }

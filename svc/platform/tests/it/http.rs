@@ -47,17 +47,69 @@ async fn server() -> TestServer {
 }
 
 async fn server_with_idle_limit(idle_limit: Duration) -> TestServer {
+    TestServer::start_with_idle_limit(app(), idle_limit).await
+}
+
+fn app() -> impl poem::Endpoint<Output = poem::Response> {
     let key =
         platform::auth::SigningKey::from_pem(&platform::auth::SigningKey::generate_pem()).unwrap();
     let verifier = platform::auth::JwtVerifier::from_jwks(&key.jwks()).unwrap();
-    let app = web::routes(
+    web::routes(
         "things",
         web::openapi_service(Api, "things"),
         vec![],
         1024 * 1024,
     )
-    .data(verifier);
-    TestServer::start_with_idle_limit(app, idle_limit).await
+    .data(verifier)
+}
+
+/// A POST of a thing whose body's first part comes at once and its rest after `pause`
+/// (never: none).
+fn post_with_a_pause(pause: Option<Duration>) -> poem::Request {
+    use futures::StreamExt;
+    let part = |text: &'static str| {
+        Ok::<_, std::io::Error>(hyper::body::Bytes::from_static(text.as_bytes()))
+    };
+    let first = futures::stream::iter([part(r#"{"name": "a"#)]);
+    let rest = futures::stream::once(async move {
+        match pause {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => std::future::pending().await,
+        }
+        part(r#"", "count": 1}"#)
+    });
+    poem::Request::builder()
+        .method(poem::http::Method::POST)
+        .uri(poem::http::Uri::from_static("/things"))
+        .content_type("application/json")
+        .body(poem::Body::from_bytes_stream(first.chain(rest)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_has_not_all_come_within_the_limit_is_408() {
+    use poem::Endpoint;
+    let limit = platform::runtime::CLIENT_IDLE_LIMIT;
+    let app = app();
+    let started = tokio::time::Instant::now();
+    let resp = tokio::time::timeout(limit * 2, app.get_response(post_with_a_pause(None)))
+        .await
+        .expect("answered, not left waiting for the body");
+    assert_eq!(started.elapsed(), limit);
+    assert_eq!(resp.status(), 408);
+    assert_eq!(resp.content_type(), Some("application/problem+json"));
+    let body: Value = serde_json::from_slice(&resp.into_body().into_vec().await.unwrap()).unwrap();
+    assert_eq!(
+        body["detail"],
+        format!(
+            "the request body did not all arrive within {} s",
+            limit.as_secs()
+        )
+    );
+    // A slow body that has all come within the limit is served.
+    let resp = app
+        .get_response(post_with_a_pause(Some(limit - Duration::from_secs(1))))
+        .await;
+    assert_eq!(resp.status(), 200);
 }
 
 async fn expect_problem(resp: reqwest::Response, status: u16) -> Value {
