@@ -379,11 +379,13 @@ struct ConnectionActivity {
     opened: tokio::time::Instant,
     in_flight: AtomicUsize,
     last_ended_us: AtomicU64,
-    /// Response bodies that have produced a part and not been asked for the next one: the
-    /// part waits for room in the client's socket (or HTTP/2 window).
-    waiting_on_client: AtomicUsize,
-    /// How many times a response body has been asked for its next part.
-    body_polls: AtomicU64,
+    /// The periods of the watchdog with requests in flight, counted.
+    period: AtomicU64,
+    /// Response bodies that have produced a part and not been asked for the next one (the
+    /// part waits for room in the client's socket or HTTP/2 window), by the parity of the
+    /// period they began waiting in. Each body is its own: over HTTP/2, answers the client
+    /// does take cannot hide one it leaves waiting.
+    waiting_on_client: [AtomicUsize; 2],
 }
 
 impl Default for ConnectionActivity {
@@ -392,29 +394,31 @@ impl Default for ConnectionActivity {
             opened: tokio::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_ended_us: AtomicU64::new(0),
-            waiting_on_client: AtomicUsize::new(0),
-            body_polls: AtomicU64::new(0),
+            period: AtomicU64::new(0),
+            waiting_on_client: Default::default(),
         }
     }
 }
 
 impl ConnectionActivity {
     /// Resolves once the connection has had no request in flight for `limit`, or an answer
-    /// has waited on its client for a whole period of `limit` in which no body was asked for
-    /// anything (so after between one and two limits). Checked at deadlines rather than on
-    /// every request, so a request costs a few atomic updates.
+    /// has waited on its client since before the last period of `limit` began (so for
+    /// between one and two limits). Checked at deadlines rather than on every request, so a
+    /// request costs a few atomic updates.
     async fn idle_or_stalled(&self, limit: Duration) -> Closing {
         let mut deadline = self.opened + limit;
-        let mut body_polls = self.body_polls.load(Ordering::Acquire);
         loop {
             tokio::time::sleep_until(deadline).await;
             let now = tokio::time::Instant::now();
             if self.in_flight.load(Ordering::Acquire) > 0 {
-                let polls_now = self.body_polls.load(Ordering::Acquire);
-                if polls_now == body_polls && self.waiting_on_client.load(Ordering::Acquire) > 0 {
+                // Bodies waiting since the period before this one; those of earlier periods
+                // of the same parity were found at earlier deadlines.
+                let period = self.period.load(Ordering::Acquire);
+                let before = (period.wrapping_sub(1) % 2) as usize;
+                if self.waiting_on_client[before].load(Ordering::Acquire) > 0 {
                     return Closing::Stalled;
                 }
-                body_polls = polls_now;
+                self.period.store(period.wrapping_add(1), Ordering::Release);
                 deadline = now + limit;
                 continue;
             }
@@ -454,7 +458,9 @@ impl Drop for InFlight {
 struct InFlightBody {
     body: ResponseBody,
     in_flight: InFlight,
-    waiting_on_client: bool,
+    /// The parity of the watchdog's period in which its waiting part was handed over, if one
+    /// waits.
+    waiting_since: Option<usize>,
 }
 
 impl InFlightBody {
@@ -462,19 +468,22 @@ impl InFlightBody {
         Self {
             body,
             in_flight,
-            waiting_on_client: false,
+            waiting_since: None,
         }
     }
 
+    /// A part was handed over (`true`), and waits on the client from now; or none waits.
     fn set_waiting_on_client(&mut self, waiting: bool) {
-        if self.waiting_on_client != waiting {
-            self.waiting_on_client = waiting;
-            let count = &self.in_flight.0.waiting_on_client;
-            if waiting {
-                count.fetch_add(1, Ordering::AcqRel);
-            } else {
-                count.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.in_flight.0;
+        let now = waiting.then(|| (activity.period.load(Ordering::Acquire) % 2) as usize);
+        if now != self.waiting_since {
+            if let Some(was) = self.waiting_since {
+                activity.waiting_on_client[was].fetch_sub(1, Ordering::AcqRel);
             }
+            if let Some(now) = now {
+                activity.waiting_on_client[now].fetch_add(1, Ordering::AcqRel);
+            }
+            self.waiting_since = now;
         }
     }
 }
@@ -488,7 +497,6 @@ impl hyper::body::Body for InFlightBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        this.in_flight.0.body_polls.fetch_add(1, Ordering::AcqRel);
         let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
         // A part handed over waits on the client until the next is asked for or the body is
         // dropped. Over HTTP/1 the last part is written as the body is dropped (then the idle

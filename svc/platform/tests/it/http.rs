@@ -474,29 +474,54 @@ async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_limit
 async fn an_http2_client_that_gives_its_answer_no_window_is_disconnected() {
     let idle_limit = Duration::from_millis(300);
     let s = server_with_idle_limit(idle_limit).await;
-    // A window of 0 for every stream: the answer's one part waits for room that never comes.
-    let stream = TcpStream::connect(s.addr).await.unwrap();
-    let (mut send, connection) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(
-                hyper_util::rt::TokioIo::new(stream),
-            )
+    // Asking for more answers now and then does not hide the one left waiting.
+    for keeps_asking in [false, true] {
+        // A window of 0 for every stream: the answer's one part waits for room that never
+        // comes.
+        let stream = TcpStream::connect(s.addr).await.unwrap();
+        let (mut send, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(0)
+                .handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(
+                    hyper_util::rt::TokioIo::new(stream),
+                )
+                .await
+                .expect("an HTTP/2 handshake");
+        let connection = tokio::spawn(connection);
+        let url = format!("{}/health", s.url());
+        let get = move || {
+            poem::http::Request::get(url.clone())
+                .body(http_body_util::Empty::new())
+                .unwrap()
+        };
+        let resp = send.send_request(get()).await.expect("the answer's head");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body();
+        // The sender is kept (dropped, the client would close the connection itself).
+        let asking = tokio::spawn(async move {
+            let mut held = Vec::new();
+            if keeps_asking {
+                loop {
+                    tokio::time::sleep(idle_limit * 2 / 3).await;
+                    match send.send_request(get()).await {
+                        Ok(resp) => held.push(resp),
+                        Err(_) => break,
+                    }
+                }
+            }
+            std::future::pending::<()>().await;
+            drop((send, held));
+        });
+        tokio::time::timeout(Duration::from_secs(10), connection)
             .await
-            .expect("an HTTP/2 handshake");
-    let connection = tokio::spawn(connection);
-    let req = poem::http::Request::get(format!("{}/health", s.url()))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let resp = send.send_request(req).await.expect("the answer's head");
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body();
-    tokio::time::timeout(Duration::from_secs(10), connection)
-        .await
-        .expect("the connection is dropped within the limits, not held open")
-        .unwrap()
-        .expect_err("dropped, not closed gracefully");
-    drop(body);
+            .unwrap_or_else(|_| {
+                panic!("held open (asking again: {keeps_asking}), not dropped within the limits")
+            })
+            .unwrap()
+            .expect_err("dropped, not closed gracefully");
+        drop(body);
+        asking.abort();
+    }
 }
 
 #[tokio::test]
