@@ -127,6 +127,7 @@ job "notification" {
           MICROMART_NOTIFICATION_RETRY_BASE_DELAY_MS={{ key "micromart/notification/retry_base_delay_ms" | toJSON }}
           MICROMART_NOTIFICATION_SEND_INTERVAL_MS={{ key "micromart/notification/send_interval_ms" | toJSON }}
           MICROMART_NOTIFICATION_SHOP_BASE_URL={{ key "micromart/notification/shop_base_url" | toJSON }}
+          MICROMART_NOTIFICATION_LOG_MESSAGE_BODIES={{ key "micromart/notification/log_message_bodies" | toJSON }}
         EOT
       }
 

@@ -145,8 +145,12 @@ impl Channel for SmtpChannel {
     }
 }
 
-/// No server configured: the message is written to the log, and counts as sent.
-pub struct LogChannel;
+/// No server configured: the message is written to the log, and counts as sent. Its body
+/// only where `with_bodies` (the local run): bodies carry password-reset and verification
+/// links, which would let whoever reads a deployment's logs take any account over.
+pub struct LogChannel {
+    pub with_bodies: bool,
+}
 
 #[async_trait]
 impl Channel for LogChannel {
@@ -155,11 +159,16 @@ impl Channel for LogChannel {
     }
 
     async fn send(&self, message: &Message) -> Result<(), SendError> {
+        let body = if self.with_bodies {
+            message.body.as_str()
+        } else {
+            "(not logged: set log_message_bodies to see it)"
+        };
         tracing::info!(
             channel = message.medium.as_str(),
             recipient = %message.recipient,
             subject = %message.subject,
-            body = %message.body,
+            body,
             "notification (no server configured, logged instead of sent)"
         );
         Ok(())
@@ -220,5 +229,55 @@ impl Channel for HttpSmsChannel {
                 "SMS provider answered {status}"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What the log says while `channel` sends `message`.
+    fn logged(channel: &LogChannel, message: &Message) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(channel.send(message)).unwrap();
+        });
+        String::from_utf8(lines.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_logged_message_shows_its_links_only_where_bodies_are_asked_for() {
+        let message = Message {
+            medium: Medium::Email,
+            recipient: "ada@example.com".into(),
+            subject: "Reset your password".into(),
+            body: "Open http://localhost:7082/reset-password?token=secret-token".into(),
+        };
+        let deployed = logged(&LogChannel { with_bodies: false }, &message);
+        assert!(deployed.contains("Reset your password"), "{deployed}");
+        assert!(!deployed.contains("secret-token"), "{deployed}");
+        let local = logged(&LogChannel { with_bodies: true }, &message);
+        assert!(local.contains("secret-token"), "{local}");
     }
 }

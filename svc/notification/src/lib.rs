@@ -74,6 +74,9 @@ pub struct NotificationConfig {
     pub send_interval: Duration,
     /// Base of links in messages (the gateway).
     pub shop_base_url: String,
+    /// Whether messages written to the log (no SMTP server or SMS provider) show their
+    /// bodies, links included: for a local run only.
+    pub log_message_bodies: bool,
 }
 
 impl std::fmt::Debug for NotificationConfig {
@@ -89,6 +92,7 @@ impl std::fmt::Debug for NotificationConfig {
             .field("max_attempts", &self.max_attempts)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("shop_base_url", &self.shop_base_url)
+            .field("log_message_bodies", &self.log_message_bodies)
             .finish_non_exhaustive()
     }
 }
@@ -121,12 +125,15 @@ impl NotificationConfig {
             retry_base_delay: s.millis("retry_base_delay_ms", 1000)?,
             send_interval: s.millis("send_interval_ms", 1000)?,
             shop_base_url: s.get_or("shop_base_url", "http://localhost:7082".to_owned())?,
+            log_message_bodies: s.get_or("log_message_bodies", false)?,
         })
     }
 
     fn email_channel(&self) -> Result<Arc<dyn Channel>, ConfigError> {
         if self.smtp_host.is_empty() {
-            return Ok(Arc::new(LogChannel));
+            return Ok(Arc::new(LogChannel {
+                with_bodies: self.log_message_bodies,
+            }));
         }
         SmtpChannel::new(self)
             .map(|c| Arc::new(c) as Arc<dyn Channel>)
@@ -139,7 +146,9 @@ impl NotificationConfig {
 
     fn sms_channel(&self) -> Result<Arc<dyn Channel>, ConfigError> {
         if self.sms_url.is_empty() {
-            return Ok(Arc::new(LogChannel));
+            return Ok(Arc::new(LogChannel {
+                with_bodies: self.log_message_bodies,
+            }));
         }
         HttpSmsChannel::new(&self.sms_url, self.base.call_timeout)
             .map(|c| Arc::new(c) as Arc<dyn Channel>)

@@ -145,7 +145,12 @@ async fn main() -> Result<(), BoxError> {
         )
         .await?;
 
-    let settings = env.settings(notification::SERVICE).await?;
+    // A run on one's own machine: emails and SMS with no server to go to are logged whole,
+    // links included, for the one person who runs it to follow.
+    let settings = env
+        .settings(notification::SERVICE)
+        .await?
+        .with("log_message_bodies", "true");
     let (notification_state, app) = notification::app(
         notification::NotificationConfig::from_settings(&settings)?,
         env.discovery.clone(),
