@@ -323,9 +323,16 @@ pub async fn revoke_family(db: impl PgExecutor<'_>, family: Uuid) -> Result<(), 
     Ok(())
 }
 
+/// Ends every session of `user` (its refresh tokens) and voids its unused password-reset
+/// links: after a password change, a reset or a deactivation, a link mailed earlier must not
+/// set the password again.
 pub async fn revoke_all_for_user(db: impl PgExecutor<'_>, user: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        "WITH sessions AS (
+             UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL
+         )
+         UPDATE one_time_tokens SET used_at = now()
+         WHERE user_id = $1 AND purpose = 'password_reset' AND used_at IS NULL",
     )
     .bind(user)
     .execute(db)

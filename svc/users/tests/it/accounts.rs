@@ -132,6 +132,37 @@ async fn registration_publishes_user_registered_with_a_single_use_verification_l
     problem(again, 410).await;
 }
 
+#[tokio::test]
+async fn a_reset_link_mailed_before_the_password_was_set_again_no_longer_works() {
+    let shop = Shop::start().await;
+    let user = shop
+        .register("finn@example.com", "correct horse battery")
+        .await;
+    let id = user["id"].as_str().unwrap();
+    let ask = || {
+        shop.post(
+            "/api/v1/users/password-reset",
+            json!({"email": "finn@example.com"}),
+        )
+        .send()
+    };
+    assert_eq!(ask().await.unwrap().status(), 202);
+    let earlier = shop.one_time_link_token(id, "PasswordResetRequested").await;
+    assert_eq!(ask().await.unwrap().status(), 202);
+    shop.reset_password(id, "a brand new password").await;
+    let resp = shop
+        .post(
+            "/api/v1/users/password-reset/confirm",
+            json!({"token": earlier, "new_password": "someone else's password"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 410).await;
+    shop.tokens("finn@example.com", "a brand new password")
+        .await;
+}
+
 async fn shop_prefix(shop: &Shop) -> String {
     shop.users.redis_prefix().to_owned()
 }
