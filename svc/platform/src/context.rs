@@ -95,6 +95,14 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let method = crate::metrics::method_label(req.method());
+        let mut access = AccessRecord {
+            service: self.service,
+            metrics: &self.metrics,
+            request_id: &request_id,
+            method,
+            started,
+            recorded: false,
+        };
         let info = RequestInfo {
             request_id: request_id.as_str().to_owned(),
             traceparent,
@@ -147,12 +155,41 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
         let mut resp = resp;
         resp.headers_mut()
             .insert(REQUEST_ID, request_id.header_value());
-        let status = resp.status().as_u16();
-        let route = crate::metrics::route_label(&resp);
-        let elapsed = started.elapsed().as_secs_f64();
-        self.metrics.record(method, route, status, elapsed);
-        tracing::info!(target: "access", service = self.service, request_id = %request_id, method, route, status, elapsed_ms = elapsed * 1000.0);
+        access.record(crate::metrics::route_label(&resp), resp.status().as_u16());
         Ok(resp)
+    }
+}
+
+/// Status recorded for a request whose client went away before its answer was ready (nginx
+/// logs the same).
+const CLIENT_WENT_AWAY: u16 = 499;
+
+/// A request's line in the access log and count in the metrics, made once: when its answer
+/// is ready, or, should its client go away first (the handler is then dropped where it
+/// was), as `CLIENT_WENT_AWAY`, so operators see the requests callers gave up on.
+struct AccessRecord<'a> {
+    service: &'static str,
+    metrics: &'a RouteMetrics,
+    request_id: &'a RequestId,
+    method: &'static str,
+    started: Instant,
+    recorded: bool,
+}
+
+impl AccessRecord<'_> {
+    fn record(&mut self, route: &'static str, status: u16) {
+        self.recorded = true;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.metrics.record(self.method, route, status, elapsed);
+        tracing::info!(target: "access", service = self.service, request_id = %self.request_id, method = self.method, route, status, elapsed_ms = elapsed * 1000.0);
+    }
+}
+
+impl Drop for AccessRecord<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record("other", CLIENT_WENT_AWAY);
+        }
     }
 }
 

@@ -36,6 +36,13 @@ impl Api {
         Ok(Json(serde_json::json!({ "name": body.0.name })))
     }
 
+    /// Answers after a minute: a client gives up first.
+    #[oai(path = "/things/slow", method = "get", operation_id = "slow_thing")]
+    async fn slow(&self) -> Json<Value> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Json(serde_json::json!({}))
+    }
+
     #[oai(path = "/things/:id", method = "get", operation_id = "get_thing")]
     async fn get(&self, _auth: BearerAuth, id: Path<uuid::Uuid>) -> ApiResult<Json<Value>> {
         Err(Problem::not_found(format!("no thing {}", id.0)))
@@ -358,6 +365,45 @@ async fn operational_routes_answer() {
         "{metrics}"
     );
     assert!(metrics.contains("http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn a_request_whose_client_went_away_is_logged_and_counted_as_499() {
+    let s = server().await;
+    let went_away = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("http_requests_total")
+                    && l.contains("service=\"things\"")
+                    && l.contains("status=\"499\"")
+            })
+            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+    };
+    let scrape = || async {
+        reqwest::get(format!("{}/metrics", s.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = went_away(&scrape().await);
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(b"GET /things/slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while went_away(&scrape().await) != before + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no 499 counted: {}",
+            scrape().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
