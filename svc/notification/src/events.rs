@@ -108,9 +108,10 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Keeps the contact of `user_id` as users knows it; nothing when users has no such
-    /// (active) account; an error (the event is retried later) when users cannot say.
-    async fn look_up(&self, db: &PgPool, user_id: Uuid) -> Result<(), HandlerError> {
+    /// Keeps the contact of `user_id` as users knows it now; nothing when users has no such
+    /// (active) account. When users cannot say: the contact already kept (`kept`) serves, and
+    /// without one, an error (the event is retried later).
+    async fn look_up(&self, db: &PgPool, user_id: Uuid, kept: bool) -> Result<(), HandlerError> {
         let path = format!("/internal/users/{user_id}/contact");
         match self.users.get::<UserContact>(&path, None).await {
             Ok(found) => {
@@ -124,6 +125,10 @@ impl Notifier {
                 Ok(())
             }
             Err(err) if err.status() == Some(404) => Ok(()),
+            Err(err) if kept => {
+                tracing::warn!(user_id = %user_id, error = %err, "users cannot be asked for a current contact; the one kept serves");
+                Ok(())
+            }
             Err(err) => Err(HandlerError::Failed(format!(
                 "no contact yet for user {user_id} and users cannot be asked: {err}"
             ))),
@@ -267,18 +272,20 @@ impl Notifier {
 
 #[async_trait]
 impl EventHandler for Notifier {
-    /// An order's event can overtake the customer's UserRegistered (they travel on different
-    /// streams): users is asked for the contact then, before the event's transaction opens,
-    /// so a slow users holds no transaction open. What it gives is kept, as the
-    /// registration's would be.
+    /// Users is asked for the customer's contact as it is now, before the event's
+    /// transaction opens (so a slow users holds no transaction open), and what it gives is
+    /// kept: the customer may have changed their name or removed their phone since they
+    /// registered (users publishes no event for that), and an order's event can overtake
+    /// their UserRegistered (they travel on different streams).
     async fn prepare(&self, db: &PgPool, event: &Envelope) -> Result<(), HandlerError> {
         let Some(incoming) = Incoming::parse(event)? else {
             return Ok(());
         };
-        if incoming.names_its_address() || store::contact(db, incoming.user_id()).await?.is_some() {
+        if incoming.names_its_address() {
             return Ok(());
         }
-        self.look_up(db, incoming.user_id()).await
+        let kept = store::contact(db, incoming.user_id()).await?.is_some();
+        self.look_up(db, incoming.user_id(), kept).await
     }
 
     async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {

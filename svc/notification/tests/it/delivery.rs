@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use contracts::events::{
     OrderCancelled, OrderLine, PasswordResetRequested, PaymentExpired, PaymentFailed,
-    PaymentRefunded, PaymentSucceeded, streams,
+    PaymentRefunded, PaymentSucceeded, UserRegistered, streams,
 };
 use contracts::money::Money;
 use platform::CancellationToken;
@@ -379,6 +379,46 @@ async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_user
     svc.send_due().await;
     assert_eq!(svc.rows_of(user.user_id).await.len(), 2);
     assert_eq!(smtp.messages_to(&user.email).len(), 2);
+}
+
+#[tokio::test]
+async fn an_order_goes_to_the_contact_users_has_now_not_the_one_registered() {
+    let smtp = SmtpServer::start().await;
+    let sms = SmsProvider::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        sms_url: Some(sms.url()),
+        ..Options::default()
+    })
+    .await;
+    let user = registered("Quinn", Some("+4915100000000"));
+    svc.producer.publish(&user).await;
+    // Since registering, the customer has removed their phone and changed their name.
+    let now = UserRegistered {
+        name: "Quinn Q".into(),
+        phone: None,
+        ..user.clone()
+    };
+    svc.users.knows(&now);
+    svc.producer.publish(&paid(user.user_id, 1500)).await;
+    assert_eq!(svc.consume().await, 2);
+    assert_eq!(svc.send_due().await, 2, "welcome and confirmation emails");
+    assert!(sms.received().is_empty(), "{:?}", sms.received());
+    let mail = smtp.messages_to(&user.email);
+    let confirmation = mail
+        .iter()
+        .find(|m| m["subject"].as_str().unwrap().contains("confirmed"))
+        .expect("an order confirmation email");
+    let body = confirmation["body"].as_str().unwrap();
+    assert!(body.contains("Hello Quinn Q"), "{body}");
+
+    // While users cannot be asked, the contact kept serves: nothing waits for users.
+    svc.users.set_down(true);
+    svc.producer.publish(&paid(user.user_id, 700)).await;
+    assert_eq!(svc.consume().await, 1);
+    assert_eq!(svc.send_due().await, 1);
+    assert_eq!(smtp.messages_to(&user.email).len(), 3);
+    assert!(sms.received().is_empty());
 }
 
 #[tokio::test]
