@@ -86,8 +86,8 @@ async fn a_registered_user_gets_exactly_one_welcome_email_with_the_verification_
     assert_eq!(rows[0].sent_via.as_deref(), Some("smtp"));
 }
 
-#[tokio::test]
-async fn a_paid_order_sends_one_confirmation_email_and_one_sms_when_the_customer_has_a_phone() {
+/// The service, sending email to an SMTP server and texts to an SMS provider.
+async fn sending_email_and_sms() -> (SmtpServer, SmsProvider, Service) {
     let smtp = SmtpServer::start().await;
     let sms = SmsProvider::start().await;
     let svc = Service::start(Options {
@@ -96,6 +96,12 @@ async fn a_paid_order_sends_one_confirmation_email_and_one_sms_when_the_customer
         ..Options::default()
     })
     .await;
+    (smtp, sms, svc)
+}
+
+#[tokio::test]
+async fn a_paid_order_sends_one_confirmation_email_and_one_sms_when_the_customer_has_a_phone() {
+    let (smtp, sms, svc) = sending_email_and_sms().await;
     let with_phone = registered("Bob", Some("+4915112345678"));
     let without_phone = registered("Carol", None);
     svc.producer.publish(&with_phone).await;
@@ -383,14 +389,7 @@ async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_user
 
 #[tokio::test]
 async fn an_order_goes_to_the_contact_users_has_now_not_the_one_registered() {
-    let smtp = SmtpServer::start().await;
-    let sms = SmsProvider::start().await;
-    let svc = Service::start(Options {
-        smtp_port: Some(smtp.port),
-        sms_url: Some(sms.url()),
-        ..Options::default()
-    })
-    .await;
+    let (smtp, sms, svc) = sending_email_and_sms().await;
     let user = registered("Quinn", Some("+4915100000000"));
     svc.producer.publish(&user).await;
     // Since registering, the customer has removed their phone and changed their name.
