@@ -645,7 +645,9 @@ pub async fn run_serving_until_signal(
     stop_serving.cancel();
     serving.task.await??;
     // The background tasks stop last: the outbox relay's last pass then finds the writes of
-    // every request served, the grace period's included.
+    // every request answered, the grace period's included. A request still busy 10 s after the
+    // stop is no longer waited for; whatever it commits later stays in the outbox and is
+    // relayed by the next start.
     stop_background.cancel();
     for task in tasks {
         task.await.ok();
