@@ -341,8 +341,9 @@ pub(crate) async fn serve_connections_with(
             if let Err(e) = ended {
                 if unparsable_heads::is_parse_error(&*e) {
                     // Its answer goes out as the connection is dropped, just below.
-                    ended_by_parse_error.store(true, Ordering::Release);
-                    tracing::info!(target: "access", client = %remote_addr, error = %e, "request head could not be parsed");
+                    let request_id = crate::context::request_id_of(&poem::http::HeaderMap::new());
+                    tracing::info!(target: "access", client = %remote_addr, request_id = %request_id, error = %e, "request head could not be parsed");
+                    let _ = ended_by_parse_error.set(request_id);
                 } else {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }

@@ -16,8 +16,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use poem::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::context::RequestId;
 use crate::problem::{self, Problem};
 use crate::runtime::MAX_CONNECTION_BUFFER;
 
@@ -91,8 +91,8 @@ fn hypers_answer_in(written: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// `written` with hyper's answer at `start` (answer `which` of [`HYPERS_ANSWERS`]) replaced by
-/// the same status with a problem+json body, its date kept.
-fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
+/// the same status with a problem+json body, its date kept, going by `request_id`.
+fn as_problem(written: &[u8], start: usize, which: usize, request_id: &RequestId) -> Vec<u8> {
     let (_, status, kind, detail) = HYPERS_ANSWERS[which];
     let detail = if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
         format!("{detail}, of {MAX_CONNECTION_BUFFER} bytes in all")
@@ -100,7 +100,7 @@ fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
         detail.to_owned()
     };
     let body = Problem::new(status, kind, detail)
-        .http_response(None)
+        .http_response(Some(request_id.as_str().to_owned()))
         .into_body();
     let date = &written[written.len() - DATE_AND_END..written.len() - 4];
     let version = &written[start..start + VERSIONS[0].len()];
@@ -108,11 +108,12 @@ fn as_problem(written: &[u8], start: usize, which: usize) -> Vec<u8> {
     answer.extend_from_slice(version);
     answer.extend_from_slice(
         format!(
-            "{} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
+            "{} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}: {request_id}\r\nconnection: close\r\ndate: ",
             status.as_str(),
             status.canonical_reason().unwrap_or(""),
             problem::CONTENT_TYPE,
-            body.len()
+            body.len(),
+            crate::context::REQUEST_ID,
         )
         .as_bytes(),
     );
@@ -130,8 +131,9 @@ pub(crate) struct ProblemForUnparsableHeads {
     held: Option<Held>,
     /// Whether the connection's task has been woken since bytes were held.
     woken: bool,
-    /// Raised by the connection's task when hyper ends the connection with a parse error.
-    ended_by_parse_error: Arc<AtomicBool>,
+    /// Set by the connection's task when hyper ends the connection with a parse error: the
+    /// id its answer goes by (hyper read no head to take one from).
+    ended_by_parse_error: Arc<OnceLock<RequestId>>,
 }
 
 /// Bytes hyper wrote that end as its answer to an unparsable head would.
@@ -153,10 +155,10 @@ fn open(socket: &mut Option<TcpStream>) -> Pin<&mut TcpStream> {
 }
 
 impl ProblemForUnparsableHeads {
-    /// `socket`, and the flag the connection's task raises when hyper ends the connection
-    /// with a parse error.
-    pub(crate) fn new(socket: TcpStream) -> (Self, Arc<AtomicBool>) {
-        let ended_by_parse_error = Arc::new(AtomicBool::new(false));
+    /// `socket`, and where the connection's task sets a request id when hyper ends the
+    /// connection with a parse error.
+    pub(crate) fn new(socket: TcpStream) -> (Self, Arc<OnceLock<RequestId>>) {
+        let ended_by_parse_error = Arc::new(OnceLock::new());
         let wrapped = Self {
             socket: Some(socket),
             held: None,
@@ -207,11 +209,12 @@ impl Drop for ProblemForUnparsableHeads {
         let Some(socket) = self.socket.take() else {
             return;
         };
-        let out = if held.sent == 0 && self.ended_by_parse_error.load(Ordering::Acquire) {
-            let (start, which) = held.hypers_answer;
-            as_problem(&held.bytes, start, which)
-        } else {
-            held.bytes[held.sent..].to_vec()
+        let out = match self.ended_by_parse_error.get() {
+            Some(request_id) if held.sent == 0 => {
+                let (start, which) = held.hypers_answer;
+                as_problem(&held.bytes, start, which, request_id)
+            }
+            _ => held.bytes[held.sent..].to_vec(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -354,13 +357,17 @@ mod tests {
                 status_line.replace("HTTP/1.1", "HTTP/1.0")
             );
             assert_eq!(hypers_answer_in(old.as_bytes()), Some((0, which)));
-            let problem = as_problem(old.as_bytes(), 0, which);
+            let problem = as_problem(old.as_bytes(), 0, which, &a_request_id());
             assert!(problem.starts_with(&old.as_bytes()[..status_line.len()]));
             let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
             let start = after.len();
             after.extend_from_slice(&hypers(status_line));
             assert_eq!(hypers_answer_in(&after), Some((start, which)));
         }
+    }
+
+    fn a_request_id() -> RequestId {
+        crate::context::request_id_of(&poem::http::HeaderMap::new())
     }
 
     #[test]
@@ -388,7 +395,7 @@ mod tests {
         let mut written = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
         let start = written.len();
         written.extend_from_slice(&hypers("HTTP/1.1 431 Request Header Fields Too Large"));
-        let answer = as_problem(&written, start, 1);
+        let answer = as_problem(&written, start, 1, &a_request_id());
         let text = String::from_utf8(answer).unwrap();
         let (before, problem) = text.split_at(start);
         assert_eq!(before, "HTTP/1.1 204 No Content\r\n\r\n");

@@ -764,6 +764,12 @@ async fn a_head_hyper_cannot_parse_is_answered_with_problem_json() {
         );
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.contains(said), "{detail}");
+        // An id to quote, the problem's instance.
+        let request_id = head
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("an x-request-id: {answer}"));
+        assert_eq!(problem["instance"], request_id, "{answer}");
     }
 }
 
