@@ -49,10 +49,9 @@ where
         // Port 0 is resolved by the first bind; the others join the same port.
         listeners.push(reuse_port_listener(&addr.to_string()).map_err(bind_error)?);
     }
-    let registration = Registration::new(service, advertise, addr.port());
-    discovery.register(&registration).await?;
-
     let stop = CancellationToken::new();
+    // Should any worker fail to start, or registration fail, those started stop again.
+    let stop_on_error = stop.clone().drop_guard();
     let make_handler = Arc::new(make_handler);
     let mut servers: Vec<BoxFuture<'static, std::io::Result<()>>> = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -75,6 +74,10 @@ where
                 .unwrap_or_else(|_| Err(std::io::Error::other("a worker thread panicked")))
         }));
     }
+    // Registered once every worker serves.
+    let registration = Registration::new(service, advertise, addr.port());
+    discovery.register(&registration).await?;
+    stop_on_error.disarm();
     let task = stop_when_told(
         discovery,
         registration.id.clone(),
@@ -103,4 +106,69 @@ fn reuse_port_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::discovery::{DiscoveryError, Instance, Resolved};
+    use crate::runtime::PoemHandler;
+
+    /// A registry that refuses to register anyone.
+    struct Refusing;
+
+    #[async_trait]
+    impl Discovery for Refusing {
+        async fn register(&self, _: &Registration) -> Result<(), DiscoveryError> {
+            Err(DiscoveryError::Refused("no".into()))
+        }
+        async fn deregister(&self, _: &str) -> Result<(), DiscoveryError> {
+            Ok(())
+        }
+        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
+            Ok(Vec::new())
+        }
+        async fn watch(
+            &self,
+            _: &str,
+            _: u64,
+            _: std::time::Duration,
+        ) -> Result<Resolved, DiscoveryError> {
+            Ok(Resolved {
+                index: 1,
+                instances: Vec::new(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_started_for_an_instance_discovery_refuses_stop_again() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let bind = format!("127.0.0.1:{port}");
+        let served = serve_on_workers(
+            "things",
+            2,
+            || PoemHandler::new(poem::endpoint::make_sync(|_| "ok")),
+            &bind,
+            "127.0.0.1",
+            Arc::new(Refusing),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(served.is_err(), "served though discovery refused");
+        let refused = async {
+            while tokio::net::TcpStream::connect(&bind).await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), refused)
+            .await
+            .expect("the workers stopped serving");
+    }
 }
