@@ -124,7 +124,7 @@ impl EventHandler for OrderEvents {
     async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
         if let Some(cancelled) = event.open::<OrderCancelled>() {
             let cancelled = cancelled.map_err(|e| HandlerError::Failed(e.to_string()))?;
-            store::cancel_session_of_order(tx, cancelled.order_id).await?;
+            store::close_cancelled_order(tx, cancelled.order_id).await?;
         }
         Ok(())
     }

@@ -264,14 +264,26 @@ pub async fn expire_sessions(tx: &mut PgConnection, limit: i64) -> Result<usize,
 }
 
 /// Closes the order's session when the customer cancelled it, so it can no longer be paid.
-pub async fn cancel_session_of_order(
-    tx: &mut PgConnection,
-    order: Uuid,
-) -> Result<(), sqlx::Error> {
+/// Closes the payment side of a cancelled order: its open session can no longer be paid, and
+/// a payment that succeeded all the same is refunded. The customer may pay on the page still
+/// open after cancelling, before this service has heard of it; or pay first and cancel before
+/// orders has heard of the payment (it cancels only a PENDING order). Either way the order
+/// stays cancelled, and money must not be kept for it.
+pub async fn close_cancelled_order(tx: &mut PgConnection, order: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE sessions SET status = 'cancelled' WHERE order_id = $1 AND status = 'open'")
         .bind(order)
-        .execute(tx)
+        .execute(&mut *tx)
         .await?;
+    let paid: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM payments WHERE order_id = $1 AND status = 'succeeded' FOR UPDATE",
+    )
+    .bind(order)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(payment) = paid {
+        tracing::warn!(order_id = %order, payment_id = %payment, "an order cancelled was paid all the same; refunding the payment");
+        refund(tx, payment).await?;
+    }
     Ok(())
 }
 

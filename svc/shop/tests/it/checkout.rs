@@ -309,6 +309,40 @@ async fn a_customer_cancels_a_pending_order_and_its_stock_returns() {
 }
 
 #[tokio::test]
+async fn a_payment_made_on_an_order_just_cancelled_is_refunded() {
+    let saga = Saga::start().await;
+    let (_, gus) = saga.customer();
+    let mug = saga.product(1250, 3).await;
+    saga.add_to_cart(&gus, mug, 1).await;
+    let placed: Value = saga.checkout(&gus, "k").await.json().await.unwrap();
+    let id = placed["order"]["id"].as_str().unwrap().to_owned();
+    // Payment has not heard of the cancellation yet when the customer pays on the page still
+    // open.
+    saga.kill_tasks("payment");
+    let cancel = format!("/api/v1/orders/{id}/cancel");
+    let resp = saga.send("orders", Method::POST, &cancel, &gus).await;
+    assert_eq!(resp.status(), 200);
+    saga.pay(&placed, "4242 4242 4242 4242").await;
+    saga.restart_tasks("payment");
+    saga.eventually("the payment is refunded", || async {
+        let payments: Value = saga
+            .send("payment", Method::GET, "/api/v1/payments", &gus)
+            .await
+            .json()
+            .await
+            .unwrap();
+        payments["items"][0]["status"] == "refunded"
+    })
+    .await;
+    assert_eq!(order_status(&saga, &gus, &id).await, "CANCELLED");
+    saga.eventually("the stock is all back", || async {
+        let stock = saga.stock(mug).await;
+        stock["on_hand"] == 3 && stock["reserved"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_committed_openapi_documents_of_orders_and_payment_match_the_code() {
     let saga = Saga::start().await;
     for service in ["orders", "payment"] {
