@@ -111,6 +111,14 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
         .post::<_, Reservation>("/internal/inventory/reservations", &reservation, None, true)
         .await
     {
+        // A retry of an attempt that reserved and did not finish gets that attempt's
+        // reservation back, as it is: one released (it expired, or its order was cancelled)
+        // holds no stock, and a session opened on it would sell what is not held.
+        Ok(held) if held.status != "held" || held.expires_at <= Utc::now() => {
+            return Err(Problem::conflict(
+                "the stock this checkout reserved in an earlier attempt is no longer held; check out again with a new Idempotency-Key",
+            ));
+        }
         Ok(_) => {}
         Err(CallError::Status {
             status: 409, body, ..

@@ -23,8 +23,12 @@ fn duplicates_seen_by(group: &str) -> u64 {
         .sum()
 }
 
+/// Failpoints are process-wide: one test at a time sets them.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn consumers_killed_after_applying_before_xack_get_it_again_and_change_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // Entries left unacknowledged are claimed again after 300 ms instead of 30 s.
     let saga = Saga::start_with(
         platform::testing::redis_url(),
@@ -53,4 +57,42 @@ async fn consumers_killed_after_applying_before_xack_get_it_again_and_change_not
         .await;
     }
     fail::remove("consumer::after_commit_before_ack");
+}
+
+#[tokio::test]
+async fn a_retry_after_the_first_attempts_reservation_lapsed_is_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // Reservations last a second, and lapsed ones are released at once.
+    let saga = Saga::start_with(
+        platform::testing::redis_url(),
+        &[
+            ("reservation_ttl_seconds", "1"),
+            ("reservation_sweep_interval_ms", "100"),
+        ],
+    )
+    .await;
+    let (_, cal) = saga.customer();
+    let mug = saga.product(1250, 2).await;
+    saga.add_to_cart(&cal, mug, 2).await;
+    // The first attempt reserves the stock and fails before the order is written.
+    fail::cfg("orders::after_reserve_before_insert", "1*return").unwrap();
+    let first = saga.checkout(&cal, "again").await;
+    fail::remove("orders::after_reserve_before_insert");
+    assert_eq!(first.status(), 503);
+    saga.eventually("the reservation lapsed", || async {
+        saga.stock(mug).await["reserved"] == 0
+    })
+    .await;
+    // Retried with the same key, it must not open a payment session on stock nobody holds.
+    let retry = saga.checkout(&cal, "again").await;
+    let problem = platform::testing::expect_problem(retry, 409).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer held"),
+        "{problem}"
+    );
+    // A new attempt reserves again.
+    assert_eq!(saga.checkout(&cal, "anew").await.status(), 201);
 }
