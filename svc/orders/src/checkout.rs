@@ -144,7 +144,7 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
         })
         .collect();
     let mut tx = state.base.pool.begin().await?;
-    store::insert_order(
+    let created = store::insert_order(
         &mut tx,
         &NewOrder {
             id: order_id,
@@ -158,6 +158,25 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
     )
     .await?;
     tx.commit().await?;
+    fail::fail_point!("orders::after_insert_before_session", |_| Err(
+        Problem::unavailable("injected", 1)
+    ));
+    // A retry whose first attempt wrote the order goes on with the order as written: its
+    // total, not one priced again now, is what payment asks for.
+    let amount = if created {
+        Money::new(total, &currency)
+    } else {
+        let written = store::order(&state.base.pool, order_id)
+            .await?
+            .ok_or_else(|| Problem::internal("the order vanished"))?;
+        if written.status != "PENDING" {
+            return Err(Problem::conflict(format!(
+                "this checkout's order is {} and can no longer be paid; check out again with a new Idempotency-Key",
+                written.status
+            )));
+        }
+        Money::new(written.total_amount, &written.currency)
+    };
 
     let session: PaymentSession = state
         .payment
@@ -166,7 +185,7 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
             &PaymentSessionRequest {
                 order_id,
                 user_id: input.user,
-                amount: Money::new(total, &currency),
+                amount,
                 lines: stock_lines,
             },
             None,

@@ -96,3 +96,48 @@ async fn a_retry_after_the_first_attempts_reservation_lapsed_is_refused() {
     // A new attempt reserves again.
     assert_eq!(saga.checkout(&cal, "anew").await.status(), 201);
 }
+
+#[tokio::test]
+async fn a_retry_after_the_order_was_written_pays_the_total_written_not_a_new_price() {
+    use reqwest::Method;
+    use serde_json::{Value, json};
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let saga = Saga::start().await;
+    let (_, dee) = saga.customer();
+    let mug = saga.product(1250, 2).await;
+    saga.add_to_cart(&dee, mug, 2).await;
+    // The first attempt writes the order (2 × 12.50) and fails before its payment session.
+    fail::cfg("orders::after_insert_before_session", "1*return").unwrap();
+    let first = saga.checkout(&dee, "retry").await;
+    fail::remove("orders::after_insert_before_session");
+    assert_eq!(first.status(), 503);
+    // The price goes up before the customer retries.
+    let path = format!("/api/v1/products/{mug}");
+    let current = saga
+        .send("products", Method::GET, &path, &saga.manager)
+        .await;
+    let tag = current.headers()["etag"].to_str().unwrap().to_owned();
+    let changed = saga
+        .call("products", Method::PATCH, &path, &saga.manager)
+        .header("if-match", tag)
+        .json(&json!({"price": {"amount": 9900, "currency": "EUR"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let retry = saga.checkout(&dee, "retry").await;
+    assert_eq!(retry.status(), 201);
+    let placed: Value = retry.json().await.unwrap();
+    assert_eq!(placed["order"]["total"]["amount"], 2500);
+    saga.pay(&placed, "4242 4242 4242 4242").await;
+    let payments: Value = saga
+        .send("payment", Method::GET, "/api/v1/payments", &dee)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        payments["items"][0]["amount"]["amount"], 2500,
+        "charged the order's total: {payments}"
+    );
+}
