@@ -317,7 +317,11 @@ pub async fn finish_reservation(
     .await?
     .rows_affected();
     if held == 0 {
-        return Ok(false);
+        return if commit {
+            commit_lapsed(tx, order).await
+        } else {
+            Ok(false)
+        };
     }
     let lines: Vec<(Uuid, i32)> = sqlx::query_as(
         "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
@@ -342,6 +346,69 @@ pub async fn finish_reservation(
             -quantity * on_hand_factor,
             -quantity,
             reason,
+            Some(order),
+            None,
+        )
+        .await?;
+    }
+    Ok(true)
+}
+
+/// Commits the released reservation of an order paid all the same: its payment's event came
+/// after the reservation had lapsed (the consumer behind, or down) or after its order was
+/// cancelled (payment then refunds it, which restocks what is taken here). The order is paid,
+/// so its units are taken from what is available now, all lines or none. With too few left
+/// the stock was sold twice: nothing is taken, and operators are told (log and
+/// `inventory_oversold_orders_total`) to restock or refund.
+async fn commit_lapsed(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
+    let released = sqlx::query(
+        "SELECT 1 FROM reservations WHERE order_id = $1 AND status = 'released' FOR UPDATE",
+    )
+    .bind(order)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if released.is_none() {
+        return Ok(false);
+    }
+    let lines: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
+    )
+    .bind(order)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (product, quantity) in &lines {
+        let available: Option<i32> = sqlx::query_scalar(
+            "SELECT on_hand - reserved FROM stock WHERE product_id = $1 FOR UPDATE",
+        )
+        .bind(product)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if available.is_none_or(|a| a < *quantity) {
+            tracing::error!(order_id = %order, product_id = %product, quantity, available, "an order paid after its reservation was released finds too little stock: sold twice; restock or refund it");
+            metrics::counter!("inventory_oversold_orders_total").increment(1);
+            return Ok(false);
+        }
+    }
+    sqlx::query(
+        "UPDATE reservations SET status = 'committed', updated_at = now() WHERE order_id = $1",
+    )
+    .bind(order)
+    .execute(&mut *tx)
+    .await?;
+    for (product, quantity) in lines {
+        sqlx::query(
+            "UPDATE stock SET on_hand = on_hand - $2, updated_at = now() WHERE product_id = $1",
+        )
+        .bind(product)
+        .bind(quantity)
+        .execute(&mut *tx)
+        .await?;
+        record_movement(
+            tx,
+            product,
+            -quantity,
+            0,
+            "paid after its reservation was released",
             Some(order),
             None,
         )

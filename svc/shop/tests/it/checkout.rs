@@ -343,6 +343,36 @@ async fn a_payment_made_on_an_order_just_cancelled_is_refunded() {
 }
 
 #[tokio::test]
+async fn an_order_paid_after_its_reservation_lapsed_still_takes_its_stock() {
+    // Reservations last a second, and lapsed ones are released at once; the payment session
+    // lasts its 15 minutes.
+    let saga = Saga::start_with(
+        platform::testing::redis_url(),
+        &[
+            ("reservation_ttl_seconds", "1"),
+            ("reservation_sweep_interval_ms", "100"),
+        ],
+    )
+    .await;
+    let (_, hal) = saga.customer();
+    let mug = saga.product(1250, 3).await;
+    saga.add_to_cart(&hal, mug, 2).await;
+    let placed: Value = saga.checkout(&hal, "k").await.json().await.unwrap();
+    let id = placed["order"]["id"].as_str().unwrap().to_owned();
+    saga.eventually("the reservation lapsed", || async {
+        saga.stock(mug).await["reserved"] == 0
+    })
+    .await;
+    saga.pay(&placed, "4242 4242 4242 4242").await;
+    saga.wait_for_status(&hal, &id, "PAID").await;
+    saga.eventually("the paid units are taken", || async {
+        let stock = saga.stock(mug).await;
+        stock["on_hand"] == 1 && stock["reserved"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_committed_openapi_documents_of_orders_and_payment_match_the_code() {
     let saga = Saga::start().await;
     for service in ["orders", "payment"] {
