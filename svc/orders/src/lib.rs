@@ -1,6 +1,7 @@
 //! The orders service: checkout (the saga's first step), the order status machine with its
 //! history, and the payment events that move orders on.
 
+mod abandoned;
 mod api;
 pub mod checkout;
 mod events;
@@ -71,7 +72,7 @@ impl Orders {
         )
     }
 
-    /// The outbox relay and the payment-event consumer.
+    /// The outbox relay, the payment-event consumer and the abandoned-order sweeper.
     pub fn background(&self) -> Background {
         let mut tasks = self.base.background();
         let relay = self.relay.clone();
@@ -79,6 +80,10 @@ impl Orders {
         let consumer = self.consumer();
         tasks.add("payment.events consumer", move |shutdown| {
             consumer.run(shutdown)
+        });
+        let sweeper = self.clone();
+        tasks.add("abandoned orders", move |shutdown| {
+            sweeper.cancel_abandoned(shutdown)
         });
         tasks
     }

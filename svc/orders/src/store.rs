@@ -185,6 +185,24 @@ pub async fn transition(
 }
 
 /// Cancels a PENDING order and writes `OrderCancelled`.
+/// PENDING orders written longer than `age` ago and still without a payment session, oldest
+/// first; locked so that two instances do not cancel the same one.
+pub async fn abandoned_orders(
+    tx: &mut PgConnection,
+    age: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE status = 'PENDING' AND payment_url IS NULL AND created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(age.as_secs_f64())
+    .bind(limit)
+    .fetch_all(tx)
+    .await
+}
+
 pub async fn cancel(
     tx: &mut PgConnection,
     order: &OrderRow,

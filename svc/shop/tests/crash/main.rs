@@ -23,6 +23,14 @@ fn duplicates_seen_by(group: &str) -> u64 {
         .sum()
 }
 
+/// A checkout by `token` with `key` that dies at `failpoint` (503), as a killed process would.
+async fn checkout_dying_at(saga: &Saga, token: &str, key: &str, failpoint: &str) {
+    fail::cfg(failpoint, "1*return").unwrap();
+    let first = saga.checkout(token, key).await;
+    fail::remove(failpoint);
+    assert_eq!(first.status(), 503);
+}
+
 /// Failpoints are process-wide: one test at a time sets them.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -62,23 +70,12 @@ async fn consumers_killed_after_applying_before_xack_get_it_again_and_change_not
 #[tokio::test]
 async fn a_retry_after_the_first_attempts_reservation_lapsed_is_refused() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    // Reservations last a second, and lapsed ones are released at once.
-    let saga = Saga::start_with(
-        platform::testing::redis_url(),
-        &[
-            ("reservation_ttl_seconds", "1"),
-            ("reservation_sweep_interval_ms", "100"),
-        ],
-    )
-    .await;
+    let saga = Saga::with_short_reservations().await;
     let (_, cal) = saga.customer();
     let mug = saga.product(1250, 2).await;
     saga.add_to_cart(&cal, mug, 2).await;
     // The first attempt reserves the stock and fails before the order is written.
-    fail::cfg("orders::after_reserve_before_insert", "1*return").unwrap();
-    let first = saga.checkout(&cal, "again").await;
-    fail::remove("orders::after_reserve_before_insert");
-    assert_eq!(first.status(), 503);
+    checkout_dying_at(&saga, &cal, "again", "orders::after_reserve_before_insert").await;
     saga.eventually("the reservation lapsed", || async {
         saga.stock(mug).await["reserved"] == 0
     })
@@ -107,10 +104,7 @@ async fn a_retry_after_the_order_was_written_pays_the_total_written_not_a_new_pr
     let mug = saga.product(1250, 2).await;
     saga.add_to_cart(&dee, mug, 2).await;
     // The first attempt writes the order (2 × 12.50) and fails before its payment session.
-    fail::cfg("orders::after_insert_before_session", "1*return").unwrap();
-    let first = saga.checkout(&dee, "retry").await;
-    fail::remove("orders::after_insert_before_session");
-    assert_eq!(first.status(), 503);
+    checkout_dying_at(&saga, &dee, "retry", "orders::after_insert_before_session").await;
     // The price goes up before the customer retries.
     let path = format!("/api/v1/products/{mug}");
     let current = saga
@@ -140,4 +134,26 @@ async fn a_retry_after_the_order_was_written_pays_the_total_written_not_a_new_pr
         payments["items"][0]["amount"]["amount"], 2500,
         "charged the order's total: {payments}"
     );
+}
+
+#[tokio::test]
+async fn an_order_whose_checkout_never_finished_is_cancelled_once_its_reservation_lapsed() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let saga = Saga::with_short_reservations().await;
+    let (user, eve) = saga.customer();
+    let mug = saga.product(1250, 2).await;
+    saga.add_to_cart(&eve, mug, 1).await;
+    // The order is written and the checkout dies before its payment session, never retried.
+    checkout_dying_at(&saga, &eve, "left", "orders::after_insert_before_session").await;
+    let id = orders::checkout::order_id(user, "left").to_string();
+    assert_eq!(saga.order(&eve, &id).await["status"], "PENDING");
+    saga.eventually("the abandoned order is cancelled", || async {
+        saga.order(&eve, &id).await["status"] == "CANCELLED"
+    })
+    .await;
+    saga.eventually("its stock is free", || async {
+        let stock = saga.stock(mug).await;
+        stock["on_hand"] == 2 && stock["reserved"] == 0
+    })
+    .await;
 }

@@ -344,16 +344,7 @@ async fn a_payment_made_on_an_order_just_cancelled_is_refunded() {
 
 #[tokio::test]
 async fn an_order_paid_after_its_reservation_lapsed_still_takes_its_stock() {
-    // Reservations last a second, and lapsed ones are released at once; the payment session
-    // lasts its 15 minutes.
-    let saga = Saga::start_with(
-        platform::testing::redis_url(),
-        &[
-            ("reservation_ttl_seconds", "1"),
-            ("reservation_sweep_interval_ms", "100"),
-        ],
-    )
-    .await;
+    let saga = Saga::with_short_reservations().await;
     let (_, hal) = saga.customer();
     let mug = saga.product(1250, 3).await;
     saga.add_to_cart(&hal, mug, 2).await;

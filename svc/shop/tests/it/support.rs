@@ -85,6 +85,19 @@ impl Saga {
     }
 
     /// A saga with `overrides` of every service's settings.
+    /// A saga whose stock reservations last a second, lapsed ones released at once (payment
+    /// sessions keep their 15 minutes).
+    pub async fn with_short_reservations() -> Self {
+        Self::start_with(
+            platform::testing::redis_url(),
+            &[
+                ("reservation_ttl_seconds", "1"),
+                ("reservation_sweep_interval_ms", "100"),
+            ],
+        )
+        .await
+    }
+
     pub async fn start_with(redis_url: String, overrides: &[(&str, &str)]) -> Self {
         let turn = RUNNING
             .acquire()
