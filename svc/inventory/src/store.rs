@@ -215,12 +215,7 @@ pub async fn reservation(
     else {
         return Ok(None);
     };
-    let lines: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
-    )
-    .bind(order)
-    .fetch_all(&mut *db)
-    .await?;
+    let lines = reservation_lines(db, order).await?;
     Ok(Some((
         row,
         lines
@@ -323,35 +318,60 @@ pub async fn finish_reservation(
             Ok(false)
         };
     }
-    let lines: Vec<(Uuid, i32)> = sqlx::query_as(
+    let lines = reservation_lines(tx, order).await?;
+    let on_hand = if commit { -1 } else { 0 };
+    move_stock(tx, order, &lines, on_hand, -1, reason).await?;
+    Ok(true)
+}
+
+/// The lines of `order`'s reservation, by product.
+async fn reservation_lines(
+    db: &mut PgConnection,
+    order: Uuid,
+) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order)
-    .fetch_all(&mut *tx)
-    .await?;
-    let on_hand_factor = if commit { 1 } else { 0 };
-    for (product, quantity) in lines {
+    .fetch_all(db)
+    .await
+}
+
+/// Moves each of `order`'s `lines` in stock: its on-hand and reserved counts change by the
+/// line's quantity times `on_hand` and `reserved` (each -1, 0 or 1), recorded as a movement
+/// with `reason`.
+async fn move_stock(
+    tx: &mut PgConnection,
+    order: Uuid,
+    lines: &[(Uuid, i32)],
+    on_hand: i32,
+    reserved: i32,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    for &(product, quantity) in lines {
         sqlx::query(
-            "UPDATE stock SET reserved = reserved - $2, on_hand = on_hand - $2 * $3, updated_at = now()
+            "UPDATE stock SET on_hand = on_hand + $2 * $3, reserved = reserved + $2 * $4,
+                 updated_at = now()
              WHERE product_id = $1",
         )
         .bind(product)
         .bind(quantity)
-        .bind(on_hand_factor)
+        .bind(on_hand)
+        .bind(reserved)
         .execute(&mut *tx)
         .await?;
         record_movement(
             tx,
             product,
-            -quantity * on_hand_factor,
-            -quantity,
+            quantity * on_hand,
+            quantity * reserved,
             reason,
             Some(order),
             None,
         )
         .await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Commits the released reservation of an order paid all the same: its payment's event came
@@ -370,12 +390,7 @@ async fn commit_lapsed(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx:
     if released.is_none() {
         return Ok(false);
     }
-    let lines: Vec<(Uuid, i32)> = sqlx::query_as(
-        "SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id",
-    )
-    .bind(order)
-    .fetch_all(&mut *tx)
-    .await?;
+    let lines = reservation_lines(tx, order).await?;
     for (product, quantity) in &lines {
         let available: Option<i32> = sqlx::query_scalar(
             "SELECT on_hand - reserved FROM stock WHERE product_id = $1 FOR UPDATE",
@@ -395,25 +410,15 @@ async fn commit_lapsed(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx:
     .bind(order)
     .execute(&mut *tx)
     .await?;
-    for (product, quantity) in lines {
-        sqlx::query(
-            "UPDATE stock SET on_hand = on_hand - $2, updated_at = now() WHERE product_id = $1",
-        )
-        .bind(product)
-        .bind(quantity)
-        .execute(&mut *tx)
-        .await?;
-        record_movement(
-            tx,
-            product,
-            -quantity,
-            0,
-            "paid after its reservation was released",
-            Some(order),
-            None,
-        )
-        .await?;
-    }
+    move_stock(
+        tx,
+        order,
+        &lines,
+        -1,
+        0,
+        "paid after its reservation was released",
+    )
+    .await?;
     Ok(true)
 }
 
@@ -445,29 +450,7 @@ pub async fn restock(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::E
     if moved == 0 {
         return Ok(false);
     }
-    let lines: Vec<(Uuid, i32)> =
-        sqlx::query_as("SELECT product_id, quantity FROM reservation_lines WHERE order_id = $1 ORDER BY product_id")
-            .bind(order)
-            .fetch_all(&mut *tx)
-            .await?;
-    for (product, quantity) in lines {
-        sqlx::query(
-            "UPDATE stock SET on_hand = on_hand + $2, updated_at = now() WHERE product_id = $1",
-        )
-        .bind(product)
-        .bind(quantity)
-        .execute(&mut *tx)
-        .await?;
-        record_movement(
-            tx,
-            product,
-            quantity,
-            0,
-            "refund restock",
-            Some(order),
-            None,
-        )
-        .await?;
-    }
+    let lines = reservation_lines(tx, order).await?;
+    move_stock(tx, order, &lines, 1, 0, "refund restock").await?;
     Ok(true)
 }
