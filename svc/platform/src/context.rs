@@ -2,8 +2,7 @@
 //! the conversion of every error into problem+json inside the request's scope (so the
 //! problem's `instance` is the request id).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
@@ -117,7 +116,7 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                 }
                 // An empty body (most requests) has no limit to go over.
                 let refusal = (!body.is_empty()).then(|| {
-                    let refusal = Arc::new(BodyRefusal::default());
+                    let refusal = Arc::new(OnceLock::new());
                     req.set_body(capped_body(body, max, refusal.clone()));
                     refusal
                 });
@@ -132,17 +131,13 @@ impl<E: Endpoint> Endpoint for RequestContextEndpoint<E> {
                         resp
                     }
                 };
-                let refused = refusal.map_or(Refused::No, |r| r.get());
-                if refused != Refused::No {
+                if let Some(refused) = refusal.and_then(|r| r.get().copied()) {
                     // The handler saw its body fail as it read it, and answered that; the
                     // caller needs to hear why.
                     let operation = resp.data::<OperationId>().copied();
                     resp = match refused {
-                        Refused::TooSlow => Problem::request_timeout(format!(
-                            "the request body did not all arrive within {} s",
-                            BODY_TIME_LIMIT.as_secs()
-                        )),
-                        _ => Problem::body_too_large(max),
+                        Refused::TooLarge => Problem::body_too_large(max),
+                        Refused::TooSlow => body_too_slow(),
                     }
                     .into_response();
                     if let Some(op) = operation {
@@ -255,45 +250,33 @@ fn new_request_id() -> RequestId {
 const BODY_TIME_LIMIT: Duration = crate::runtime::CLIENT_IDLE_LIMIT;
 
 /// Why a request's body was refused as the handler read it.
-#[derive(Clone, Copy, PartialEq)]
-#[repr(u8)]
+#[derive(Clone, Copy)]
 enum Refused {
-    No = 0,
-    TooLarge = 1,
-    TooSlow = 2,
+    TooLarge,
+    TooSlow,
 }
 
-/// What a request's body tells once its handler has answered: whether it was refused, and why.
-#[derive(Default)]
-struct BodyRefusal(AtomicU8);
-
-impl BodyRefusal {
-    fn set(&self, why: Refused) {
-        self.0.store(why as u8, Ordering::Relaxed);
-    }
-
-    fn get(&self) -> Refused {
-        match self.0.load(Ordering::Relaxed) {
-            1 => Refused::TooLarge,
-            2 => Refused::TooSlow,
-            _ => Refused::No,
-        }
-    }
+/// 408 for a request whose body has not all come within `BODY_TIME_LIMIT`.
+fn body_too_slow() -> Problem {
+    Problem::request_timeout(format!(
+        "the request body did not all arrive within {} s",
+        BODY_TIME_LIMIT.as_secs()
+    ))
 }
 
 /// The request body, failing once it has produced more than `max` bytes (for chunked
 /// uploads that declare no length), with the rest then discarded, or once it has taken longer
-/// than `BODY_TIME_LIMIT` to arrive; `refusal` tells which.
-fn capped_body(body: Body, max: usize, refusal: Arc<BodyRefusal>) -> Body {
+/// than `BODY_TIME_LIMIT` to arrive; `refusal` tells which, the first time.
+fn capped_body(body: Body, max: usize, refusal: Arc<OnceLock<Refused>>) -> Body {
     let timed = BodyWithDeadline::new(BoxBody::from(body), BODY_TIME_LIMIT);
     let capped = CappedBody::new(timed, max).map_err(move |e| match e {
         CappedBodyError::TooLarge(max) => {
-            refusal.set(Refused::TooLarge);
+            let _ = refusal.set(Refused::TooLarge);
             std::io::Error::other(Problem::body_too_large(max).detail)
         }
-        CappedBodyError::Inner(late @ LateBodyError::Late(_)) => {
-            refusal.set(Refused::TooSlow);
-            std::io::Error::other(late.to_string())
+        CappedBodyError::Inner(LateBodyError::Late(_)) => {
+            let _ = refusal.set(Refused::TooSlow);
+            std::io::Error::other(body_too_slow().detail)
         }
         CappedBodyError::Inner(LateBodyError::Inner(e)) => e,
     });
