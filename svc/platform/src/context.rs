@@ -232,7 +232,7 @@ pub fn declared_body_too_large(headers: &poem::http::HeaderMap, max: usize) -> O
 
 /// A time-ordered id (UUIDv7) whose random part comes from the thread-local generator:
 /// `Uuid::now_v7` asks the kernel for randomness on every call, a system call per request.
-fn new_request_id() -> RequestId {
+pub(crate) fn new_request_id() -> RequestId {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

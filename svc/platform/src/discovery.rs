@@ -198,3 +198,38 @@ impl Discovery for LocalDiscovery {
         }
     }
 }
+
+/// A registry of no use, for tests of what the servers do when discovery fails them: it
+/// answers no call (`Hangs`), or refuses every one (`Refuses`).
+#[cfg(test)]
+pub(crate) enum BrokenRegistry {
+    Hangs,
+    Refuses,
+}
+
+#[cfg(test)]
+impl BrokenRegistry {
+    async fn fail<T>(&self) -> Result<T, DiscoveryError> {
+        match self {
+            Self::Hangs => std::future::pending().await,
+            Self::Refuses => Err(DiscoveryError::Refused("this registry refuses".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+#[async_trait]
+impl Discovery for BrokenRegistry {
+    async fn register(&self, _: &Registration) -> Result<(), DiscoveryError> {
+        self.fail().await
+    }
+    async fn deregister(&self, _: &str) -> Result<(), DiscoveryError> {
+        self.fail().await
+    }
+    async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
+        self.fail().await
+    }
+    async fn watch(&self, _: &str, _: u64, _: Duration) -> Result<Resolved, DiscoveryError> {
+        self.fail().await
+    }
+}

@@ -341,7 +341,7 @@ pub(crate) async fn serve_connections_with(
             if let Err(e) = ended {
                 if unparsable_heads::is_parse_error(&*e) {
                     // Its answer goes out as the connection is dropped, just below.
-                    let request_id = crate::context::request_id_of(&poem::http::HeaderMap::new());
+                    let request_id = crate::context::new_request_id();
                     tracing::info!(target: "access", client = %remote_addr, request_id = %request_id, error = %e, "request head could not be parsed");
                     let _ = ended_by_parse_error.set(request_id);
                 } else {
@@ -658,29 +658,8 @@ pub async fn run_serving_until_signal(
 
 #[cfg(test)]
 mod tests {
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::discovery::{Instance, Resolved};
-
-    /// A registry that takes every call and answers none.
-    struct Unanswering;
-
-    #[async_trait]
-    impl Discovery for Unanswering {
-        async fn register(&self, _: &Registration) -> Result<(), DiscoveryError> {
-            std::future::pending().await
-        }
-        async fn deregister(&self, _: &str) -> Result<(), DiscoveryError> {
-            std::future::pending().await
-        }
-        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
-            std::future::pending().await
-        }
-        async fn watch(&self, _: &str, _: u64, _: Duration) -> Result<Resolved, DiscoveryError> {
-            std::future::pending().await
-        }
-    }
+    use crate::discovery::BrokenRegistry;
 
     #[tokio::test]
     async fn once_stopped_new_connections_are_refused_while_those_in_flight_are_answered() {
@@ -730,7 +709,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let stop = CancellationToken::new();
         let stopping = stop_when_told(
-            Arc::new(Unanswering),
+            Arc::new(BrokenRegistry::Hangs),
             "instance".to_owned(),
             shutdown.clone().into(),
             stop.clone(),

@@ -357,17 +357,13 @@ mod tests {
                 status_line.replace("HTTP/1.1", "HTTP/1.0")
             );
             assert_eq!(hypers_answer_in(old.as_bytes()), Some((0, which)));
-            let problem = as_problem(old.as_bytes(), 0, which, &a_request_id());
+            let problem = as_problem(old.as_bytes(), 0, which, &crate::context::new_request_id());
             assert!(problem.starts_with(&old.as_bytes()[..status_line.len()]));
             let mut after = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
             let start = after.len();
             after.extend_from_slice(&hypers(status_line));
             assert_eq!(hypers_answer_in(&after), Some((start, which)));
         }
-    }
-
-    fn a_request_id() -> RequestId {
-        crate::context::request_id_of(&poem::http::HeaderMap::new())
     }
 
     #[test]
@@ -395,7 +391,7 @@ mod tests {
         let mut written = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
         let start = written.len();
         written.extend_from_slice(&hypers("HTTP/1.1 431 Request Header Fields Too Large"));
-        let answer = as_problem(&written, start, 1, &a_request_id());
+        let answer = as_problem(&written, start, 1, &crate::context::new_request_id());
         let text = String::from_utf8(answer).unwrap();
         let (before, problem) = text.split_at(start);
         assert_eq!(before, "HTTP/1.1 204 No Content\r\n\r\n");

@@ -110,38 +110,9 @@ fn reuse_port_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
 
 #[cfg(test)]
 mod tests {
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::discovery::{DiscoveryError, Instance, Resolved};
+    use crate::discovery::BrokenRegistry;
     use crate::runtime::PoemHandler;
-
-    /// A registry that refuses to register anyone.
-    struct Refusing;
-
-    #[async_trait]
-    impl Discovery for Refusing {
-        async fn register(&self, _: &Registration) -> Result<(), DiscoveryError> {
-            Err(DiscoveryError::Refused("no".into()))
-        }
-        async fn deregister(&self, _: &str) -> Result<(), DiscoveryError> {
-            Ok(())
-        }
-        async fn resolve(&self, _: &str) -> Result<Vec<Instance>, DiscoveryError> {
-            Ok(Vec::new())
-        }
-        async fn watch(
-            &self,
-            _: &str,
-            _: u64,
-            _: std::time::Duration,
-        ) -> Result<Resolved, DiscoveryError> {
-            Ok(Resolved {
-                index: 1,
-                instances: Vec::new(),
-            })
-        }
-    }
 
     #[tokio::test]
     async fn workers_started_for_an_instance_discovery_refuses_stop_again() {
@@ -157,7 +128,7 @@ mod tests {
             || PoemHandler::new(poem::endpoint::make_sync(|_| "ok")),
             &bind,
             "127.0.0.1",
-            Arc::new(Refusing),
+            Arc::new(BrokenRegistry::Refuses),
             CancellationToken::new(),
         )
         .await;
