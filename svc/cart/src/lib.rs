@@ -84,17 +84,15 @@ impl Cart {
     }
 
     async fn sweep(self, shutdown: CancellationToken) {
-        loop {
-            match self.remove_idle_carts().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "idle carts removed"),
-                Err(err) => tracing::warn!(error = %err, "idle cart sweep failed"),
+        let interval = self.config.sweep_interval;
+        platform::periodic::every(interval, &shutdown, "idle cart sweep failed", || async {
+            let removed = self.remove_idle_carts().await?;
+            if removed > 0 {
+                tracing::info!(removed, "idle carts removed");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.sweep_interval) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+            Ok::<_, sqlx::Error>(())
+        })
+        .await;
     }
 }
 

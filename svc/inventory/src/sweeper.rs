@@ -32,14 +32,8 @@ impl Sweeper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            if let Err(err) = self.sweep_once().await {
-                tracing::warn!(error = %err, "reservation sweep failed; retrying next round");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.state.config.sweep_interval) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        let interval = self.state.config.sweep_interval;
+        let failed = "reservation sweep failed; retrying next round";
+        platform::periodic::every(interval, &shutdown, failed, || self.sweep_once()).await;
     }
 }

@@ -126,15 +126,8 @@ impl Sender {
 
     /// Sends due messages until cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            if let Err(err) = self.send_due().await {
-                tracing::warn!(error = %err, "sending notifications failed; retrying next round");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        let failed = "sending notifications failed; retrying next round";
+        platform::periodic::every(self.poll, &shutdown, failed, || self.send_due()).await;
     }
 }
 

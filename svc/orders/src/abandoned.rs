@@ -37,14 +37,7 @@ impl Orders {
     /// minute) until `shutdown`.
     pub async fn cancel_abandoned(self, shutdown: CancellationToken) {
         let every = (self.config.reservation_ttl / 4).min(std::time::Duration::from_secs(60));
-        loop {
-            if let Err(err) = self.cancel_abandoned_once().await {
-                tracing::warn!(error = %err, "looking for abandoned orders failed; retrying next round");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        let failed = "looking for abandoned orders failed; retrying next round";
+        platform::periodic::every(every, &shutdown, failed, || self.cancel_abandoned_once()).await;
     }
 }

@@ -85,15 +85,9 @@ impl Payment {
     }
 
     async fn sweep(self, shutdown: CancellationToken) {
-        loop {
-            if let Err(err) = self.expire_sessions().await {
-                tracing::warn!(error = %err, "session expiry sweep failed");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.sweep_interval) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
+        let interval = self.config.sweep_interval;
+        let failed = "session expiry sweep failed";
+        platform::periodic::every(interval, &shutdown, failed, || self.expire_sessions()).await;
     }
 
     /// The consumer of `orders.events` (a cancelled order's session closes).

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod periodic;
 pub mod problem;
 pub mod redis;
 pub mod runtime;
