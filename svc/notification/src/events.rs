@@ -110,7 +110,7 @@ pub struct Notifier {
 impl Notifier {
     /// Keeps the contact of `user_id` as users knows it now; nothing when users has no such
     /// (active) account. When users cannot say: the contact already kept (`kept`) serves, and
-    /// without one, an error (the event is retried later).
+    /// without one, the event waits (it is retried until users answers).
     async fn look_up(&self, db: &PgPool, user_id: Uuid, kept: bool) -> Result<(), HandlerError> {
         let path = format!("/internal/users/{user_id}/contact");
         match self.users.get::<UserContact>(&path, None).await {
@@ -129,7 +129,7 @@ impl Notifier {
                 tracing::warn!(user_id = %user_id, error = %err, "users cannot be asked for a current contact; the one kept serves");
                 Ok(())
             }
-            Err(err) => Err(HandlerError::Failed(format!(
+            Err(err) => Err(HandlerError::Unavailable(format!(
                 "no contact yet for user {user_id} and users cannot be asked: {err}"
             ))),
         }

@@ -37,14 +37,50 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Failed(String),
+    /// Something the event needs is out of reach for now (another service, say): the entry
+    /// is retried for as long as that lasts, and is never dead-lettered for it.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl HandlerError {
+    /// Whether the failure says nothing about the event: it would succeed once the database
+    /// or the service it waits for is back.
+    fn is_transient(&self) -> bool {
+        match self {
+            HandlerError::Database(e) => is_transient(e),
+            HandlerError::Unavailable(_) => true,
+            HandlerError::Failed(_) => false,
+        }
+    }
+}
+
+/// Whether a database error is the database's state rather than the statement's: no
+/// connection, an overloaded or restarting server, a transaction that lost a race.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE classes 08 (connection), 53 (insufficient resources), 57P (shutdown,
+        // crash, cannot connect now); 40001 and 40P01 (serialization failure, deadlock).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error(transparent)]
     Redis(#[from] RedisError),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
 }
 
 impl From<redis::RedisError> for ConsumerError {
@@ -83,6 +119,11 @@ impl ConsumerConfig {
     }
 }
 
+/// How long reading pauses after an entry was deferred, doubling while entries keep being
+/// deferred, up to the maximum.
+const PAUSE_AFTER_DEFERRAL: Duration = Duration::from_millis(100);
+const MAX_PAUSE_AFTER_DEFERRAL: Duration = Duration::from_secs(5);
+
 /// The dead-letter stream of a stream.
 pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}.dead")
@@ -99,7 +140,11 @@ enum Outcome {
     Applied,
     Duplicate,
     DeadLettered,
+    /// The handler failed: retried when next claimed, a delivery counted against it.
     Failed,
+    /// The database or a service the handler needs was out of reach: retried when next
+    /// claimed, with its delivery not counted.
+    Deferred,
 }
 
 impl Consumer {
@@ -176,16 +221,27 @@ impl Consumer {
         // never acknowledged.
         self.drain_pending(&mut conn).await?;
         let mut last_claim = tokio::time::Instant::now();
+        let mut pause = PAUSE_AFTER_DEFERRAL;
         while !shutdown.is_cancelled() {
             if last_claim.elapsed() >= self.config.claim_idle / 2 {
                 self.claim_idle(&mut conn).await?;
                 last_claim = tokio::time::Instant::now();
             }
             let reply = self.read(&mut conn, ">", Some(self.config.block)).await?;
+            let mut deferred = false;
             for key in reply.keys {
                 for entry in key.ids {
-                    self.process(&mut conn, &key.key, &entry, false).await?;
+                    let outcome = self.process(&mut conn, &key.key, &entry, false).await?;
+                    deferred |= matches!(outcome, Outcome::Deferred);
                 }
+            }
+            // While the database (or a service the handler needs) is out of reach, every entry
+            // would be read only to be deferred: reading slows down until one goes through.
+            if deferred {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE_AFTER_DEFERRAL);
+            } else {
+                pause = PAUSE_AFTER_DEFERRAL;
             }
         }
         Ok(())
@@ -303,6 +359,29 @@ impl Consumer {
         Ok(reply.ids.first().map(|p| p.times_delivered).unwrap_or(0))
     }
 
+    /// Sets an entry's delivery count, which also makes it idle from now: claimed again (and
+    /// so retried) once `claim_idle` has passed.
+    async fn set_deliveries(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        id: &str,
+        deliveries: usize,
+    ) -> Result<(), ConsumerError> {
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(key)
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("RETRYCOUNT")
+            .arg(deliveries)
+            .arg("JUSTID")
+            .query_async(conn)
+            .await?;
+        Ok(())
+    }
+
     async fn ack(
         &self,
         conn: &mut MultiplexedConnection,
@@ -353,16 +432,17 @@ impl Consumer {
         key: &str,
         entry: &StreamId,
         redelivered: bool,
-    ) -> Result<(), ConsumerError> {
+    ) -> Result<Outcome, ConsumerError> {
         let outcome = self.process_entry(conn, key, entry, redelivered).await?;
         let label = match outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Failed => "failed",
+            Outcome::Deferred => "deferred",
         };
         metrics::counter!("stream_entries_total", "group" => self.config.group.clone(), "outcome" => label).increment(1);
-        Ok(())
+        Ok(outcome)
     }
 
     async fn process_entry(
@@ -372,8 +452,12 @@ impl Consumer {
         entry: &StreamId,
         redelivered: bool,
     ) -> Result<Outcome, ConsumerError> {
-        if redelivered && self.deliveries(conn, key, &entry.id).await? > self.config.max_deliveries
-        {
+        let deliveries = if redelivered {
+            self.deliveries(conn, key, &entry.id).await?
+        } else {
+            1
+        };
+        if deliveries > self.config.max_deliveries {
             self.dead_letter(conn, key, entry, "delivered too many times")
                 .await?;
             return Ok(Outcome::DeadLettered);
@@ -403,10 +487,34 @@ impl Consumer {
                 return Ok(Outcome::DeadLettered);
             }
         };
-        if let Err(err) = self.handler.prepare(&self.pool, &envelope).await {
-            tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "preparing the event failed; the entry will be retried");
-            return Ok(Outcome::Failed);
+        let applied = match self.handler.prepare(&self.pool, &envelope).await {
+            Ok(()) => self.apply(&envelope).await,
+            Err(err) => Err(err),
+        };
+        match applied {
+            Ok(outcome) => {
+                fail::fail_point!("consumer::after_commit_before_ack", |_| Ok(Outcome::Failed));
+                self.ack(conn, key, &entry.id).await?;
+                Ok(outcome)
+            }
+            Err(err) if err.is_transient() => {
+                tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "the event cannot be handled for now; the entry will be retried");
+                // Redelivery counts this delivery; set back, it counts only the handler's own
+                // failures (and crashes): an outage of any length dead-letters nothing.
+                self.set_deliveries(conn, key, &entry.id, deliveries - 1)
+                    .await?;
+                Ok(Outcome::Deferred)
+            }
+            Err(err) => {
+                tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "handling the event failed; the entry will be retried");
+                Ok(Outcome::Failed)
+            }
         }
+    }
+
+    /// Runs the handler in a transaction that also records the event as processed; a
+    /// duplicate changes nothing.
+    async fn apply(&self, envelope: &Envelope) -> Result<Outcome, HandlerError> {
         let mut tx = self.pool.begin().await?;
         let fresh = sqlx::query(
             "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3)
@@ -420,20 +528,15 @@ impl Consumer {
         .rows_affected()
             == 1;
         let outcome = if fresh {
-            match self.handler.handle(&mut tx, &envelope).await {
-                Ok(()) => Outcome::Applied,
-                Err(err) => {
-                    tx.rollback().await.ok();
-                    tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "handler failed; the entry will be retried");
-                    return Ok(Outcome::Failed);
-                }
+            if let Err(err) = self.handler.handle(&mut tx, envelope).await {
+                tx.rollback().await.ok();
+                return Err(err);
             }
+            Outcome::Applied
         } else {
             Outcome::Duplicate
         };
         tx.commit().await?;
-        fail::fail_point!("consumer::after_commit_before_ack", |_| Ok(Outcome::Failed));
-        self.ack(conn, key, &entry.id).await?;
         Ok(outcome)
     }
 }

@@ -92,6 +92,17 @@ async fn enqueue(pool: &PgPool, n: usize) -> Envelope {
     env
 }
 
+/// Enqueues `count` events and relays them to the stream.
+async fn publish(f: &Fixture, count: usize) {
+    for n in 0..count {
+        enqueue(&f.pool, n).await;
+    }
+    OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users")
+        .relay_once()
+        .await
+        .unwrap();
+}
+
 fn consumer(f: &Fixture, group: &str, handler: Arc<dyn EventHandler>) -> Consumer {
     let mut config = ConsumerConfig::new(group, &[contracts::events::streams::USERS]);
     config.claim_idle = Duration::ZERO;
@@ -187,11 +198,7 @@ async fn a_relay_crash_after_xadd_still_applies_each_event_once_per_consumer() {
 async fn a_consumer_crash_after_commit_before_ack_is_redelivered_without_effect() {
     let _turn = FAILPOINTS.lock().await;
     let f = fixture().await;
-    enqueue(&f.pool, 1).await;
-    OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users")
-        .relay_once()
-        .await
-        .unwrap();
+    publish(&f, 1).await;
 
     let first = consumer(&f, "orders", Arc::new(RecordEffect("orders".into())));
     fail::cfg("consumer::after_commit_before_ack", "return").unwrap();
@@ -223,11 +230,7 @@ async fn a_consumer_crash_after_commit_before_ack_is_redelivered_without_effect(
 async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream() {
     let _turn = FAILPOINTS.lock().await;
     let f = fixture().await;
-    enqueue(&f.pool, 1).await;
-    OutboxRelay::new(f.pool.clone(), f.redis.clone(), "users")
-        .relay_once()
-        .await
-        .unwrap();
+    publish(&f, 1).await;
     let c = consumer(&f, "poisoned", Arc::new(AlwaysFails));
     for _ in 0..4 {
         c.run_until_idle().await.unwrap();
@@ -243,6 +246,100 @@ async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream() {
         rendered.contains("stream_dead_letters_total"),
         "dead letters are counted"
     );
+}
+
+/// Says the service it needs is out of reach `for_attempts` times, then records the effect.
+struct OutOfReachAtFirst {
+    attempts: std::sync::atomic::AtomicUsize,
+    for_attempts: usize,
+}
+
+#[async_trait]
+impl EventHandler for OutOfReachAtFirst {
+    async fn prepare(&self, _: &PgPool, _: &Envelope) -> Result<(), HandlerError> {
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if attempt < self.for_attempts {
+            return Err(HandlerError::Unavailable("users is down".into()));
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        RecordEffect("waited".into()).handle(tx, event).await
+    }
+}
+
+#[tokio::test]
+async fn an_entry_waiting_out_an_outage_is_retried_past_max_deliveries_and_applied_once() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    publish(&f, 1).await;
+    let handler = Arc::new(OutOfReachAtFirst {
+        attempts: Default::default(),
+        for_attempts: 6,
+    });
+    // max_deliveries is 2: six deferrals in a row would have dead-lettered it, were they
+    // counted.
+    let c = consumer(&f, "waited", handler.clone());
+    for _ in 0..20 {
+        c.run_until_idle().await.unwrap();
+        if effects(&f.pool, "waited").await > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        handler.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        7
+    );
+    assert_eq!(effects(&f.pool, "waited").await, 1);
+    assert_eq!(pending(&f.redis, "waited").await, 0, "it was acknowledged");
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
+}
+
+#[tokio::test]
+async fn a_database_out_of_reach_defers_entries_and_dead_letters_none() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    publish(&f, 3).await;
+    // A port nothing listens on: every connection is refused, as while Postgres restarts.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy(&format!(
+            "postgres://micromart@127.0.0.1:{closed_port}/none"
+        ))
+        .unwrap();
+    let mut config = ConsumerConfig::new("outage", &[contracts::events::streams::USERS]);
+    config.claim_idle = Duration::ZERO;
+    config.max_deliveries = 2;
+    let cut_off = Consumer::new(
+        unreachable,
+        f.redis.clone(),
+        config.clone(),
+        Arc::new(RecordEffect("outage".into())),
+    );
+    for _ in 0..3 {
+        cut_off.run_until_idle().await.unwrap();
+    }
+    assert_eq!(pending(&f.redis, "outage").await, 3, "all three still wait");
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
+    // The database is back: the same consumer, now with a pool that reaches it.
+    let back = Consumer::new(
+        f.pool.clone(),
+        f.redis.clone(),
+        config,
+        Arc::new(RecordEffect("outage".into())),
+    );
+    back.run_until_idle().await.unwrap();
+    assert_eq!(effects(&f.pool, "outage").await, 3);
+    assert_eq!(pending(&f.redis, "outage").await, 0);
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
 }
 
 #[tokio::test]
