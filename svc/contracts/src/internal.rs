@@ -70,7 +70,8 @@ pub struct Reservation {
     pub order_id: Uuid,
     pub lines: Vec<StockLine>,
     pub expires_at: DateTime<Utc>,
-    /// held, committed or released.
+    /// held, committed, released, restocked (committed, then refunded) or refunded (released,
+    /// then refunded).
     pub status: String,
 }
 

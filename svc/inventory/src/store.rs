@@ -438,8 +438,22 @@ pub async fn expired_reservations(
 }
 
 /// Puts a refunded order's goods back on hand, once: the reservation moves from committed to
-/// restocked.
+/// restocked. The refund's event may come before its payment's (that one failed once and
+/// waits for a retry): a reservation still held is committed first, as the payment's event
+/// would have; a released one (lapsed or cancelled, its late payment not yet seen or finding
+/// too little stock) becomes refunded, which a late payment's event no longer takes stock for.
 pub async fn restock(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
+    let refunded_unpaid = sqlx::query(
+        "UPDATE reservations SET status = 'refunded', updated_at = now() WHERE order_id = $1 AND status = 'released'",
+    )
+    .bind(order)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if refunded_unpaid > 0 {
+        return Ok(false);
+    }
+    finish_reservation(tx, order, true, "paid (its refund told first)").await?;
     let moved = sqlx::query(
         "UPDATE reservations SET status = 'restocked', updated_at = now() WHERE order_id = $1 AND status = 'committed'",
     )

@@ -43,9 +43,21 @@ impl EventHandler for PaymentEvents {
             )
             .await?;
         } else if let Some(e) = payload::<PaymentRefunded>(event) {
+            let order = e?.order_id;
+            // Only a succeeded payment is refunded, but its event may come second (it failed
+            // once and waits for a retry): the order is paid as of now, and the payment's
+            // event, when it comes, finds it moved on.
             store::transition(
                 tx,
-                e?.order_id,
+                order,
+                &["PENDING"],
+                "PAID",
+                "payment succeeded (its refund told first)",
+            )
+            .await?;
+            store::transition(
+                tx,
+                order,
                 &["PAID", "SHIPPED", "DELIVERED"],
                 "REFUNDED",
                 "payment refunded",

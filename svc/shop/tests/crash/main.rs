@@ -124,12 +124,7 @@ async fn a_retry_after_the_order_was_written_pays_the_total_written_not_a_new_pr
     let placed: Value = retry.json().await.unwrap();
     assert_eq!(placed["order"]["total"]["amount"], 2500);
     saga.pay(&placed, "4242 4242 4242 4242").await;
-    let payments: Value = saga
-        .send("payment", Method::GET, "/api/v1/payments", &dee)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let payments = saga.payments(&dee).await;
     assert_eq!(
         payments["items"][0]["amount"]["amount"], 2500,
         "charged the order's total: {payments}"

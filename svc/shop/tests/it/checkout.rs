@@ -70,12 +70,7 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
             .await,
         410
     );
-    let payments: Value = saga
-        .send("payment", Method::GET, "/api/v1/payments", &alice)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let payments = saga.payments(&alice).await;
     assert_eq!(payments["items"].as_array().unwrap().len(), 1);
     assert_eq!(payments["items"][0]["card_last4"], "4242");
     expect_problem(
@@ -325,12 +320,7 @@ async fn a_payment_made_on_an_order_just_cancelled_is_refunded() {
     saga.pay(&placed, "4242 4242 4242 4242").await;
     saga.restart_tasks("payment");
     saga.eventually("the payment is refunded", || async {
-        let payments: Value = saga
-            .send("payment", Method::GET, "/api/v1/payments", &gus)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let payments = saga.payments(&gus).await;
         payments["items"][0]["status"] == "refunded"
     })
     .await;
@@ -361,6 +351,72 @@ async fn an_order_paid_after_its_reservation_lapsed_still_takes_its_stock() {
         stock["on_hand"] == 1 && stock["reserved"] == 0
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_refund_whose_event_overtakes_its_payment_event_still_refunds_and_restocks() {
+    // Entries an instance took and then died with are claimed once idle this long.
+    let saga = Saga::start_with(
+        platform::testing::redis_url(),
+        &[("stream_claim_idle_ms", "500")],
+    )
+    .await;
+    let (_, hal) = saga.customer();
+    let admin = saga.admin();
+    let mug = saga.product(1250, 5).await;
+    saga.add_to_cart(&hal, mug, 2).await;
+    let placed: Value = saga.checkout(&hal, "k").await.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    saga.kill_tasks("orders");
+    saga.kill_tasks("inventory");
+    saga.pay(&placed, "4242424242424242").await;
+    let payments = saga.payments(&hal).await;
+    let refund = format!(
+        "/api/v1/payments/{}/refund",
+        payments["items"][0]["id"].as_str().unwrap()
+    );
+    let refunded = saga
+        .call("payment", Method::POST, &refund, &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refunded.status(), 200);
+    let stream = "payment.events";
+    saga.eventually("both payment events are published", || async {
+        saga.stream_length(stream).await >= 2
+    })
+    .await;
+    // An instance of orders and one of inventory each took the payment's event and died
+    // before handling it: the refund's comes to the restarted ones first.
+    saga.take_and_drop_next_event("orders", stream).await;
+    saga.take_and_drop_next_event("inventory", stream).await;
+    saga.restart_tasks("orders");
+    saga.restart_tasks("inventory");
+    saga.wait_for_status(&hal, &order_id, "REFUNDED").await;
+    saga.eventually("the refunded units are back on hand", || async {
+        let stock = saga.stock(mug).await;
+        stock["on_hand"] == 5 && stock["reserved"] == 0
+    })
+    .await;
+    assert_eq!(
+        saga.history(&hal, &order_id).await,
+        ["PENDING", "PAID", "REFUNDED"]
+    );
+    saga.eventually(
+        "the dead instances' entries are claimed and handled",
+        || async {
+            saga.pending_entries("orders", stream).await == 0
+                && saga.pending_entries("inventory", stream).await == 0
+        },
+    )
+    .await;
+    // The payment's own event, handled last, changed nothing.
+    assert_eq!(order_status(&saga, &hal, &order_id).await, "REFUNDED");
+    let stock = saga.stock(mug).await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(5), Some(0))
+    );
 }
 
 #[tokio::test]
@@ -418,9 +474,7 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
     let saga = Saga::start().await;
     let (_, hal) = saga.customer();
     let (_, ivy) = saga.customer();
-    let admin = saga
-        .identity
-        .token(Uuid::now_v7(), platform::auth::Role::Admin);
+    let admin = saga.admin();
     let mug = saga.product(1250, 5).await;
     saga.add_to_cart(&hal, mug, 2).await;
     let placed: Value = saga.checkout(&hal, "k").await.json().await.unwrap();
@@ -431,12 +485,7 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
         saga.stock(mug).await["on_hand"] == 3
     })
     .await;
-    let payments: Value = saga
-        .send("payment", Method::GET, "/api/v1/payments", &hal)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let payments = saga.payments(&hal).await;
     let payment_id = payments["items"][0]["id"].as_str().unwrap().to_owned();
 
     expect_problem(
@@ -450,12 +499,7 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
         404,
     )
     .await;
-    let ivys: Value = saga
-        .send("payment", Method::GET, "/api/v1/payments", &ivy)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ivys = saga.payments(&ivy).await;
     assert_eq!(ivys["items"], serde_json::json!([]));
     let refund = format!("/api/v1/payments/{payment_id}/refund");
     expect_problem(

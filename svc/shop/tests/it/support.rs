@@ -61,6 +61,8 @@ pub struct Saga {
     /// kill and restart them.
     tasks: std::sync::Mutex<std::collections::HashMap<&'static str, RunningTasks>>,
     pub smtp: SmtpServer,
+    /// The Redis every service uses, under this saga's key prefix.
+    pub redis: platform::redis::Redis,
     stop: CancellationToken,
     _servers: Vec<Serving>,
     _dbs: Vec<TestDb>,
@@ -175,6 +177,7 @@ impl Saga {
             _turn: turn,
             tasks: std::sync::Mutex::new(tasks),
             payment: payment_state,
+            redis: platform::redis::Redis::connect(&redis_url, &prefix).unwrap(),
             smtp,
             stop,
             _servers: {
@@ -455,6 +458,65 @@ impl Saga {
         {
             task.abort();
         }
+    }
+
+    /// Takes the next entry of `stream` for consumer `group` as an instance that dies at once
+    /// would: read, never acknowledged (the group's others claim it once it is idle).
+    pub async fn take_and_drop_next_event(&self, group: &str, stream: &str) {
+        let mut conn = self.redis.conn().await.unwrap();
+        let taken: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg("an-instance-that-died")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(self.redis.key(stream))
+            .arg(">")
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            taken.keys.len(),
+            1,
+            "{group} had an entry of {stream} to take"
+        );
+    }
+
+    /// The payments of the caller `token` is for, as payment lists them.
+    pub async fn payments(&self, token: &str) -> Value {
+        self.send("payment", Method::GET, "/api/v1/payments", token)
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A token of a new admin.
+    pub fn admin(&self) -> String {
+        self.identity.token(Uuid::now_v7(), Role::Admin)
+    }
+
+    /// The number of entries of `stream` that consumer `group` has read and not acknowledged.
+    pub async fn pending_entries(&self, group: &str, stream: &str) -> i64 {
+        let mut conn = self.redis.conn().await.unwrap();
+        let summary: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+            .arg(self.redis.key(stream))
+            .arg(group)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        summary.count() as i64
+    }
+
+    /// The number of entries in `stream`.
+    pub async fn stream_length(&self, stream: &str) -> usize {
+        let mut conn = self.redis.conn().await.unwrap();
+        redis::cmd("XLEN")
+            .arg(self.redis.key(stream))
+            .query_async(&mut *conn)
+            .await
+            .unwrap()
     }
 
     /// Starts a service's background tasks again, as a restarted process does.
