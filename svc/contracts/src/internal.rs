@@ -101,6 +101,10 @@ pub struct PaymentSessionRequest {
     pub amount: Money,
     /// What was ordered, carried to `PaymentSucceeded` for inventory and cart.
     pub lines: Vec<StockLine>,
+    /// When the order's stock stops being held: the session closes by then at the latest, so
+    /// that nobody pays for goods no longer kept for them. Absent: payment's own limit alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]

@@ -106,7 +106,7 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
         lines: stock_lines.clone(),
         expires_at: Utc::now() + state.config.reservation_ttl,
     };
-    match state
+    let held_until = match state
         .inventory
         .post::<_, Reservation>("/internal/inventory/reservations", &reservation, None, true)
         .await
@@ -119,7 +119,7 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
                 "the stock this checkout reserved in an earlier attempt is no longer held; check out again with a new Idempotency-Key",
             ));
         }
-        Ok(_) => {}
+        Ok(held) => held.expires_at,
         Err(CallError::Status {
             status: 409, body, ..
         }) => {
@@ -129,7 +129,7 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
             ));
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     fail::fail_point!("orders::after_reserve_before_insert", |_| Err(
         Problem::unavailable("injected", 1)
     ));
@@ -187,6 +187,9 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
                 user_id: input.user,
                 amount,
                 lines: stock_lines,
+                // A retry may come minutes after the attempt that reserved: the session must
+                // not outlive the reservation it pays for.
+                closes_by: Some(held_until),
             },
             None,
             true,

@@ -177,9 +177,16 @@ impl PaymentApi {
             .check(
                 "lines",
                 req.lines.is_empty().then(|| "must not be empty".to_owned()),
+            )
+            .check(
+                "closes_by",
+                req.closes_by
+                    .is_some_and(|by| by <= Utc::now())
+                    .then(|| "must be in the future".to_owned()),
             );
         checks.finish()?;
-        let expires_at = Utc::now() + self.state.config.session_ttl;
+        let own_limit = Utc::now() + self.state.config.session_ttl;
+        let expires_at = req.closes_by.map_or(own_limit, |by| by.min(own_limit));
         let mut tx = self.state.base.pool.begin().await?;
         let (session, created) = store::open_session(
             &mut tx,
