@@ -8,6 +8,7 @@ pub mod consul;
 pub mod consumer;
 pub mod context;
 pub mod db;
+pub mod dead_letters;
 pub mod discovery;
 pub mod http;
 pub mod metrics;

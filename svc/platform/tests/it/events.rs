@@ -248,6 +248,41 @@ async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream() {
     );
 }
 
+#[tokio::test]
+async fn replayed_dead_letters_are_handled_by_the_group_that_gave_up_and_skipped_by_the_rest() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    publish(&f, 2).await;
+    let applied = consumer(&f, "applied", Arc::new(RecordEffect("applied".into())));
+    assert_eq!(applied.run_until_idle().await.unwrap(), 2);
+    let buggy = consumer(&f, "buggy", Arc::new(AlwaysFails));
+    for _ in 0..4 {
+        buggy.run_until_idle().await.unwrap();
+    }
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 2);
+
+    // The bug is fixed; the operator replays.
+    assert_eq!(
+        platform::dead_letters::replay(&f.redis, "users.events")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
+    let fixed = consumer(&f, "buggy", Arc::new(RecordEffect("buggy".into())));
+    assert_eq!(fixed.run_until_idle().await.unwrap(), 2);
+    assert_eq!(effects(&f.pool, "buggy").await, 2);
+    applied.run_until_idle().await.unwrap();
+    assert_eq!(effects(&f.pool, "applied").await, 2, "each applied once");
+    assert_eq!(
+        platform::dead_letters::replay(&f.redis, "users.events")
+            .await
+            .unwrap(),
+        0,
+        "nothing is left to replay"
+    );
+}
+
 /// Says the service it needs is out of reach `for_attempts` times, then records the effect.
 struct OutOfReachAtFirst {
     attempts: std::sync::atomic::AtomicUsize,
