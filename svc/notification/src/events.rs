@@ -10,7 +10,7 @@ use contracts::events::{
 use contracts::internal::UserContact;
 use contracts::money::Money;
 use platform::consumer::{EventHandler, HandlerError};
-use platform::http::ServiceClient;
+use platform::http::{CallError, ServiceClient};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -129,8 +129,16 @@ impl Notifier {
                 tracing::warn!(user_id = %user_id, error = %err, "users cannot be asked for a current contact; the one kept serves");
                 Ok(())
             }
-            Err(err) => Err(HandlerError::Unavailable(format!(
-                "no contact yet for user {user_id} and users cannot be asked: {err}"
+            // Down or too slow: the event waits for users to be back. Any other answer would
+            // come again the same way: the event fails, and is dead-lettered once it has as
+            // often as a failing handler may.
+            Err(err @ (CallError::Unavailable { .. } | CallError::Timeout { .. })) => {
+                Err(HandlerError::Unavailable(format!(
+                    "no contact yet for user {user_id} and users cannot be asked: {err}"
+                )))
+            }
+            Err(err) => Err(HandlerError::Failed(format!(
+                "no contact yet for user {user_id} and users answered: {err}"
             ))),
         }
     }

@@ -64,14 +64,14 @@ fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // SQLSTATE classes 08 (connection), 53 (insufficient resources), 57P (shutdown,
-        // crash, cannot connect now); 40001 and 40P01 (serialization failure, deadlock).
+        // SQLSTATE class 08 (connection); too many connections, out of memory; admin or
+        // crash shutdown, cannot connect now; serialization failure, deadlock.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-                || code == "40001"
-                || code == "40P01"
+                || matches!(
+                    code.as_ref(),
+                    "53300" | "53200" | "57P01" | "57P02" | "57P03" | "40001" | "40P01"
+                )
         }),
         _ => false,
     }
@@ -103,6 +103,9 @@ pub struct ConsumerConfig {
     pub claim_idle: Duration,
     /// An entry delivered this many times goes to the dead-letter stream.
     pub max_deliveries: usize,
+    /// How long an entry that waits out an outage waits before its first retry; doubling
+    /// after each, up to 5 s.
+    pub retry_pause: Duration,
 }
 
 impl ConsumerConfig {
@@ -115,14 +118,13 @@ impl ConsumerConfig {
             batch: 50,
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
+            retry_pause: Duration::from_millis(100),
         }
     }
 }
 
-/// How long reading pauses after an entry was deferred, doubling while entries keep being
-/// deferred, up to the maximum.
-const PAUSE_AFTER_DEFERRAL: Duration = Duration::from_millis(100);
-const MAX_PAUSE_AFTER_DEFERRAL: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of an entry that waits out an outage.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// The dead-letter stream of a stream.
 pub fn dead_letter_stream(stream: &str) -> String {
@@ -142,8 +144,7 @@ enum Outcome {
     DeadLettered,
     /// The handler failed: retried when next claimed, a delivery counted against it.
     Failed,
-    /// The database or a service the handler needs was out of reach: retried when next
-    /// claimed, with its delivery not counted.
+    /// The database or a service the handler needs was out of reach: tried again in place.
     Deferred,
 }
 
@@ -221,27 +222,16 @@ impl Consumer {
         // never acknowledged.
         self.drain_pending(&mut conn).await?;
         let mut last_claim = tokio::time::Instant::now();
-        let mut pause = PAUSE_AFTER_DEFERRAL;
         while !shutdown.is_cancelled() {
             if last_claim.elapsed() >= self.config.claim_idle / 2 {
                 self.claim_idle(&mut conn).await?;
                 last_claim = tokio::time::Instant::now();
             }
             let reply = self.read(&mut conn, ">", Some(self.config.block)).await?;
-            let mut deferred = false;
             for key in reply.keys {
                 for entry in key.ids {
-                    let outcome = self.process(&mut conn, &key.key, &entry, false).await?;
-                    deferred |= matches!(outcome, Outcome::Deferred);
+                    self.process(&mut conn, &key.key, &entry, false).await?;
                 }
-            }
-            // While the database (or a service the handler needs) is out of reach, every entry
-            // would be read only to be deferred: reading slows down until one goes through.
-            if deferred {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE_AFTER_DEFERRAL);
-            } else {
-                pause = PAUSE_AFTER_DEFERRAL;
             }
         }
         Ok(())
@@ -359,14 +349,13 @@ impl Consumer {
         Ok(reply.ids.first().map(|p| p.times_delivered).unwrap_or(0))
     }
 
-    /// Sets an entry's delivery count, which also makes it idle from now: claimed again (and
-    /// so retried) once `claim_idle` has passed.
-    async fn set_deliveries(
+    /// Keeps an entry this consumer is still working on from being claimed by another: makes
+    /// it idle from now, its delivery count as it is.
+    async fn keep_claimed(
         &self,
         conn: &mut MultiplexedConnection,
         key: &str,
         id: &str,
-        deliveries: usize,
     ) -> Result<(), ConsumerError> {
         let _: Value = redis::cmd("XCLAIM")
             .arg(key)
@@ -374,8 +363,6 @@ impl Consumer {
             .arg(&self.config.consumer)
             .arg(0)
             .arg(id)
-            .arg("RETRYCOUNT")
-            .arg(deliveries)
             .arg("JUSTID")
             .query_async(conn)
             .await?;
@@ -426,6 +413,10 @@ impl Consumer {
         Ok(())
     }
 
+    /// Handles one entry. One that waits out an outage (the database, or a service its
+    /// handler needs, out of reach) is tried again in place, with pauses, for as long as the
+    /// outage lasts: its delivery count does not move, so it is never dead-lettered for it, and
+    /// what comes after it waits too (it would meet the same outage, and its order is kept).
     async fn process(
         &self,
         conn: &mut MultiplexedConnection,
@@ -433,16 +424,31 @@ impl Consumer {
         entry: &StreamId,
         redelivered: bool,
     ) -> Result<Outcome, ConsumerError> {
-        let outcome = self.process_entry(conn, key, entry, redelivered).await?;
-        let label = match outcome {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate => "duplicate",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::Failed => "failed",
-            Outcome::Deferred => "deferred",
-        };
-        metrics::counter!("stream_entries_total", "group" => self.config.group.clone(), "outcome" => label).increment(1);
-        Ok(outcome)
+        let mut pause = self.config.retry_pause;
+        let mut kept = tokio::time::Instant::now();
+        let mut redelivered = redelivered;
+        loop {
+            let outcome = self.process_entry(conn, key, entry, redelivered).await?;
+            let label = match outcome {
+                Outcome::Applied => "applied",
+                Outcome::Duplicate => "duplicate",
+                Outcome::DeadLettered => "dead_lettered",
+                Outcome::Failed => "failed",
+                Outcome::Deferred => "deferred",
+            };
+            metrics::counter!("stream_entries_total", "group" => self.config.group.clone(), "outcome" => label).increment(1);
+            if !matches!(outcome, Outcome::Deferred) {
+                return Ok(outcome);
+            }
+            // Its deliveries were checked on the first try; they have not moved since.
+            redelivered = false;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+            if kept.elapsed() >= self.config.claim_idle / 2 {
+                self.keep_claimed(conn, key, &entry.id).await?;
+                kept = tokio::time::Instant::now();
+            }
+        }
     }
 
     async fn process_entry(
@@ -452,12 +458,8 @@ impl Consumer {
         entry: &StreamId,
         redelivered: bool,
     ) -> Result<Outcome, ConsumerError> {
-        let deliveries = if redelivered {
-            self.deliveries(conn, key, &entry.id).await?
-        } else {
-            1
-        };
-        if deliveries > self.config.max_deliveries {
+        if redelivered && self.deliveries(conn, key, &entry.id).await? > self.config.max_deliveries
+        {
             self.dead_letter(conn, key, entry, "delivered too many times")
                 .await?;
             return Ok(Outcome::DeadLettered);
@@ -498,11 +500,7 @@ impl Consumer {
                 Ok(outcome)
             }
             Err(err) if err.is_transient() => {
-                tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "the event cannot be handled for now; the entry will be retried");
-                // Redelivery counts this delivery; set back, it counts only the handler's own
-                // failures (and crashes): an outage of any length dead-letters nothing.
-                self.set_deliveries(conn, key, &entry.id, deliveries - 1)
-                    .await?;
+                tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "the event cannot be handled for now; it will be tried again");
                 Ok(Outcome::Deferred)
             }
             Err(err) => {

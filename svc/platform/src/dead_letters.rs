@@ -1,6 +1,8 @@
 //! Dead letters back on their stream: once the cause of their failure is fixed (a handler's
 //! bug, a missing row), an operator replays them (`replay-dead-letters STREAM`).
 
+use std::collections::HashSet;
+
 use redis::streams::StreamRangeReply;
 use redis::{FromRedisValue, Value};
 
@@ -10,54 +12,91 @@ use crate::redis::{Redis, RedisError};
 /// The fields the consumer adds when it dead-letters an entry: not part of the event.
 const ADDED_WHEN_DEAD_LETTERED: [&str; 3] = ["original_id", "group", "reason"];
 
-/// How many dead letters one round trip moves.
+/// How many dead letters one round trip reads.
 const BATCH: usize = 100;
 
-/// Moves every entry of `stream`'s dead-letter stream back onto `stream` as a new entry;
-/// returns how many. Every consumer group sees it again: those that had applied it skip it
-/// (each records the events it applied), the one that dead-lettered it handles it. Each
-/// move is one transaction (XADD and XDEL together), so an interrupted replay can be run
-/// again and moves each entry once.
-pub async fn replay(redis: &Redis, stream: &str) -> Result<usize, RedisError> {
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Events put back on the stream, once each.
+    pub events: usize,
+    /// Further dead letters of an event already put back (each group that gave up on an
+    /// event dead-lettered it once), removed.
+    pub copies: usize,
+    /// Dead letters with no event in them (the entry had no envelope field): left where they
+    /// are, for an operator to read; replayed, they would only come back.
+    pub left: usize,
+}
+
+/// Moves the dead letters of `stream` that are there when it starts back onto `stream`, each
+/// event once, as a new entry. Every consumer group sees it again: those that had applied it
+/// skip it (each records the events it applied), one that had given up handles it. An entry
+/// dead-lettered again while the replay runs is not replayed by it. Each move is one
+/// transaction (XADD and XDEL together): an interrupted replay can be run again.
+pub async fn replay(redis: &Redis, stream: &str) -> Result<Replayed, RedisError> {
     let key = redis.key(stream);
     let dead_key = dead_letter_stream(&key);
     let mut conn = redis.conn().await?;
-    let mut moved = 0;
+    let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&dead_key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut *conn)
+        .await?;
+    let Some(last) = newest.ids.first().map(|e| e.id.clone()) else {
+        return Ok(Replayed::default());
+    };
+    let mut done = Replayed::default();
+    let mut replayed_events = HashSet::new();
+    let mut from = "-".to_owned();
     loop {
         let batch: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&dead_key)
-            .arg("-")
-            .arg("+")
+            .arg(&from)
+            .arg(&last)
             .arg("COUNT")
             .arg(BATCH)
             .query_async(&mut *conn)
             .await?;
-        if batch.ids.is_empty() {
-            return Ok(moved);
-        }
+        let Some(end) = batch.ids.last() else {
+            return Ok(done);
+        };
+        from = format!("({}", end.id);
         for entry in &batch.ids {
-            let mut fields: Vec<(&String, &Value)> = entry
-                .map
-                .iter()
-                .filter(|(field, _)| !ADDED_WHEN_DEAD_LETTERED.contains(&field.as_str()))
-                .collect();
-            fields.sort_by(|a, b| a.0.cmp(b.0));
-            let mut add = redis::cmd("XADD");
-            add.arg(&key).arg("*");
-            for (field, value) in fields {
-                let bytes = Vec::<u8>::from_redis_value(value.clone())
-                    .map_err(|e| RedisError::Parse(e.to_string()))?;
-                add.arg(field).arg(bytes);
+            if !entry.map.contains_key("envelope") {
+                done.left += 1;
+                continue;
             }
-            let _: Value = redis::pipe()
-                .atomic()
-                .add_command(add)
+            let event_id: Option<String> = entry.get("id");
+            let mut transaction = redis::pipe();
+            transaction.atomic();
+            if event_id.is_none_or(|id| replayed_events.insert(id)) {
+                let mut fields: Vec<(&String, &Value)> = entry
+                    .map
+                    .iter()
+                    .filter(|(field, _)| !ADDED_WHEN_DEAD_LETTERED.contains(&field.as_str()))
+                    .collect();
+                fields.sort_by(|a, b| a.0.cmp(b.0));
+                let mut add = redis::cmd("XADD");
+                add.arg(&key).arg("*");
+                for (field, value) in fields {
+                    let bytes = Vec::<u8>::from_redis_value(value.clone())
+                        .map_err(|e| RedisError::Parse(e.to_string()))?;
+                    add.arg(field).arg(bytes);
+                }
+                transaction.add_command(add);
+                done.events += 1;
+            } else {
+                done.copies += 1;
+            }
+            let _: Value = transaction
                 .cmd("XDEL")
                 .arg(&dead_key)
                 .arg(&entry.id)
                 .query_async(&mut *conn)
                 .await?;
-            moved += 1;
         }
     }
 }

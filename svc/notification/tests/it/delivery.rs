@@ -355,15 +355,22 @@ async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_user
     let user = registered("Olga", None);
     svc.users.knows(&user);
 
-    // users cannot answer: the event is kept for later, nothing recorded, nothing lost.
+    // users cannot answer: the event waits for it, nothing recorded, nothing lost.
     svc.users.set_down(true);
     svc.producer.publish(&paid(user.user_id, 1500)).await;
-    svc.consume().await;
+    let consuming = svc.consume();
+    tokio::pin!(consuming);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut consuming)
+            .await
+            .is_err(),
+        "the event waits while users is down"
+    );
     assert!(svc.rows_of(user.user_id).await.is_empty());
 
     // Once it can, the confirmation goes to the address users gave, once.
     svc.users.set_down(false);
-    svc.consume().await;
+    assert_eq!(consuming.await, 1);
     svc.send_due().await;
     let rows = svc.rows_of(user.user_id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");

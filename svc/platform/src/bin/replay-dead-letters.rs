@@ -26,7 +26,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &settings.require::<String>("redis_url")?,
         &settings.get_or("redis_prefix", String::new())?,
     )?;
-    let moved = platform::dead_letters::replay(&redis, &stream).await?;
-    println!("{moved} dead letters of {stream} put back on it");
+    let done = platform::dead_letters::replay(&redis, &stream).await?;
+    println!(
+        "{stream}: {} events put back on the stream, {} further copies of them removed, {} dead letters without an event left in {stream}.dead",
+        done.events, done.copies, done.left
+    );
     Ok(())
 }

@@ -107,6 +107,7 @@ fn consumer(f: &Fixture, group: &str, handler: Arc<dyn EventHandler>) -> Consume
     let mut config = ConsumerConfig::new(group, &[contracts::events::streams::USERS]);
     config.claim_idle = Duration::ZERO;
     config.max_deliveries = 2;
+    config.retry_pause = Duration::from_millis(5);
     Consumer::new(f.pool.clone(), f.redis.clone(), config, handler)
 }
 
@@ -249,38 +250,63 @@ async fn an_entry_that_keeps_failing_goes_to_the_dead_letter_stream() {
 }
 
 #[tokio::test]
-async fn replayed_dead_letters_are_handled_by_the_group_that_gave_up_and_skipped_by_the_rest() {
+async fn replayed_dead_letters_are_handled_by_the_groups_that_gave_up_and_skipped_by_the_rest() {
     let _turn = FAILPOINTS.lock().await;
     let f = fixture().await;
     publish(&f, 2).await;
     let applied = consumer(&f, "applied", Arc::new(RecordEffect("applied".into())));
     assert_eq!(applied.run_until_idle().await.unwrap(), 2);
-    let buggy = consumer(&f, "buggy", Arc::new(AlwaysFails));
-    for _ in 0..4 {
-        buggy.run_until_idle().await.unwrap();
+    for group in ["buggy", "buggier"] {
+        let buggy = consumer(&f, group, Arc::new(AlwaysFails));
+        for _ in 0..4 {
+            buggy.run_until_idle().await.unwrap();
+        }
     }
-    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 2);
+    let dead = dead_letter_stream("users.events");
+    assert_eq!(
+        xlen(&f.redis, &dead).await,
+        4,
+        "each group gave up on each event"
+    );
+    // And one with no event in it: replayed, it would only come back.
+    let mut conn = f.redis.conn().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(f.redis.key(&dead))
+        .arg("*")
+        .arg("reason")
+        .arg("no envelope field")
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
 
     // The bug is fixed; the operator replays.
+    let replayed = platform::dead_letters::replay(&f.redis, "users.events")
+        .await
+        .unwrap();
     assert_eq!(
-        platform::dead_letters::replay(&f.redis, "users.events")
-            .await
-            .unwrap(),
-        2
+        replayed,
+        platform::dead_letters::Replayed {
+            events: 2,
+            copies: 2,
+            left: 1
+        }
     );
-    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
-    let fixed = consumer(&f, "buggy", Arc::new(RecordEffect("buggy".into())));
-    assert_eq!(fixed.run_until_idle().await.unwrap(), 2);
-    assert_eq!(effects(&f.pool, "buggy").await, 2);
+    assert_eq!(xlen(&f.redis, &dead).await, 1);
+    for group in ["buggy", "buggier"] {
+        let fixed = consumer(&f, group, Arc::new(RecordEffect(group.into())));
+        fixed.run_until_idle().await.unwrap();
+        assert_eq!(
+            effects(&f.pool, group).await,
+            2,
+            "{group} applied each once"
+        );
+    }
     applied.run_until_idle().await.unwrap();
     assert_eq!(effects(&f.pool, "applied").await, 2, "each applied once");
-    assert_eq!(
-        platform::dead_letters::replay(&f.redis, "users.events")
-            .await
-            .unwrap(),
-        0,
-        "nothing is left to replay"
-    );
+    let again = platform::dead_letters::replay(&f.redis, "users.events")
+        .await
+        .unwrap();
+    assert_eq!((again.events, again.left), (0, 1), "nothing more to replay");
 }
 
 /// Says the service it needs is out of reach `for_attempts` times, then records the effect.
@@ -318,12 +344,7 @@ async fn an_entry_waiting_out_an_outage_is_retried_past_max_deliveries_and_appli
     // max_deliveries is 2: six deferrals in a row would have dead-lettered it, were they
     // counted.
     let c = consumer(&f, "waited", handler.clone());
-    for _ in 0..20 {
-        c.run_until_idle().await.unwrap();
-        if effects(&f.pool, "waited").await > 0 {
-            break;
-        }
-    }
+    assert_eq!(c.run_until_idle().await.unwrap(), 1);
     assert_eq!(
         handler.attempts.load(std::sync::atomic::Ordering::SeqCst),
         7
@@ -353,17 +374,28 @@ async fn a_database_out_of_reach_defers_entries_and_dead_letters_none() {
     let mut config = ConsumerConfig::new("outage", &[contracts::events::streams::USERS]);
     config.claim_idle = Duration::ZERO;
     config.max_deliveries = 2;
+    config.retry_pause = Duration::from_millis(5);
     let cut_off = Consumer::new(
         unreachable,
         f.redis.clone(),
         config.clone(),
         Arc::new(RecordEffect("outage".into())),
     );
-    for _ in 0..3 {
-        cut_off.run_until_idle().await.unwrap();
-    }
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(cut_off.run(stop.clone()));
+    // It reads the first entry, and tries it again and again (each try the pool's 200 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    running.await.unwrap();
     assert_eq!(pending(&f.redis, "outage").await, 3, "all three still wait");
     assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
+    let rendered = platform::metrics::handle().render();
+    assert!(
+        rendered
+            .lines()
+            .any(|l| l.contains("group=\"outage\"") && l.contains("outcome=\"deferred\"")),
+        "the tries are counted as deferred"
+    );
     // The database is back: the same consumer, now with a pool that reaches it.
     let back = Consumer::new(
         f.pool.clone(),
