@@ -443,27 +443,35 @@ pub async fn expired_reservations(
 /// would have; a released one (lapsed or cancelled, its late payment not yet seen or finding
 /// too little stock) becomes refunded, which a late payment's event no longer takes stock for.
 pub async fn restock(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
-    let refunded_unpaid = sqlx::query(
-        "UPDATE reservations SET status = 'refunded', updated_at = now() WHERE order_id = $1 AND status = 'released'",
+    // Locked first: a sweeper or a cancellation releasing it meanwhile would otherwise turn
+    // the commit below into a late payment's, with its movements and its oversold alarm.
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE")
+            .bind(order)
+            .fetch_optional(&mut *tx)
+            .await?;
+    match status.as_deref() {
+        Some("released") => {
+            sqlx::query(
+                "UPDATE reservations SET status = 'refunded', updated_at = now() WHERE order_id = $1",
+            )
+            .bind(order)
+            .execute(&mut *tx)
+            .await?;
+            return Ok(false);
+        }
+        Some("held") => {
+            finish_reservation(tx, order, true, "paid (its refund told first)").await?;
+        }
+        Some("committed") => {}
+        _ => return Ok(false),
+    }
+    sqlx::query(
+        "UPDATE reservations SET status = 'restocked', updated_at = now() WHERE order_id = $1",
     )
     .bind(order)
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if refunded_unpaid > 0 {
-        return Ok(false);
-    }
-    finish_reservation(tx, order, true, "paid (its refund told first)").await?;
-    let moved = sqlx::query(
-        "UPDATE reservations SET status = 'restocked', updated_at = now() WHERE order_id = $1 AND status = 'committed'",
-    )
-    .bind(order)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 0 {
-        return Ok(false);
-    }
+    .await?;
     let lines = reservation_lines(tx, order).await?;
     move_stock(tx, order, &lines, 1, 0, "refund restock").await?;
     Ok(true)

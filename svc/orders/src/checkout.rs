@@ -19,6 +19,11 @@ use uuid::Uuid;
 use crate::Orders;
 use crate::store::{self, LineRow, NewOrder};
 
+const NO_LONGER_HELD: &str = "the stock this checkout reserved is no longer held; check out again with a new Idempotency-Key";
+
+/// How far payment's clock may run ahead of ours.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
 /// Names order ids derived from (user, idempotency key).
 const ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6d6d_6f72_6465_7273_8000_0000_0000_0001);
 
@@ -115,9 +120,7 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
         // reservation back, as it is: one released (it expired, or its order was cancelled)
         // holds no stock, and a session opened on it would sell what is not held.
         Ok(held) if held.status != "held" || held.expires_at <= Utc::now() => {
-            return Err(Problem::conflict(
-                "the stock this checkout reserved in an earlier attempt is no longer held; check out again with a new Idempotency-Key",
-            ));
+            return Err(Problem::conflict(NO_LONGER_HELD));
         }
         Ok(held) => held.expires_at,
         Err(CallError::Status {
@@ -194,7 +197,14 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
             None,
             true,
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // The reservation lapsed between inventory's answer and payment's.
+            CallError::Status { status: 422, .. } if held_until <= Utc::now() + CLOCK_SKEW => {
+                Problem::conflict(NO_LONGER_HELD)
+            }
+            e => e.into(),
+        })?;
     store::set_payment_url(&state.base.pool, order_id, &session.payment_url).await?;
     let order = store::order(&state.base.pool, order_id)
         .await?

@@ -176,3 +176,63 @@ async fn on_hand_cannot_be_set_below_what_is_reserved() {
         .unwrap();
     expect_problem(resp, 422).await;
 }
+
+/// Runs one of inventory's event effects in a transaction of its own.
+async fn in_tx<F>(shop: &Shop, effect: F)
+where
+    F: for<'c> FnOnce(
+        &'c mut sqlx::PgConnection,
+    ) -> futures::future::BoxFuture<'c, Result<bool, sqlx::Error>>,
+{
+    let mut tx = shop.inventory.pool().begin().await.unwrap();
+    effect(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refund_handled_before_its_payment_leaves_the_stock_as_if_they_came_in_order() {
+    let shop = Shop::start().await;
+    let product = shop.stocked(10, 0).await;
+    // held: the payment's event not seen yet. released: it lapsed (or was cancelled) before.
+    let (held, released) = (Uuid::now_v7(), Uuid::now_v7());
+    for order in [held, released] {
+        assert_eq!(
+            shop.reserve(order, json!([{"product_id": product, "quantity": 2}]), 600)
+                .await
+                .status(),
+            201
+        );
+    }
+    in_tx(&shop, |tx| {
+        Box::pin(inventory::store::finish_reservation(
+            tx, released, false, "expired",
+        ))
+    })
+    .await;
+    for order in [held, released] {
+        in_tx(&shop, |tx| Box::pin(inventory::store::restock(tx, order))).await;
+        // The payment's event comes last, and again.
+        for _ in 0..2 {
+            in_tx(&shop, |tx| {
+                Box::pin(inventory::store::finish_reservation(
+                    tx, order, true, "paid",
+                ))
+            })
+            .await;
+        }
+    }
+    let stock = shop.stock(product).await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(10), Some(0)),
+        "nothing is taken for good, nothing stays reserved"
+    );
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT status FROM reservations WHERE order_id = ANY($1) ORDER BY order_id",
+    )
+    .bind(vec![held, released])
+    .fetch_all(shop.inventory.pool())
+    .await
+    .unwrap();
+    assert_eq!(statuses, ["restocked", "refunded"]);
+}

@@ -70,7 +70,7 @@ async fn consumers_killed_after_applying_before_xack_get_it_again_and_change_not
 #[tokio::test]
 async fn a_retry_after_the_first_attempts_reservation_lapsed_is_refused() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let saga = Saga::with_short_reservations().await;
+    let saga = Saga::with_reservations_of(1).await;
     let (_, cal) = saga.customer();
     let mug = saga.product(1250, 2).await;
     saga.add_to_cart(&cal, mug, 2).await;
@@ -134,7 +134,7 @@ async fn a_retry_after_the_order_was_written_pays_the_total_written_not_a_new_pr
 #[tokio::test]
 async fn an_order_whose_checkout_never_finished_is_cancelled_once_its_reservation_lapsed() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let saga = Saga::with_short_reservations().await;
+    let saga = Saga::with_reservations_of(1).await;
     let (user, eve) = saga.customer();
     let mug = saga.product(1250, 2).await;
     saga.add_to_cart(&eve, mug, 1).await;

@@ -334,7 +334,7 @@ async fn a_payment_made_on_an_order_just_cancelled_is_refunded() {
 
 #[tokio::test]
 async fn a_payment_session_closes_when_the_stock_it_pays_for_stops_being_held() {
-    let saga = Saga::with_short_reservations().await;
+    let saga = Saga::with_reservations_of(5).await;
     let (_, gus) = saga.customer();
     let mug = saga.product(1250, 3).await;
     saga.add_to_cart(&gus, mug, 1).await;
@@ -353,14 +353,7 @@ async fn a_payment_session_closes_when_the_stock_it_pays_for_stops_being_held() 
 
 #[tokio::test]
 async fn an_order_paid_after_its_reservation_lapsed_still_takes_its_stock() {
-    let saga = Saga::start_with(
-        platform::testing::redis_url(),
-        &[
-            ("reservation_ttl_seconds", "3"),
-            ("reservation_sweep_interval_ms", "100"),
-        ],
-    )
-    .await;
+    let saga = Saga::with_reservations_of(5).await;
     let (_, hal) = saga.customer();
     let mug = saga.product(1250, 3).await;
     saga.add_to_cart(&hal, mug, 2).await;

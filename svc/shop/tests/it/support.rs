@@ -86,20 +86,19 @@ impl Saga {
         Self::start_with(redis_url, &[]).await
     }
 
-    /// A saga with `overrides` of every service's settings.
-    /// A saga whose stock reservations last a second, lapsed ones released at once (payment
-    /// sessions keep their 15 minutes).
-    pub async fn with_short_reservations() -> Self {
+    /// A saga whose stock reservations last `seconds`, lapsed ones released at once.
+    pub async fn with_reservations_of(seconds: u32) -> Self {
         Self::start_with(
             platform::testing::redis_url(),
             &[
-                ("reservation_ttl_seconds", "1"),
+                ("reservation_ttl_seconds", &seconds.to_string()),
                 ("reservation_sweep_interval_ms", "100"),
             ],
         )
         .await
     }
 
+    /// A saga with `overrides` of every service's settings.
     pub async fn start_with(redis_url: String, overrides: &[(&str, &str)]) -> Self {
         let turn = RUNNING
             .acquire()
