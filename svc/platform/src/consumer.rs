@@ -64,14 +64,24 @@ fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // SQLSTATE class 08 (connection); too many connections, out of memory; admin or
-        // crash shutdown, cannot connect now; serialization failure, deadlock.
+        // SQLSTATE: connection exceptions (not a protocol violation, which a statement meets
+        // every time); too many connections; admin or crash shutdown, cannot connect now;
+        // serialization failure, deadlock.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    "53300" | "53200" | "57P01" | "57P02" | "57P03" | "40001" | "40P01"
-                )
+            matches!(
+                code.as_ref(),
+                "08000"
+                    | "08001"
+                    | "08003"
+                    | "08004"
+                    | "08006"
+                    | "53300"
+                    | "57P01"
+                    | "57P02"
+                    | "57P03"
+                    | "40001"
+                    | "40P01"
+            )
         }),
         _ => false,
     }
@@ -106,6 +116,9 @@ pub struct ConsumerConfig {
     /// How long an entry that waits out an outage waits before its first retry; doubling
     /// after each, up to 5 s.
     pub retry_pause: Duration,
+    /// How long an entry waits in place for another service its handler needs (a database
+    /// outage is waited out however long it lasts: nothing else could go on meanwhile).
+    pub max_wait_for_service: Duration,
 }
 
 impl ConsumerConfig {
@@ -119,6 +132,7 @@ impl ConsumerConfig {
             claim_idle: Duration::from_secs(30),
             max_deliveries: 5,
             retry_pause: Duration::from_millis(100),
+            max_wait_for_service: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -144,8 +158,11 @@ enum Outcome {
     DeadLettered,
     /// The handler failed: retried when next claimed, a delivery counted against it.
     Failed,
-    /// The database or a service the handler needs was out of reach: tried again in place.
-    Deferred,
+    /// The database (`by_service` false) or a service the handler needs was out of reach:
+    /// tried again in place.
+    Deferred {
+        by_service: bool,
+    },
 }
 
 impl Consumer {
@@ -349,23 +366,35 @@ impl Consumer {
         Ok(reply.ids.first().map(|p| p.times_delivered).unwrap_or(0))
     }
 
-    /// Keeps an entry this consumer is still working on from being claimed by another: makes
-    /// it idle from now, its delivery count as it is.
-    async fn keep_claimed(
-        &self,
-        conn: &mut MultiplexedConnection,
-        key: &str,
-        id: &str,
-    ) -> Result<(), ConsumerError> {
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(key)
-            .arg(&self.config.group)
-            .arg(&self.config.consumer)
-            .arg(0)
-            .arg(id)
-            .arg("JUSTID")
-            .query_async(conn)
-            .await?;
+    /// Keeps every entry this consumer holds (the one it waits on, and the rest of what it
+    /// read with it) from being claimed by another: each made idle from now, its delivery
+    /// count as it is.
+    async fn keep_claimed(&self, conn: &mut MultiplexedConnection) -> Result<(), ConsumerError> {
+        for key in self.keys() {
+            let held: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&key)
+                .arg(&self.config.group)
+                .arg("-")
+                .arg("+")
+                // What it read (a batch per stream) and what it claimed (a batch at a time).
+                .arg(self.config.batch * 4)
+                .arg(&self.config.consumer)
+                .query_async(conn)
+                .await?;
+            if held.ids.is_empty() {
+                continue;
+            }
+            let mut claim = redis::cmd("XCLAIM");
+            claim
+                .arg(&key)
+                .arg(&self.config.group)
+                .arg(&self.config.consumer)
+                .arg(0);
+            for pending in &held.ids {
+                claim.arg(&pending.id);
+            }
+            let _: Value = claim.arg("JUSTID").query_async(conn).await?;
+        }
         Ok(())
     }
 
@@ -415,8 +444,11 @@ impl Consumer {
 
     /// Handles one entry. One that waits out an outage (the database, or a service its
     /// handler needs, out of reach) is tried again in place, with pauses, for as long as the
-    /// outage lasts: its delivery count does not move, so it is never dead-lettered for it, and
-    /// what comes after it waits too (it would meet the same outage, and its order is kept).
+    /// outage lasts: its delivery count does not move, and what comes after it waits too (it
+    /// would meet the same outage, and its order is kept), every entry this consumer holds
+    /// kept from being claimed by another. Waiting on another service ends after
+    /// `max_wait_for_service`: the entry fails, as one whose handler fails does, and the
+    /// consumer moves on.
     async fn process(
         &self,
         conn: &mut MultiplexedConnection,
@@ -424,30 +456,39 @@ impl Consumer {
         entry: &StreamId,
         redelivered: bool,
     ) -> Result<Outcome, ConsumerError> {
+        let started = tokio::time::Instant::now();
         let mut pause = self.config.retry_pause;
-        let mut kept = tokio::time::Instant::now();
+        let mut kept = started;
         let mut redelivered = redelivered;
+        // Kept claimed at least twice per claim_idle, whatever the pauses.
+        let keep_every = self.config.claim_idle / 3;
         loop {
-            let outcome = self.process_entry(conn, key, entry, redelivered).await?;
+            let mut outcome = self.process_entry(conn, key, entry, redelivered).await?;
+            if matches!(outcome, Outcome::Deferred { by_service: true })
+                && started.elapsed() >= self.config.max_wait_for_service
+            {
+                tracing::error!(group = %self.config.group, stream = key, entry = %entry.id, "a service the event needs has been out of reach too long; the entry fails and will be retried later");
+                outcome = Outcome::Failed;
+            }
             let label = match outcome {
                 Outcome::Applied => "applied",
                 Outcome::Duplicate => "duplicate",
                 Outcome::DeadLettered => "dead_lettered",
                 Outcome::Failed => "failed",
-                Outcome::Deferred => "deferred",
+                Outcome::Deferred { .. } => "deferred",
             };
             metrics::counter!("stream_entries_total", "group" => self.config.group.clone(), "outcome" => label).increment(1);
-            if !matches!(outcome, Outcome::Deferred) {
+            if !matches!(outcome, Outcome::Deferred { .. }) {
                 return Ok(outcome);
             }
             // Its deliveries were checked on the first try; they have not moved since.
             redelivered = false;
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
-            if kept.elapsed() >= self.config.claim_idle / 2 {
-                self.keep_claimed(conn, key, &entry.id).await?;
+            if kept.elapsed() + pause >= keep_every {
+                self.keep_claimed(conn).await?;
                 kept = tokio::time::Instant::now();
             }
+            tokio::time::sleep(pause.min(keep_every.max(self.config.retry_pause))).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
     }
 
@@ -501,7 +542,9 @@ impl Consumer {
             }
             Err(err) if err.is_transient() => {
                 tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "the event cannot be handled for now; it will be tried again");
-                Ok(Outcome::Deferred)
+                Ok(Outcome::Deferred {
+                    by_service: matches!(err, HandlerError::Unavailable(_)),
+                })
             }
             Err(err) => {
                 tracing::warn!(group = %self.config.group, event = %envelope.id, kind = %envelope.kind, error = %err, "handling the event failed; the entry will be retried");

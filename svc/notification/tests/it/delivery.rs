@@ -370,7 +370,10 @@ async fn an_order_event_that_overtakes_the_registration_goes_to_the_address_user
 
     // Once it can, the confirmation goes to the address users gave, once.
     svc.users.set_down(false);
-    assert_eq!(consuming.await, 1);
+    let consumed = tokio::time::timeout(Duration::from_secs(20), consuming)
+        .await
+        .expect("the event goes through once users answers");
+    assert_eq!(consumed, 1);
     svc.send_due().await;
     let rows = svc.rows_of(user.user_id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");

@@ -355,6 +355,28 @@ async fn an_entry_waiting_out_an_outage_is_retried_past_max_deliveries_and_appli
 }
 
 #[tokio::test]
+async fn an_entry_waiting_on_a_service_too_long_fails_and_is_dead_lettered_in_the_end() {
+    let _turn = FAILPOINTS.lock().await;
+    let f = fixture().await;
+    publish(&f, 1).await;
+    let handler = Arc::new(OutOfReachAtFirst {
+        attempts: Default::default(),
+        for_attempts: usize::MAX,
+    });
+    let mut config = ConsumerConfig::new("stuck", &[contracts::events::streams::USERS]);
+    config.claim_idle = Duration::ZERO;
+    config.max_deliveries = 2;
+    config.retry_pause = Duration::from_millis(5);
+    config.max_wait_for_service = Duration::from_millis(50);
+    let c = Consumer::new(f.pool.clone(), f.redis.clone(), config, handler);
+    for _ in 0..4 {
+        c.run_until_idle().await.unwrap();
+    }
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 1);
+    assert_eq!(pending(&f.redis, "stuck").await, 0);
+}
+
+#[tokio::test]
 async fn a_database_out_of_reach_defers_entries_and_dead_letters_none() {
     let _turn = FAILPOINTS.lock().await;
     let f = fixture().await;
