@@ -301,6 +301,18 @@ impl EventHandler for Notifier {
             return Ok(());
         };
         let user_id = incoming.user_id();
+        match &incoming {
+            Incoming::Refunded(e) => {
+                store::record_refund(&mut *tx, e.order_id).await?;
+            }
+            // Handled after the refund of the same payment (it waited for a retry): the
+            // customer was told of the refund, and is not told now that the order is paid.
+            Incoming::Paid(e) if store::is_refunded(&mut *tx, e.order_id).await? => {
+                tracing::info!(event = %event.id, order_id = %e.order_id, "a payment's success after its refund: not told");
+                return Ok(());
+            }
+            _ => {}
+        }
         if let Incoming::Registered(e) = &incoming {
             store::upsert_contact(
                 tx,

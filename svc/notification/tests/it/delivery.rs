@@ -462,3 +462,37 @@ async fn users_is_asked_for_a_contact_with_no_transaction_open() {
         ("queued", user.email.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_payment_handled_after_its_refund_does_not_confirm_the_order() {
+    let (smtp, _sms, svc) = sending_email_and_sms().await;
+    let user = registered("Ines", None);
+    svc.users.knows(&user);
+    svc.producer.publish(&user).await;
+    let succeeded = paid(user.user_id, 4250);
+    // The refund's event is handled first: the success waited for a retry.
+    svc.producer
+        .publish(&PaymentRefunded {
+            payment_id: succeeded.payment_id,
+            order_id: succeeded.order_id,
+            user_id: user.user_id,
+            amount: Money::new(4250, "EUR"),
+        })
+        .await;
+    svc.producer.publish(&succeeded).await;
+    assert_eq!(svc.consume().await, 3);
+    assert_eq!(svc.send_due().await, 2, "the welcome and the refund");
+    let subjects: Vec<String> = smtp
+        .messages_to(&user.email)
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        subjects.iter().any(|s| s.contains("Refund")),
+        "{subjects:?}"
+    );
+    assert!(
+        !subjects.iter().any(|s| s.contains("confirmed")),
+        "{subjects:?}"
+    );
+}
