@@ -1,5 +1,5 @@
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use platform::stream_trim::Trim;
@@ -349,6 +349,43 @@ async fn a_payment_session_closes_when_the_stock_it_pays_for_stops_being_held() 
         410,
         "the page no longer takes a payment"
     );
+}
+
+#[tokio::test]
+async fn payment_closes_a_session_by_the_time_it_is_asked_to_and_refuses_a_time_past() {
+    let saga = Saga::start().await;
+    let open = |closes_by: chrono::DateTime<chrono::Utc>| {
+        saga.client
+            .post(format!(
+                "{}/internal/payments/sessions",
+                saga.urls["payment"]
+            ))
+            .header("x-internal-token", platform::testing::INTERNAL_TOKEN)
+            .json(&json!({
+                "order_id": Uuid::now_v7(),
+                "user_id": Uuid::now_v7(),
+                "amount": {"amount": 1250, "currency": "EUR"},
+                "lines": [{"product_id": Uuid::now_v7(), "quantity": 1}],
+                "closes_by": closes_by,
+            }))
+            .send()
+    };
+    let by = chrono::Utc::now() + chrono::TimeDelta::minutes(2);
+    let opened = open(by).await.unwrap();
+    assert_eq!(opened.status(), 201);
+    let session: Value = opened.json().await.unwrap();
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        session["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        expires_at.timestamp_millis(),
+        by.timestamp_millis(),
+        "two minutes, not payment's fifteen"
+    );
+    let refused = open(chrono::Utc::now() - chrono::TimeDelta::seconds(1))
+        .await
+        .unwrap();
+    let problem = expect_problem(refused, 422).await;
+    assert!(problem.to_string().contains("closes_by"), "{problem}");
 }
 
 #[tokio::test]
