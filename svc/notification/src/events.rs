@@ -110,7 +110,8 @@ pub struct Notifier {
 impl Notifier {
     /// Keeps the contact of `user_id` as users knows it now; nothing when users has no such
     /// (active) account. When users cannot say: the contact already kept (`kept`) serves, and
-    /// without one, the event waits (it is retried until users answers).
+    /// without one, the event waits for users (for as long as the consumer waits on a
+    /// service's outage).
     async fn look_up(&self, db: &PgPool, user_id: Uuid, kept: bool) -> Result<(), HandlerError> {
         let path = format!("/internal/users/{user_id}/contact");
         match self.users.get::<UserContact>(&path, None).await {
@@ -129,7 +130,7 @@ impl Notifier {
                 tracing::warn!(user_id = %user_id, error = %err, "users cannot be asked for a current contact; the one kept serves");
                 Ok(())
             }
-            // Down or too slow: the event waits for users to be back. Any other answer would
+            // Down or too slow: the event waits for users to be back, for a while. Any other answer would
             // come again the same way: the event fails, and is dead-lettered once it has as
             // often as a failing handler may.
             Err(err @ (CallError::Unavailable { .. } | CallError::Timeout { .. })) => {
@@ -305,25 +306,26 @@ impl EventHandler for Notifier {
             Incoming::Refunded(e) => {
                 store::record_refund(&mut *tx, e.order_id).await?;
             }
-            // Handled after the refund of the same payment (it waited for a retry): the
-            // customer was told of the refund, and is not told now that the order is paid.
+            // Handled after the refund of the same payment (it waited for a retry, or payment
+            // published the two out of order): the customer was told of the refund, and is
+            // not told now that the order is paid.
             Incoming::Paid(e) if store::is_refunded(&mut *tx, e.order_id).await? => {
                 tracing::info!(event = %event.id, order_id = %e.order_id, "a payment's success after its refund: not told");
                 return Ok(());
             }
+            Incoming::Registered(e) => {
+                store::upsert_contact(
+                    &mut *tx,
+                    &Contact {
+                        user_id: e.user_id,
+                        email: e.email.clone(),
+                        name: e.name.clone(),
+                        phone: e.phone.clone().filter(|p| !p.trim().is_empty()),
+                    },
+                )
+                .await?;
+            }
             _ => {}
-        }
-        if let Incoming::Registered(e) = &incoming {
-            store::upsert_contact(
-                tx,
-                &Contact {
-                    user_id: e.user_id,
-                    email: e.email.clone(),
-                    name: e.name.clone(),
-                    phone: e.phone.clone().filter(|p| !p.trim().is_empty()),
-                },
-            )
-            .await?;
         }
         // None here: users has no such account either (see `prepare`).
         let contact = store::contact(&mut *tx, user_id).await?;

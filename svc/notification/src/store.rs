@@ -37,16 +37,13 @@ pub struct NotificationRow {
 const COLUMNS: &str = "id, event_id, event_type, user_id, channel, recipient, subject, body, status, \
      attempts, last_error, sent_via, next_attempt_at, created_at, sent_at";
 
-/// Records that the customer is told of `order`'s refund; false when that was known already.
-pub async fn record_refund(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("INSERT INTO refunded_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(order)
-            .execute(tx)
-            .await?
-            .rows_affected()
-            == 1,
-    )
+/// Records that the customer is told of `order`'s refund.
+pub async fn record_refund(tx: &mut PgConnection, order: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO refunded_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(order)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// Whether the customer has been told of `order`'s refund.

@@ -3,7 +3,7 @@
 //! in the same transaction as the handler's effect.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,7 +38,8 @@ pub enum HandlerError {
     #[error("{0}")]
     Failed(String),
     /// Something the event needs is out of reach for now (another service, say): the entry
-    /// is retried for as long as that lasts, and is never dead-lettered for it.
+    /// is tried again in place, for up to `max_wait_for_service` of the outage, and fails
+    /// after that.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -150,6 +151,11 @@ pub struct Consumer {
     redis: Redis,
     config: ConsumerConfig,
     handler: Arc<dyn EventHandler>,
+    /// Since when handlers have found a service they need out of reach, with nothing handled
+    /// since: one outage is waited out once, not again by each entry that meets it.
+    service_out_since: Mutex<Option<tokio::time::Instant>>,
+    /// When the entries this consumer holds were last kept from being claimed.
+    kept_claimed_at: Mutex<tokio::time::Instant>,
 }
 
 enum Outcome {
@@ -178,6 +184,8 @@ impl Consumer {
             redis,
             config,
             handler,
+            service_out_since: Mutex::new(None),
+            kept_claimed_at: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -446,9 +454,10 @@ impl Consumer {
     /// handler needs, out of reach) is tried again in place, with pauses, for as long as the
     /// outage lasts: its delivery count does not move, and what comes after it waits too (it
     /// would meet the same outage, and its order is kept), every entry this consumer holds
-    /// kept from being claimed by another. Waiting on another service ends after
-    /// `max_wait_for_service`: the entry fails, as one whose handler fails does, and the
-    /// consumer moves on.
+    /// kept from being claimed by another about three times per `claim_idle`. A service's
+    /// outage is waited out for `max_wait_for_service` in all: past that, an entry that finds
+    /// it still out fails at once, as one whose handler fails does, and the consumer moves on
+    /// to entries that may not need it.
     async fn process(
         &self,
         conn: &mut MultiplexedConnection,
@@ -456,19 +465,27 @@ impl Consumer {
         entry: &StreamId,
         redelivered: bool,
     ) -> Result<Outcome, ConsumerError> {
-        let started = tokio::time::Instant::now();
         let mut pause = self.config.retry_pause;
-        let mut kept = started;
         let mut redelivered = redelivered;
-        // Kept claimed at least twice per claim_idle, whatever the pauses.
         let keep_every = self.config.claim_idle / 3;
         loop {
             let mut outcome = self.process_entry(conn, key, entry, redelivered).await?;
-            if matches!(outcome, Outcome::Deferred { by_service: true })
-                && started.elapsed() >= self.config.max_wait_for_service
-            {
-                tracing::error!(group = %self.config.group, stream = key, entry = %entry.id, "a service the event needs has been out of reach too long; the entry fails and will be retried later");
-                outcome = Outcome::Failed;
+            match outcome {
+                Outcome::Deferred { by_service: true } => {
+                    let since = *self
+                        .service_out_since
+                        .lock()
+                        .expect("never poisoned")
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= self.config.max_wait_for_service {
+                        tracing::error!(group = %self.config.group, stream = key, entry = %entry.id, "a service the event needs has been out of reach too long; the entry fails and will be retried later");
+                        outcome = Outcome::Failed;
+                    }
+                }
+                Outcome::Applied | Outcome::Duplicate => {
+                    *self.service_out_since.lock().expect("never poisoned") = None;
+                }
+                _ => {}
             }
             let label = match outcome {
                 Outcome::Applied => "applied",
@@ -483,9 +500,10 @@ impl Consumer {
             }
             // Its deliveries were checked on the first try; they have not moved since.
             redelivered = false;
-            if kept.elapsed() + pause >= keep_every {
+            let kept_at = *self.kept_claimed_at.lock().expect("never poisoned");
+            if kept_at.elapsed() + pause >= keep_every {
                 self.keep_claimed(conn).await?;
-                kept = tokio::time::Instant::now();
+                *self.kept_claimed_at.lock().expect("never poisoned") = tokio::time::Instant::now();
             }
             tokio::time::sleep(pause.min(keep_every.max(self.config.retry_pause))).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
