@@ -146,14 +146,20 @@ pub fn dead_letter_stream(stream: &str) -> String {
     format!("{stream}.dead")
 }
 
+#[derive(Clone, Copy)]
+struct ServiceOutage {
+    since: tokio::time::Instant,
+    last: tokio::time::Instant,
+}
+
 pub struct Consumer {
     pool: PgPool,
     redis: Redis,
     config: ConsumerConfig,
     handler: Arc<dyn EventHandler>,
-    /// Since when handlers have found a service they need out of reach, with nothing handled
-    /// since: one outage is waited out once, not again by each entry that meets it.
-    service_out_since: Mutex<Option<tokio::time::Instant>>,
+    /// The service outage handlers meet: since when, and when last. One outage is waited out
+    /// once, not again by each entry that meets it.
+    service_outage: Mutex<Option<ServiceOutage>>,
     /// When the entries this consumer holds were last kept from being claimed.
     kept_claimed_at: Mutex<tokio::time::Instant>,
 }
@@ -184,7 +190,7 @@ impl Consumer {
             redis,
             config,
             handler,
-            service_out_since: Mutex::new(None),
+            service_outage: Mutex::new(None),
             kept_claimed_at: Mutex::new(tokio::time::Instant::now()),
         }
     }
@@ -457,7 +463,7 @@ impl Consumer {
     /// kept from being claimed by another about three times per `claim_idle`. A service's
     /// outage is waited out for `max_wait_for_service` in all: past that, an entry that finds
     /// it still out fails at once, as one whose handler fails does, and the consumer moves on
-    /// to entries that may not need it.
+    /// to entries that may not need it (`service_out_too_long`).
     async fn process(
         &self,
         conn: &mut MultiplexedConnection,
@@ -470,22 +476,11 @@ impl Consumer {
         let keep_every = self.config.claim_idle / 3;
         loop {
             let mut outcome = self.process_entry(conn, key, entry, redelivered).await?;
-            match outcome {
-                Outcome::Deferred { by_service: true } => {
-                    let since = *self
-                        .service_out_since
-                        .lock()
-                        .expect("never poisoned")
-                        .get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() >= self.config.max_wait_for_service {
-                        tracing::error!(group = %self.config.group, stream = key, entry = %entry.id, "a service the event needs has been out of reach too long; the entry fails and will be retried later");
-                        outcome = Outcome::Failed;
-                    }
-                }
-                Outcome::Applied | Outcome::Duplicate => {
-                    *self.service_out_since.lock().expect("never poisoned") = None;
-                }
-                _ => {}
+            if matches!(outcome, Outcome::Deferred { by_service: true })
+                && self.service_out_too_long()
+            {
+                tracing::error!(group = %self.config.group, stream = key, entry = %entry.id, "a service the event needs has been out of reach too long; the entry fails and will be retried later");
+                outcome = Outcome::Failed;
             }
             let label = match outcome {
                 Outcome::Applied => "applied",
@@ -508,6 +503,24 @@ impl Consumer {
             tokio::time::sleep(pause.min(keep_every.max(self.config.retry_pause))).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
+    }
+
+    /// Notes that a handler met a service out of reach now; true once that outage has lasted
+    /// `max_wait_for_service`. An outage is a run of such meetings with no gap longer than
+    /// an entry's retry and claim could leave (then the service answered in between).
+    fn service_out_too_long(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let gap = self.config.claim_idle.max(MAX_RETRY_PAUSE * 2);
+        let mut outage = self.service_outage.lock().expect("never poisoned");
+        let current = match *outage {
+            Some(o) if now - o.last <= gap => ServiceOutage { last: now, ..o },
+            _ => ServiceOutage {
+                since: now,
+                last: now,
+            },
+        };
+        *outage = Some(current);
+        now - current.since >= self.config.max_wait_for_service
     }
 
     async fn process_entry(
