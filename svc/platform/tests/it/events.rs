@@ -104,11 +104,22 @@ async fn publish(f: &Fixture, count: usize) {
 }
 
 fn consumer(f: &Fixture, group: &str, handler: Arc<dyn EventHandler>) -> Consumer {
+    Consumer::new(
+        f.pool.clone(),
+        f.redis.clone(),
+        quick_config(group),
+        handler,
+    )
+}
+
+/// A consumer's config for these tests: idle entries claimed at once, two deliveries before
+/// the dead-letter stream, short pauses between retries.
+fn quick_config(group: &str) -> ConsumerConfig {
     let mut config = ConsumerConfig::new(group, &[contracts::events::streams::USERS]);
     config.claim_idle = Duration::ZERO;
     config.max_deliveries = 2;
     config.retry_pause = Duration::from_millis(5);
-    Consumer::new(f.pool.clone(), f.redis.clone(), config, handler)
+    config
 }
 
 async fn effects(pool: &PgPool, group: &str) -> i64 {
@@ -363,10 +374,7 @@ async fn an_entry_waiting_on_a_service_too_long_fails_and_is_dead_lettered_in_th
         attempts: Default::default(),
         for_attempts: usize::MAX,
     });
-    let mut config = ConsumerConfig::new("stuck", &[contracts::events::streams::USERS]);
-    config.claim_idle = Duration::ZERO;
-    config.max_deliveries = 2;
-    config.retry_pause = Duration::from_millis(5);
+    let mut config = quick_config("stuck");
     config.max_wait_for_service = Duration::from_millis(50);
     let c = Consumer::new(f.pool.clone(), f.redis.clone(), config, handler);
     for _ in 0..4 {
@@ -393,10 +401,7 @@ async fn a_database_out_of_reach_defers_entries_and_dead_letters_none() {
             "postgres://micromart@127.0.0.1:{closed_port}/none"
         ))
         .unwrap();
-    let mut config = ConsumerConfig::new("outage", &[contracts::events::streams::USERS]);
-    config.claim_idle = Duration::ZERO;
-    config.max_deliveries = 2;
-    config.retry_pause = Duration::from_millis(5);
+    let config = quick_config("outage");
     let cut_off = Consumer::new(
         unreachable,
         f.redis.clone(),

@@ -146,9 +146,5 @@ async fn an_order_whose_checkout_never_finished_is_cancelled_once_its_reservatio
         saga.order(&eve, &id).await["status"] == "CANCELLED"
     })
     .await;
-    saga.eventually("its stock is free", || async {
-        let stock = saga.stock(mug).await;
-        stock["on_hand"] == 2 && stock["reserved"] == 0
-    })
-    .await;
+    saga.wait_for_stock(mug, 2, "its stock is free").await;
 }

@@ -44,11 +44,7 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
 
     saga.pay(&placed, "4242 4242 4242 4242").await;
     saga.wait_for_status(&alice, &order_id, "PAID").await;
-    saga.eventually("stock is committed", || async {
-        let s = saga.stock(mug).await;
-        s["on_hand"] == 3 && s["reserved"] == 0
-    })
-    .await;
+    saga.wait_for_stock(mug, 3, "stock is committed").await;
     saga.eventually("the cart is empty", || async {
         saga.cart_lines(&alice).await == 0
     })
@@ -180,11 +176,8 @@ async fn twenty_customers_race_for_the_last_five_units_and_exactly_five_orders_a
         let id = body["order"]["id"].as_str().unwrap();
         saga.wait_for_status(token, id, "PAID").await;
     }
-    saga.eventually("all five units are sold", || async {
-        let s = saga.stock(last).await;
-        s["on_hand"] == 0 && s["reserved"] == 0
-    })
-    .await;
+    saga.wait_for_stock(last, 0, "all five units are sold")
+        .await;
 }
 
 #[tokio::test]
@@ -325,11 +318,7 @@ async fn a_payment_made_on_an_order_just_cancelled_is_refunded() {
     })
     .await;
     assert_eq!(order_status(&saga, &gus, &id).await, "CANCELLED");
-    saga.eventually("the stock is all back", || async {
-        let stock = saga.stock(mug).await;
-        stock["on_hand"] == 3 && stock["reserved"] == 0
-    })
-    .await;
+    saga.wait_for_stock(mug, 3, "the stock is all back").await;
 }
 
 #[tokio::test]
@@ -406,11 +395,8 @@ async fn an_order_paid_after_its_reservation_lapsed_still_takes_its_stock() {
     .await;
     saga.restart_tasks("payment");
     saga.wait_for_status(&hal, &id, "PAID").await;
-    saga.eventually("the paid units are taken", || async {
-        let stock = saga.stock(mug).await;
-        stock["on_hand"] == 1 && stock["reserved"] == 0
-    })
-    .await;
+    saga.wait_for_stock(mug, 1, "the paid units are taken")
+        .await;
 }
 
 #[tokio::test]
@@ -453,11 +439,8 @@ async fn a_refund_whose_event_overtakes_its_payment_event_still_refunds_and_rest
     saga.restart_tasks("orders");
     saga.restart_tasks("inventory");
     saga.wait_for_status(&hal, &order_id, "REFUNDED").await;
-    saga.eventually("the refunded units are back on hand", || async {
-        let stock = saga.stock(mug).await;
-        stock["on_hand"] == 5 && stock["reserved"] == 0
-    })
-    .await;
+    saga.wait_for_stock(mug, 5, "the refunded units are back on hand")
+        .await;
     assert_eq!(
         saga.history(&hal, &order_id).await,
         ["PENDING", "PAID", "REFUNDED"]

@@ -535,6 +535,16 @@ impl Saga {
         .await;
     }
 
+    /// Waits until `product` has `on_hand` units and none reserved (`what` says why), at
+    /// most 10 s.
+    pub async fn wait_for_stock(&self, product: Uuid, on_hand: i64, what: &str) {
+        self.eventually(what, || async {
+            let s = self.stock(product).await;
+            s["on_hand"] == on_hand && s["reserved"] == 0
+        })
+        .await;
+    }
+
     /// Emails to `email` at the SMTP server that mention `order_id`.
     pub fn confirmations(&self, email: &str, order_id: &str) -> usize {
         self.emails_about(email, order_id).len()
