@@ -31,6 +31,18 @@ async fn checkout_dying_at(saga: &Saga, token: &str, key: &str, failpoint: &str)
     assert_eq!(first.status(), 503);
 }
 
+/// A checkout refused with 409 because the stock it reserved is no longer held.
+async fn refused_as_no_longer_held(checkout: reqwest::Response) {
+    let problem = platform::testing::expect_problem(checkout, 409).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer held"),
+        "{problem}"
+    );
+}
+
 /// Failpoints are process-wide: one test at a time sets them.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -82,16 +94,32 @@ async fn a_retry_after_the_first_attempts_reservation_lapsed_is_refused() {
     .await;
     // Retried with the same key, it must not open a payment session on stock nobody holds.
     let retry = saga.checkout(&cal, "again").await;
-    let problem = platform::testing::expect_problem(retry, 409).await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("no longer held"),
-        "{problem}"
-    );
+    refused_as_no_longer_held(retry).await;
     // A new attempt reserves again.
     assert_eq!(saga.checkout(&cal, "anew").await.status(), 201);
+}
+
+#[tokio::test]
+async fn a_reservation_lapsing_before_payment_opens_its_session_is_the_customers_409() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let saga = Saga::with_reservations_of(1).await;
+    let (_, eve) = saga.customer();
+    let mug = saga.product(1250, 2).await;
+    saga.add_to_cart(&eve, mug, 2).await;
+    // The checkout stalls after writing its order, past its 1 s reservation: payment then
+    // refuses a session that would close in the past (its 422 names closes_by, a field the
+    // customer never sent), and the customer is told the stock is no longer held.
+    fail::cfg("orders::after_insert_before_session", "1*sleep(1500)").unwrap();
+    let stalled = saga.checkout(&eve, "stalled").await;
+    fail::remove("orders::after_insert_before_session");
+    refused_as_no_longer_held(stalled).await;
+    saga.wait_for_stock(mug, 2, "the lapsed reservation was released")
+        .await;
+    assert_eq!(
+        saga.checkout(&eve, "anew").await.status(),
+        201,
+        "a new attempt reserves again"
+    );
 }
 
 #[tokio::test]
