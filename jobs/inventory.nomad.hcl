@@ -117,6 +117,9 @@ job "inventory" {
           MICROMART_SHARED_SHUTDOWN_GRACE_MS={{ key "micromart/shared/shutdown_grace_ms" | toJSON }}
           MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
           MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
+          MICROMART_SHARED_OUTBOX_KEEP_RELAYED_SECONDS={{ key "micromart/shared/outbox_keep_relayed_seconds" | toJSON }}
+          MICROMART_SHARED_APPLIED_EVENTS_KEEP_SECONDS={{ key "micromart/shared/applied_events_keep_seconds" | toJSON }}
+          MICROMART_SHARED_RETENTION_EVERY_SECONDS={{ key "micromart/shared/retention_every_seconds" | toJSON }}
           MICROMART_INVENTORY_DATABASE_URL={{ key "micromart/inventory/database_url" | toJSON }}
           MICROMART_INVENTORY_LOW_STOCK_THRESHOLD={{ key "micromart/inventory/low_stock_threshold" | toJSON }}
           MICROMART_INVENTORY_RESERVATION_SWEEP_INTERVAL_MS={{ key "micromart/inventory/reservation_sweep_interval_ms" | toJSON }}

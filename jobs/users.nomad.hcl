@@ -117,6 +117,9 @@ job "users" {
           MICROMART_SHARED_SHUTDOWN_GRACE_MS={{ key "micromart/shared/shutdown_grace_ms" | toJSON }}
           MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
           MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
+          MICROMART_SHARED_OUTBOX_KEEP_RELAYED_SECONDS={{ key "micromart/shared/outbox_keep_relayed_seconds" | toJSON }}
+          MICROMART_SHARED_APPLIED_EVENTS_KEEP_SECONDS={{ key "micromart/shared/applied_events_keep_seconds" | toJSON }}
+          MICROMART_SHARED_RETENTION_EVERY_SECONDS={{ key "micromart/shared/retention_every_seconds" | toJSON }}
           MICROMART_USERS_DATABASE_URL={{ key "micromart/users/database_url" | toJSON }}
           MICROMART_USERS_DATABASE_MAX_CONNECTIONS={{ key "micromart/users/database_max_connections" | toJSON }}
           MICROMART_USERS_ACCESS_TOKEN_TTL_SECONDS={{ key "micromart/users/access_token_ttl_seconds" | toJSON }}

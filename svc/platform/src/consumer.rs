@@ -9,7 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use contracts::events::Envelope;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamPendingId, StreamRangeReply,
+    StreamReadReply,
+};
 use redis::{FromRedisValue, Value};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -294,19 +297,53 @@ impl Consumer {
         }
     }
 
+    /// Handles again what this consumer holds (read before its connection was lost, or
+    /// failed since), found with XPENDING and read with XRANGE: reading its own pending
+    /// entries with XREADGROUP would count a delivery of each, and a few lost connections
+    /// would then dead-letter entries whose handlers never failed.
     async fn drain_pending(
         &self,
         conn: &mut MultiplexedConnection,
     ) -> Result<usize, ConsumerError> {
         let mut handled = 0;
-        let reply = self.read(conn, "0", None).await?;
-        for key in reply.keys {
-            for entry in key.ids {
-                self.process(conn, &key.key, &entry, true).await?;
+        for key in self.keys() {
+            for pending in self.held(conn, &key).await? {
+                let found: StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&pending.id)
+                    .arg(&pending.id)
+                    .query_async(conn)
+                    .await?;
+                match found.ids.first() {
+                    Some(entry) => {
+                        self.process(conn, &key, entry, true).await?;
+                    }
+                    // Deleted from the stream meanwhile: nothing left to handle.
+                    None => self.ack(conn, &key, &pending.id).await?,
+                }
                 handled += 1;
             }
         }
         Ok(handled)
+    }
+
+    /// The entries of `key` this consumer holds, oldest first.
+    async fn held(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+    ) -> Result<Vec<StreamPendingId>, ConsumerError> {
+        let held: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&self.config.group)
+            .arg("-")
+            .arg("+")
+            // What it read (a batch per stream) and what it claimed (a batch at a time).
+            .arg(self.config.batch * 4)
+            .arg(&self.config.consumer)
+            .query_async(conn)
+            .await?;
+        Ok(held.ids)
     }
 
     async fn read(
@@ -385,17 +422,8 @@ impl Consumer {
     /// count as it is.
     async fn keep_claimed(&self, conn: &mut MultiplexedConnection) -> Result<(), ConsumerError> {
         for key in self.keys() {
-            let held: StreamPendingCountReply = redis::cmd("XPENDING")
-                .arg(&key)
-                .arg(&self.config.group)
-                .arg("-")
-                .arg("+")
-                // What it read (a batch per stream) and what it claimed (a batch at a time).
-                .arg(self.config.batch * 4)
-                .arg(&self.config.consumer)
-                .query_async(conn)
-                .await?;
-            if held.ids.is_empty() {
+            let held = self.held(conn, &key).await?;
+            if held.is_empty() {
                 continue;
             }
             let mut claim = redis::cmd("XCLAIM");
@@ -404,7 +432,7 @@ impl Consumer {
                 .arg(&self.config.group)
                 .arg(&self.config.consumer)
                 .arg(0);
-            for pending in &held.ids {
+            for pending in &held {
                 claim.arg(&pending.id);
             }
             let _: Value = claim.arg("JUSTID").query_async(conn).await?;

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use redis::streams::StreamRangeReply;
+use chrono::{DateTime, Utc};
+use contracts::events::Envelope;
+use redis::streams::{StreamId, StreamRangeReply};
 use redis::{FromRedisValue, Value};
 
 use crate::consumer::dead_letter_stream;
@@ -26,14 +28,24 @@ pub struct Replayed {
     /// Dead letters with no event in them (the entry had no envelope field): left where they
     /// are, for an operator to read; replayed, they would only come back.
     pub left: usize,
+    /// Dead letters of events older than the groups' records of what they applied
+    /// (`applied_events_keep_seconds`): left where they are, since a group that had applied
+    /// such an event may no longer know it and would apply it again.
+    pub too_old: usize,
 }
 
 /// Moves the dead letters of `stream` that are there when it starts back onto `stream`, each
 /// event once, as a new entry. Every consumer group sees it again: those that had applied it
 /// skip it (each records the events it applied), one that had given up handles it. An entry
 /// dead-lettered again while the replay runs is not replayed by it. Each move is one
-/// transaction (XADD and XDEL together): an interrupted replay can be run again.
-pub async fn replay(redis: &Redis, stream: &str) -> Result<Replayed, RedisError> {
+/// transaction (XADD and XDEL together): an interrupted replay can be run again. Events that
+/// occurred before `records_kept_since` are left in place (see [`Replayed::too_old`]); None
+/// replays them too.
+pub async fn replay(
+    redis: &Redis,
+    stream: &str,
+    records_kept_since: Option<DateTime<Utc>>,
+) -> Result<Replayed, RedisError> {
     let key = redis.key(stream);
     let dead_key = dead_letter_stream(&key);
     let mut conn = redis.conn().await?;
@@ -69,6 +81,10 @@ pub async fn replay(redis: &Redis, stream: &str) -> Result<Replayed, RedisError>
                 done.left += 1;
                 continue;
             }
+            if records_kept_since.is_some_and(|since| occurred_before(entry, since)) {
+                done.too_old += 1;
+                continue;
+            }
             let event_id: Option<String> = entry.get("id");
             let mut transaction = redis::pipe();
             transaction.atomic();
@@ -99,4 +115,13 @@ pub async fn replay(redis: &Redis, stream: &str) -> Result<Replayed, RedisError>
                 .await?;
         }
     }
+}
+
+/// Whether the event in `entry` occurred before `time` (an envelope that cannot be read is
+/// not known to have).
+fn occurred_before(entry: &StreamId, time: DateTime<Utc>) -> bool {
+    entry
+        .get::<String>("envelope")
+        .and_then(|text| serde_json::from_str::<Envelope>(&text).ok())
+        .is_some_and(|event| event.occurred_at < time)
 }

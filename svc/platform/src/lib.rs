@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod periodic;
 pub mod problem;
 pub mod redis;
+pub mod retention;
 pub mod runtime;
 pub mod service;
 pub mod stream_trim;

@@ -16,6 +16,7 @@ use crate::consumer::{Consumer, ConsumerConfig, EventHandler};
 use crate::discovery::Discovery;
 use crate::http::ServiceClient;
 use crate::redis::Redis;
+use crate::retention::{self, Retention};
 use crate::runtime::Background;
 use crate::web::{self, ReadyCheck};
 
@@ -52,6 +53,8 @@ pub struct BaseConfig {
     pub stream_claim_idle: Duration,
     /// A stream entry delivered this many times goes to the dead-letter stream.
     pub stream_max_deliveries: usize,
+    /// How long relayed and applied events are kept.
+    pub retention: Retention,
 }
 
 impl BaseConfig {
@@ -68,6 +71,7 @@ impl BaseConfig {
             call_timeout: s.millis("call_timeout_ms", 2000)?,
             stream_claim_idle: s.millis("stream_claim_idle_ms", 30_000)?,
             stream_max_deliveries: s.get_or("stream_max_deliveries", 5)?,
+            retention: Retention::from_settings(s)?,
         })
     }
 }
@@ -86,14 +90,21 @@ pub struct Base {
 
 impl Base {
     /// The tasks every service runs besides its own: following users' key set, when the
-    /// keys come from users rather than from config.
+    /// keys come from users rather than from config, and deleting old relayed and applied
+    /// events.
     pub fn background(&self) -> Background {
-        key_set_tasks(
+        let mut tasks = key_set_tasks(
             &self.config.jwt_public_keys,
             &self.verifier,
             &self.discovery,
             self.config.call_timeout,
-        )
+        );
+        tasks.extend(retention::task(
+            &self.pool,
+            &self.config.retention,
+            self.service,
+        ));
+        tasks
     }
     /// A client of another service, found through discovery, with this service's call
     /// timeout and internal credential.

@@ -14,6 +14,7 @@ use platform::auth::{InternalToken, JwtVerifier, SigningKey, TokenIssuer};
 use platform::config::{ConfigError, Settings};
 use platform::outbox::OutboxRelay;
 use platform::redis::Redis;
+use platform::retention::{self, Retention};
 use platform::runtime::Background;
 use platform::web::{self, ReadyCheck};
 use poem::{Endpoint, EndpointExt, Response};
@@ -52,6 +53,8 @@ pub struct UsersConfig {
     pub login_failure_window: Duration,
     pub login_lockout: Duration,
     pub max_body_bytes: usize,
+    /// How long relayed events are kept in the outbox.
+    pub retention: Retention,
 }
 
 impl UsersConfig {
@@ -77,6 +80,7 @@ impl UsersConfig {
             login_failure_window: s.seconds("login_failure_window_seconds", 900)?,
             login_lockout: s.seconds("login_lockout_seconds", 900)?,
             max_body_bytes: s.get_or("max_body_bytes", web::DEFAULT_MAX_BODY_BYTES)?,
+            retention: Retention::from_settings(s)?,
         })
     }
 }
@@ -155,9 +159,9 @@ impl Users {
         .data(InternalToken::new(&self.config.internal_token))
     }
 
-    /// What runs beside the HTTP app: the outbox relay.
+    /// What runs beside the HTTP app: the outbox relay, and deleting events relayed long ago.
     pub fn background(&self) -> Background {
-        let mut tasks = Background::default();
+        let mut tasks = retention::task(&self.pool, &self.config.retention, SERVICE);
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         tasks

@@ -2,6 +2,7 @@
 //! injected at exact points (fail-rs failpoints).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -289,9 +290,26 @@ async fn replayed_dead_letters_are_handled_by_the_groups_that_gave_up_and_skippe
         .query_async(&mut *conn)
         .await
         .unwrap();
+    // And one of an event older than the groups' records of what they applied.
+    let long_ago = chrono::Utc::now() - chrono::TimeDelta::days(100);
+    let old_event = serde_json::json!({
+        "id": uuid::Uuid::new_v4(), "type": "UserRegistered", "version": 1,
+        "occurred_at": long_ago, "source": "users", "correlation_id": null, "data": {}
+    });
+    let _: String = redis::cmd("XADD")
+        .arg(f.redis.key(&dead))
+        .arg("*")
+        .arg("type")
+        .arg("UserRegistered")
+        .arg("envelope")
+        .arg(old_event.to_string())
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let records_kept_since = Some(chrono::Utc::now() - chrono::TimeDelta::days(90));
 
     // The bug is fixed; the operator replays.
-    let replayed = platform::dead_letters::replay(&f.redis, "users.events")
+    let replayed = platform::dead_letters::replay(&f.redis, "users.events", records_kept_since)
         .await
         .unwrap();
     assert_eq!(
@@ -299,10 +317,11 @@ async fn replayed_dead_letters_are_handled_by_the_groups_that_gave_up_and_skippe
         platform::dead_letters::Replayed {
             events: 2,
             copies: 2,
-            left: 1
+            left: 1,
+            too_old: 1
         }
     );
-    assert_eq!(xlen(&f.redis, &dead).await, 1);
+    assert_eq!(xlen(&f.redis, &dead).await, 2);
     for group in ["buggy", "buggier"] {
         let fixed = consumer(&f, group, Arc::new(RecordEffect(group.into())));
         fixed.run_until_idle().await.unwrap();
@@ -314,25 +333,47 @@ async fn replayed_dead_letters_are_handled_by_the_groups_that_gave_up_and_skippe
     }
     applied.run_until_idle().await.unwrap();
     assert_eq!(effects(&f.pool, "applied").await, 2, "each applied once");
-    let again = platform::dead_letters::replay(&f.redis, "users.events")
+    let again = platform::dead_letters::replay(&f.redis, "users.events", records_kept_since)
         .await
         .unwrap();
-    assert_eq!((again.events, again.left), (0, 1), "nothing more to replay");
+    assert_eq!(
+        (again.events, again.left, again.too_old),
+        (0, 1, 1),
+        "nothing more to replay"
+    );
+    // Asked to, it replays the old event too.
+    let old_too = platform::dead_letters::replay(&f.redis, "users.events", None)
+        .await
+        .unwrap();
+    assert_eq!((old_too.events, old_too.left, old_too.too_old), (1, 1, 0));
+    assert_eq!(xlen(&f.redis, &dead).await, 1);
 }
 
 /// Says the service it needs is out of reach `for_attempts` times, then records the effect.
 struct OutOfReachAtFirst {
-    attempts: std::sync::atomic::AtomicUsize,
-    for_attempts: usize,
+    attempts: AtomicUsize,
+    /// How many attempts find the service out of reach; the test may lower it meanwhile.
+    for_attempts: AtomicUsize,
+}
+
+impl OutOfReachAtFirst {
+    fn for_attempts(attempts: usize) -> Arc<Self> {
+        Arc::new(Self {
+            attempts: AtomicUsize::new(0),
+            for_attempts: AtomicUsize::new(attempts),
+        })
+    }
+
+    fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
 }
 
 #[async_trait]
 impl EventHandler for OutOfReachAtFirst {
     async fn prepare(&self, _: &PgPool, _: &Envelope) -> Result<(), HandlerError> {
-        let attempt = self
-            .attempts
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if attempt < self.for_attempts {
+        let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+        if attempt < self.for_attempts.load(Ordering::SeqCst) {
             return Err(HandlerError::Unavailable("users is down".into()));
         }
         Ok(())
@@ -348,18 +389,12 @@ async fn an_entry_waiting_out_an_outage_is_retried_past_max_deliveries_and_appli
     let _turn = FAILPOINTS.lock().await;
     let f = fixture().await;
     publish(&f, 1).await;
-    let handler = Arc::new(OutOfReachAtFirst {
-        attempts: Default::default(),
-        for_attempts: 6,
-    });
+    let handler = OutOfReachAtFirst::for_attempts(6);
     // max_deliveries is 2: six deferrals in a row would have dead-lettered it, were they
     // counted.
     let c = consumer(&f, "waited", handler.clone());
     assert_eq!(c.run_until_idle().await.unwrap(), 1);
-    assert_eq!(
-        handler.attempts.load(std::sync::atomic::Ordering::SeqCst),
-        7
-    );
+    assert_eq!(handler.attempts(), 7);
     assert_eq!(effects(&f.pool, "waited").await, 1);
     assert_eq!(pending(&f.redis, "waited").await, 0, "it was acknowledged");
     assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
@@ -370,10 +405,7 @@ async fn an_entry_waiting_on_a_service_too_long_fails_and_is_dead_lettered_in_th
     let _turn = FAILPOINTS.lock().await;
     let f = fixture().await;
     publish(&f, 1).await;
-    let handler = Arc::new(OutOfReachAtFirst {
-        attempts: Default::default(),
-        for_attempts: usize::MAX,
-    });
+    let handler = OutOfReachAtFirst::for_attempts(usize::MAX);
     let mut config = quick_config("stuck");
     config.max_wait_for_service = Duration::from_millis(50);
     let c = Consumer::new(f.pool.clone(), f.redis.clone(), config, handler);
@@ -382,6 +414,101 @@ async fn an_entry_waiting_on_a_service_too_long_fails_and_is_dead_lettered_in_th
     }
     assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 1);
     assert_eq!(pending(&f.redis, "stuck").await, 0);
+}
+
+#[tokio::test]
+async fn a_consumer_that_loses_its_redis_connection_while_holding_an_entry_counts_no_delivery() {
+    let _turn = FAILPOINTS.lock().await;
+    // A Redis of its own, whose client connections the test can cut without touching other
+    // tests'.
+    let server = platform::testing::redis_server::RedisServer::start().await;
+    let f = Fixture {
+        redis: Redis::connect(&server.url(), &testing::redis_prefix()).unwrap(),
+        ..fixture().await
+    };
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    publish(&f, 1).await;
+    let handler = OutOfReachAtFirst::for_attempts(usize::MAX);
+    let mut config = quick_config("reconnecting");
+    // What it holds is kept claimed every second, and never claimed idle meanwhile.
+    config.claim_idle = Duration::from_secs(3);
+    let shutdown = CancellationToken::new();
+    let consumer = Consumer::new(f.pool.clone(), f.redis.clone(), config, handler.clone());
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+
+    // max_deliveries is 2: three reconnections re-reading the entry would have
+    // dead-lettered it, were they counted as deliveries.
+    for _ in 0..3 {
+        let tries = handler.attempts();
+        testing::eventually_within(
+            Duration::from_secs(10),
+            "the entry is being tried",
+            || async { handler.attempts() > tries },
+        )
+        .await;
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        // Its pooled connection and its own reading one, beside this test's.
+        testing::eventually_within(
+            Duration::from_secs(10),
+            "the consumer connected again",
+            || connected_clients(admin.clone(), 3),
+        )
+        .await;
+    }
+    let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(f.redis.key(contracts::events::streams::USERS))
+        .arg("reconnecting")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(pending.ids.len(), 1);
+    assert_eq!(
+        pending.ids[0].times_delivered, 1,
+        "read once, however often re-read"
+    );
+
+    handler.for_attempts.store(0, Ordering::SeqCst);
+    testing::eventually_within(Duration::from_secs(10), "the event was applied", || async {
+        effects(&f.pool, "waited").await == 1
+    })
+    .await;
+    testing::eventually_within(Duration::from_secs(10), "it was acknowledged", || async {
+        self::pending(&f.redis, "reconnecting").await == 0
+    })
+    .await;
+    assert_eq!(xlen(&f.redis, &dead_letter_stream("users.events")).await, 0);
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// Whether `admin`'s Redis has at least `count` clients connected, `admin` included.
+async fn connected_clients(mut admin: redis::aio::MultiplexedConnection, count: usize) -> bool {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let connected: usize = info
+        .lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO clients names connected_clients");
+    connected >= count
 }
 
 #[tokio::test]

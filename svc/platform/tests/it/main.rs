@@ -5,5 +5,6 @@ mod contract;
 mod events;
 mod http;
 mod key_set;
+mod retention;
 mod seed_file;
 mod workers;

@@ -1,0 +1,128 @@
+//! Keeps the platform's tables from growing without end: outbox rows already relayed, and the
+//! record of events a consumer applied, once no redelivery can need them.
+//!
+//! A relayed row is never read again (a relay crashing between XADD and marking it sends it
+//! again within seconds, before it is marked). An applied event's record is what makes a
+//! redelivery change nothing: one comes within `stream_claim_idle` of a crash, or when dead
+//! letters are replayed; so it is kept far longer than the first, for as long as replaying
+//! dead letters should stay safe.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::runtime::Background;
+
+/// How long each kind of row is kept, and how often old ones are deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// An outbox row is deleted this long after it was relayed.
+    pub relayed_events: Duration,
+    /// An applied event's record is deleted this long after it was applied; a dead letter
+    /// replayed later may be applied again by groups that had applied it.
+    pub applied_events: Duration,
+    pub every: Duration,
+}
+
+impl Retention {
+    pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            relayed_events: s.seconds("outbox_keep_relayed_seconds", 7 * DAY)?,
+            applied_events: s.seconds("applied_events_keep_seconds", 90 * DAY)?,
+            every: s.seconds("retention_every_seconds", 3600)?,
+        })
+    }
+}
+
+const DAY: u64 = 24 * 3600;
+
+/// Rows deleted by one pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub relayed_events: u64,
+    pub applied_events: u64,
+}
+
+/// Rows deleted per statement: each batch is a short transaction of its own, so a first pass
+/// over a large backlog neither holds locks for long nor writes one huge WAL record.
+const BATCH: i64 = 5000;
+
+/// Deletes what `retention` no longer keeps, in batches, until none is left.
+pub async fn prune_once(pool: &PgPool, retention: &Retention) -> Result<Pruned, sqlx::Error> {
+    let relayed_events = delete_in_batches(
+        pool,
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+        retention.relayed_events,
+    )
+    .await?;
+    let applied_events = delete_in_batches(
+        pool,
+        "DELETE FROM processed_events WHERE (consumer, event_id) IN (
+             SELECT consumer, event_id FROM processed_events
+             WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+        retention.applied_events,
+    )
+    .await?;
+    Ok(Pruned {
+        relayed_events,
+        applied_events,
+    })
+}
+
+async fn delete_in_batches(
+    pool: &PgPool,
+    statement: &'static str,
+    older_than: Duration,
+) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let batch = sqlx::query(statement)
+            .bind(older_than.as_secs_f64())
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        deleted += batch;
+        if batch < BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// The background task that prunes `pool`'s platform tables every `retention.every`.
+pub fn task(pool: &PgPool, retention: &Retention, service: &'static str) -> Background {
+    let (pool, retention) = (pool.clone(), retention.clone());
+    let mut tasks = Background::default();
+    tasks.add("event retention", move |shutdown| {
+        run(pool, retention, service, shutdown)
+    });
+    tasks
+}
+
+/// Prunes every `retention.every` until `shutdown`. Several instances of a service may prune
+/// at once: each deletes what it finds, and a row another has deleted is simply not there.
+async fn run(
+    pool: PgPool,
+    retention: Retention,
+    service: &'static str,
+    shutdown: CancellationToken,
+) {
+    crate::periodic::every(
+        retention.every,
+        &shutdown,
+        "pruning relayed and applied events failed; trying again later",
+        || async {
+            let pruned = prune_once(&pool, &retention).await?;
+            metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => "outbox")
+                .increment(pruned.relayed_events);
+            metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => "processed_events")
+                .increment(pruned.applied_events);
+            Ok::<_, sqlx::Error>(())
+        },
+    )
+    .await;
+}
