@@ -34,6 +34,7 @@ struct SetQuantity {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct CartLine {
     product_id: Uuid,
     name: Option<String>,

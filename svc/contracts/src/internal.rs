@@ -78,6 +78,7 @@ pub struct Reservation {
 /// `GET /internal/users/{user_id}/contact`: where to reach a customer, for notification when
 /// an event about them arrives before their `UserRegistered`.
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct UserContact {
     pub user_id: Uuid,
     pub email: String,
@@ -94,7 +95,7 @@ pub struct CartContents {
 
 /// `POST /internal/payments/sessions`: one session per order (idempotent).
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct PaymentSessionRequest {
     pub order_id: Uuid,
     pub user_id: Uuid,

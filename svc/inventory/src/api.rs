@@ -30,6 +30,7 @@ pub struct InventoryApi {
 /// Stock of one product. Everyone sees `available` and `in_stock`; holders of
 /// `inventory:write` also see the counts behind them.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct StockView {
     product_id: Uuid,
     available: i32,
@@ -72,6 +73,7 @@ struct Adjustment {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct StockPage {
     items: Vec<StockView>,
     next_cursor: Option<String>,

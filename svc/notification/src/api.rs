@@ -62,7 +62,7 @@ enum ChannelKind {
 /// One message to one recipient. The body is not returned: it can carry one-time links
 /// (email verification, password reset) that must stay in the recipient's mailbox.
 #[derive(Debug, Object)]
-#[oai(rename = "Notification")]
+#[oai(skip_serializing_if_is_none, rename = "Notification")]
 struct NotificationView {
     id: Uuid,
     user_id: Uuid,
@@ -114,6 +114,7 @@ impl From<NotificationRow> for NotificationView {
 
 /// One page of notifications.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct NotificationPage {
     items: Vec<NotificationView>,
     /// Pass as `cursor` to get the next page; absent on the last page.

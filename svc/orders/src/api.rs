@@ -28,7 +28,7 @@ pub struct OrdersApi {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct CheckoutRequest {
     /// Where to ship, as one block of text (1 to 500 characters).
     shipping_address: String,
@@ -46,6 +46,7 @@ struct OrderLineView {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct HistoryView {
     from: Option<String>,
     to: String,
@@ -54,6 +55,7 @@ struct HistoryView {
 }
 
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct OrderView {
     id: Uuid,
     user_id: Uuid,
@@ -79,6 +81,7 @@ struct CheckoutResult {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct OrderPage {
     items: Vec<OrderView>,
     next_cursor: Option<String>,

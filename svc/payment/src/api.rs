@@ -7,6 +7,7 @@ use contracts::money::Money;
 use platform::auth::{BearerAuth, InternalAuth, authority};
 use platform::problem::{ApiResult, Checks, Problem};
 use poem::Request;
+use poem_openapi::error::ParsePathError;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Form, Html, Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
@@ -35,6 +36,7 @@ pub struct PaymentApi {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct PaymentView {
     id: Uuid,
     order_id: Uuid,
@@ -65,6 +67,7 @@ impl From<PaymentRow> for PaymentView {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct PaymentPage {
     items: Vec<PaymentView>,
     next_cursor: Option<String>,
@@ -90,10 +93,14 @@ enum SessionResponse {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "unreadable_page_request")]
 enum PageResponse {
     /// The page.
     #[oai(status = 200)]
     Page(Html<String>),
+    /// The link is not one of a session (its id is malformed).
+    #[oai(status = 400)]
+    BadRequest(Html<String>),
     /// No such session.
     #[oai(status = 404)]
     NotFound(Html<String>),
@@ -106,10 +113,14 @@ enum PageResponse {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "unreadable_payment")]
 enum PayResponse {
     /// Paid or declined: see the result page.
     #[oai(status = 303)]
     SeeOther(#[oai(header = "Location")] String),
+    /// The link is not one of a session, or what was sent is not the page's form.
+    #[oai(status = 400)]
+    BadRequest(Html<String>),
     /// No such session.
     #[oai(status = 404)]
     NotFound(Html<String>),
@@ -122,6 +133,31 @@ enum PayResponse {
     /// Something failed on our side.
     #[oai(status = 500)]
     Failed(Html<String>),
+}
+
+/// A page asked for with a malformed session id: browsers get a page, as for every other
+/// answer of the hosted pages.
+fn unreadable_page_request(_: poem::Error) -> PageResponse {
+    PageResponse::BadRequest(not_a_payment_link())
+}
+
+/// A payment whose session id or form cannot be read.
+fn unreadable_payment(err: poem::Error) -> PayResponse {
+    PayResponse::BadRequest(if err.is::<ParsePathError>() {
+        not_a_payment_link()
+    } else {
+        Html(page::message(
+            "The form could not be read",
+            "Nothing was charged. Go back to the payment page and send its form again.",
+        ))
+    })
+}
+
+fn not_a_payment_link() -> Html<String> {
+    Html(page::message(
+        "This is not a payment link",
+        "Check the link you were given; nothing was charged.",
+    ))
 }
 
 /// The hosted pages answer browsers, so even a failure is a page, not problem+json (whose

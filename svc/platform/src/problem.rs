@@ -29,7 +29,7 @@ impl FieldError {
 
 /// The body of a problem response (RFC 9457).
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
-#[oai(rename = "Problem")]
+#[oai(skip_serializing_if_is_none, rename = "Problem")]
 pub struct ProblemBody {
     /// A URI reference naming the kind of problem.
     #[serde(rename = "type")]
@@ -265,15 +265,23 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (503, "A dependency is unavailable"),
 ];
 
+/// The rarer client errors, documented together as `4XX` rather than each on every operation.
+const OTHER_CLIENT_ERRORS: &str = "Another client error, as problem+json: 408 (the request body \
+     took too long to arrive), 410 (a link or session that expired or was used), 412 (If-Match \
+     names a version that is no longer current), 413 (the body is larger than the limit), 415 \
+     (the body is not of the type the operation takes), 428 (the operation needs If-Match)";
+
 impl ApiResponse for Problem {
     fn meta() -> MetaResponses {
         MetaResponses {
             responses: DOCUMENTED
                 .iter()
-                .map(|(status, description)| MetaResponse {
+                .map(|(status, description)| (Some(*status), None, *description))
+                .chain([(None, Some("4XX".to_owned()), OTHER_CLIENT_ERRORS)])
+                .map(|(status, status_range, description)| MetaResponse {
                     description,
-                    status: Some(*status),
-                    status_range: None,
+                    status,
+                    status_range,
                     content: vec![MetaMediaType {
                         content_type: CONTENT_TYPE,
                         schema: ProblemBody::schema_ref(),

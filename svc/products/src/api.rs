@@ -121,6 +121,7 @@ impl From<ProductRow> for Product {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct ProductPage {
     items: Vec<Product>,
     /// Pass as `cursor` (with the same `sort`) to get the next page; absent on the last page.
@@ -152,7 +153,7 @@ struct CreateProductRequest {
 
 /// Only the fields present change; the product's `ETag` must be sent as `If-Match`.
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct UpdateProductRequest {
     name: Option<String>,
     description: Option<String>,

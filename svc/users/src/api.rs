@@ -35,7 +35,7 @@ pub struct UsersApi {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct RegisterRequest {
     email: String,
     password: String,
@@ -70,7 +70,7 @@ struct PasswordResetConfirm {
 }
 
 #[derive(Debug, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct UpdateMeRequest {
     name: Option<String>,
     /// A new phone number, or null to remove it.
@@ -88,6 +88,7 @@ struct RolesRequest {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct User {
     id: Uuid,
     email: String,
@@ -125,6 +126,7 @@ struct TokenPair {
 }
 
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 struct UserPage {
     items: Vec<User>,
     /// Pass as `cursor` to get the next page; absent on the last page.

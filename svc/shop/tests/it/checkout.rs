@@ -268,6 +268,49 @@ async fn checkout_refuses_bad_requests_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn malformed_payment_links_and_forms_are_answered_with_a_page() {
+    let saga = Saga::start().await;
+    let answered_with_page = |resp: reqwest::Response, says: &'static str| async move {
+        assert_eq!(resp.status(), 400);
+        let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(kind.starts_with("text/html"), "{kind}");
+        let page = resp.text().await.unwrap();
+        assert!(page.contains(says), "{page}");
+    };
+    for path in ["/pay/not-a-session", "/pay/not-a-session/result"] {
+        let resp = saga
+            .client
+            .get(format!("{}{path}", saga.gateway))
+            .send()
+            .await
+            .unwrap();
+        answered_with_page(resp, "This is not a payment link").await;
+    }
+    let card = [
+        ("card_number", "4242424242424242"),
+        ("expiry", "12/30"),
+        ("cvc", "123"),
+        ("name", "Ada"),
+    ];
+    let resp = saga
+        .client
+        .post(format!("{}/pay/not-a-session", saga.gateway))
+        .form(&card)
+        .send()
+        .await
+        .unwrap();
+    answered_with_page(resp, "This is not a payment link").await;
+    let resp = saga
+        .client
+        .post(format!("{}/pay/{}", saga.gateway, Uuid::now_v7()))
+        .json(&serde_json::json!({"card_number": "4242424242424242"}))
+        .send()
+        .await
+        .unwrap();
+    answered_with_page(resp, "The form could not be read").await;
+}
+
+#[tokio::test]
 async fn a_customer_cancels_a_pending_order_and_its_stock_returns() {
     let saga = Saga::start().await;
     let (_, fay) = saga.customer();
