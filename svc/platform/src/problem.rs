@@ -312,7 +312,14 @@ pub type ApiResult<T> = Result<T, Problem>;
 
 impl From<sqlx::Error> for Problem {
     fn from(err: sqlx::Error) -> Self {
-        Problem::internal(err)
+        // Postgres text cannot hold U+0000 (22021; a Rust string is valid UTF-8 otherwise),
+        // nor jsonb its escape (22P05): the caller sent it, in a parameter or a body.
+        match err.as_database_error().and_then(|e| e.code()).as_deref() {
+            Some("22021" | "22P05") => Problem::bad_request(
+                "text in the request contains the NUL character (U+0000), which is not accepted",
+            ),
+            _ => Problem::internal(err),
+        }
     }
 }
 

@@ -76,6 +76,17 @@ async fn creating_a_product_refuses_malformed_invalid_and_oversized_input() {
         400,
     )
     .await;
+    // Postgres cannot store U+0000, in text or in jsonb.
+    for nul in [
+        json!({"name": "Mug\u{0}"}),
+        json!({"attributes": {"colour": "red\u{0}"}}),
+    ] {
+        let problem = expect_problem(shop.try_create_product(with(nul)).await, 400).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("U+0000"),
+            "{problem}"
+        );
+    }
     expect_problem(
         shop.try_create_product(with(json!({"image_urls": "x"})))
             .await,
@@ -194,6 +205,9 @@ async fn listing_parameters_are_checked() {
         ("cursor=%%%", 400),
         ("cursor=eyJzIjoibmFtZSJ9", 400),
         (&format!("q={}", "a".repeat(201)), 422),
+        // Postgres text cannot hold U+0000.
+        ("q=mug%00", 400),
+        ("category=mu%00gs", 400),
     ] {
         let problem = expect_problem(
             shop.get(&format!("/api/v1/products?{query}"))
