@@ -314,17 +314,38 @@ impl Consumer {
                     .arg(&pending.id)
                     .query_async(conn)
                     .await?;
+                // Another instance may have claimed it while this one was away.
+                if !self.still_holds(conn, &key, &pending.id).await? {
+                    continue;
+                }
                 match found.ids.first() {
                     Some(entry) => {
                         self.process(conn, &key, entry, true).await?;
                     }
-                    // Deleted from the stream meanwhile: nothing left to handle.
-                    None => self.ack(conn, &key, &pending.id).await?,
+                    // Deleted from the stream by hand (XDEL, MAXLEN): nothing left to handle.
+                    None => {
+                        tracing::error!(group = %self.config.group, stream = key, entry = %pending.id, "a pending entry is no longer in its stream; it is acknowledged unhandled");
+                        metrics::counter!("stream_entries_total", "group" => self.config.group.clone(), "outcome" => "gone").increment(1);
+                        self.ack(conn, &key, &pending.id).await?;
+                    }
                 }
                 handled += 1;
             }
         }
         Ok(handled)
+    }
+
+    /// Whether this consumer still holds entry `id` of `key`.
+    async fn still_holds(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        id: &str,
+    ) -> Result<bool, ConsumerError> {
+        Ok(self
+            .pending_entry(conn, key, id)
+            .await?
+            .is_some_and(|p| p.consumer == self.config.consumer))
     }
 
     /// The entries of `key` this consumer holds, oldest first.
@@ -406,6 +427,19 @@ impl Consumer {
         key: &str,
         id: &str,
     ) -> Result<usize, ConsumerError> {
+        Ok(self
+            .pending_entry(conn, key, id)
+            .await?
+            .map_or(0, |p| p.times_delivered))
+    }
+
+    /// Entry `id` of `key` in the group's pending list: who holds it, how often delivered.
+    async fn pending_entry(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        id: &str,
+    ) -> Result<Option<StreamPendingId>, ConsumerError> {
         let reply: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(key)
             .arg(&self.config.group)
@@ -414,7 +448,7 @@ impl Consumer {
             .arg(1)
             .query_async(conn)
             .await?;
-        Ok(reply.ids.first().map(|p| p.times_delivered).unwrap_or(0))
+        Ok(reply.ids.into_iter().next())
     }
 
     /// Keeps every entry this consumer holds (the one it waits on, and the rest of what it

@@ -27,12 +27,30 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// The limits from config. An applied event's record is kept at least a day (a shorter
+    /// time would let an ordinary redelivery be applied twice), and passes come at least a
+    /// second apart.
     pub fn from_settings(s: &Settings) -> Result<Self, ConfigError> {
-        Ok(Self {
+        let retention = Self {
             relayed_events: s.seconds("outbox_keep_relayed_seconds", 7 * DAY)?,
             applied_events: s.seconds("applied_events_keep_seconds", 90 * DAY)?,
             every: s.seconds("retention_every_seconds", 3600)?,
-        })
+        };
+        if retention.applied_events < Duration::from_secs(DAY) {
+            return Err(ConfigError::Invalid {
+                key: "applied_events_keep_seconds".into(),
+                value: retention.applied_events.as_secs().to_string(),
+                reason: format!("must be at least {DAY} (a day)"),
+            });
+        }
+        if retention.every.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "retention_every_seconds".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(retention)
     }
 }
 

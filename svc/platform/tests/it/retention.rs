@@ -135,11 +135,15 @@ async fn how_long_rows_are_kept_comes_from_config() {
         }
     );
     assert_eq!(applied_left(&pool).await, [("orders".to_owned(), 1)]);
-    assert!(
-        Retention::from_settings(
-            &Settings::default().with("applied_events_keep_seconds", "a week")
-        )
-        .is_err(),
-        "an unreadable setting is refused, not replaced by the default"
-    );
+    for (key, value) in [
+        ("applied_events_keep_seconds", "a week"),
+        // Shorter than a redelivery may come: it would be applied twice.
+        ("applied_events_keep_seconds", "3600"),
+        ("retention_every_seconds", "0"),
+    ] {
+        assert!(
+            Retention::from_settings(&Settings::default().with(key, value)).is_err(),
+            "{key} = {value} is refused, not replaced by the default"
+        );
+    }
 }
