@@ -261,7 +261,7 @@ impl Consumer {
                 self.claim_idle(&mut conn).await?;
                 last_claim = tokio::time::Instant::now();
             }
-            let reply = self.read(&mut conn, ">", Some(self.config.block)).await?;
+            let reply = self.read_new(&mut conn, Some(self.config.block)).await?;
             for key in reply.keys {
                 for entry in key.ids {
                     self.process(&mut conn, &key.key, &entry, false).await?;
@@ -278,7 +278,7 @@ impl Consumer {
         self.claim_idle(&mut conn).await?;
         let mut handled = self.drain_pending(&mut conn).await?;
         loop {
-            let reply = self.read(&mut conn, ">", None).await?;
+            let reply = self.read_new(&mut conn, None).await?;
             let entries: Vec<(String, StreamId)> = reply
                 .keys
                 .into_iter()
@@ -308,16 +308,16 @@ impl Consumer {
         let mut handled = 0;
         for key in self.keys() {
             for pending in self.held(conn, &key).await? {
+                // Another instance may have claimed it while this one handled earlier ones.
+                if !self.still_holds(conn, &key, &pending.id).await? {
+                    continue;
+                }
                 let found: StreamRangeReply = redis::cmd("XRANGE")
                     .arg(&key)
                     .arg(&pending.id)
                     .arg(&pending.id)
                     .query_async(conn)
                     .await?;
-                // Another instance may have claimed it while this one was away.
-                if !self.still_holds(conn, &key, &pending.id).await? {
-                    continue;
-                }
                 match found.ids.first() {
                     Some(entry) => {
                         self.process(conn, &key, entry, true).await?;
@@ -367,10 +367,10 @@ impl Consumer {
         Ok(held.ids)
     }
 
-    async fn read(
+    /// Entries of its streams no consumer of the group has read yet (`>`), a batch of them.
+    async fn read_new(
         &self,
         conn: &mut MultiplexedConnection,
-        from: &str,
         block: Option<Duration>,
     ) -> Result<StreamReadReply, ConsumerError> {
         let keys = self.keys();
@@ -385,7 +385,7 @@ impl Consumer {
         }
         cmd.arg("STREAMS").arg(&keys);
         for _ in &keys {
-            cmd.arg(from);
+            cmd.arg(">");
         }
         let value: Value = cmd.query_async(conn).await?;
         if matches!(value, Value::Nil) {
