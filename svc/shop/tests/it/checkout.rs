@@ -286,16 +286,10 @@ async fn malformed_payment_links_and_forms_are_answered_with_a_page() {
             .unwrap();
         answered_with_page(resp, "This is not a payment link").await;
     }
-    let card = [
-        ("card_number", "4242424242424242"),
-        ("expiry", "12/30"),
-        ("cvc", "123"),
-        ("name", "Ada"),
-    ];
     let resp = saga
         .client
         .post(format!("{}/pay/not-a-session", saga.gateway))
-        .form(&card)
+        .form(&crate::support::card_form("4242424242424242"))
         .send()
         .await
         .unwrap();

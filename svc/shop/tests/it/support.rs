@@ -298,12 +298,7 @@ impl Saga {
         let status = self
             .client
             .post(format!("{}/pay/{path}", self.gateway))
-            .form(&[
-                ("card_number", card),
-                ("expiry", "12/30"),
-                ("cvc", "123"),
-                ("name", "Ada L"),
-            ])
+            .form(&card_form(card))
             .send()
             .await
             .unwrap()
@@ -639,4 +634,14 @@ impl Saga {
             "deducted exactly once per order"
         );
     }
+}
+
+/// The hosted payment page's form filled in with `card` (any expiry, CVC and name pass).
+pub fn card_form(card: &str) -> [(&'static str, &str); 4] {
+    [
+        ("card_number", card),
+        ("expiry", "12/30"),
+        ("cvc", "123"),
+        ("name", "Ada L"),
+    ]
 }
