@@ -4,3 +4,6 @@
 pub mod events;
 pub mod internal;
 pub mod money;
+pub mod text;
+
+pub use text::Text;

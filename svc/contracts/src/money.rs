@@ -1,3 +1,4 @@
+use crate::Text;
 use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 
@@ -8,14 +9,14 @@ pub struct Money {
     /// Minor units, e.g. 1999 for 19.99.
     pub amount: i64,
     /// ISO 4217 code, e.g. EUR.
-    pub currency: String,
+    pub currency: Text,
 }
 
 impl Money {
     pub fn new(amount: i64, currency: &str) -> Self {
         Self {
             amount,
-            currency: currency.to_owned(),
+            currency: Text::from(currency),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The inventory API, as SPEC.md describes it.
 
 use chrono::{DateTime, Utc};
+use contracts::Text;
 use contracts::internal::{
     Reservation, ReservationRequest, StockCheckRequest, StockCheckResponse, StockLine,
 };
@@ -69,7 +70,7 @@ struct Adjustment {
     /// Added to on_hand; negative to remove stock.
     delta: i32,
     /// Why, for the audit trail (1 to 200 characters).
-    reason: String,
+    reason: Text,
 }
 
 #[derive(Debug, Object)]

@@ -1,6 +1,7 @@
 //! The orders API, as SPEC.md describes it.
 
 use chrono::{DateTime, Utc};
+use contracts::Text;
 use contracts::money::Money;
 use platform::auth::{BearerAuth, Caller, authority};
 use platform::problem::{ApiResult, Checks, Problem};
@@ -31,9 +32,9 @@ pub struct OrdersApi {
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct CheckoutRequest {
     /// Where to ship, as one block of text (1 to 500 characters).
-    shipping_address: String,
+    shipping_address: Text,
     /// For an SMS when the order is confirmed (E.164).
-    phone: Option<String>,
+    phone: Option<Text>,
 }
 
 #[derive(Debug, Clone, Object)]

@@ -62,7 +62,7 @@ pub async fn open_session(
     .bind(order)
     .bind(user)
     .bind(amount.amount)
-    .bind(&amount.currency)
+    .bind(amount.currency.as_str())
     .bind(sqlx::types::Json(lines))
     .bind(expires_at)
     .execute(&mut *tx)

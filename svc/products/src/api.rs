@@ -1,5 +1,6 @@
 //! The products API, as SPEC.md describes it.
 
+use contracts::Text;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -62,16 +63,16 @@ struct CategoryList {
 #[oai(deny_unknown_fields)]
 struct CreateCategoryRequest {
     /// 1 to 64 characters of a-z, 0-9 and '-'; unique.
-    slug: String,
+    slug: Text,
     /// 1 to 100 characters.
-    name: String,
+    name: Text,
 }
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct RenameCategoryRequest {
     /// 1 to 100 characters.
-    name: String,
+    name: Text,
 }
 
 #[derive(Debug, Object)]
@@ -107,7 +108,7 @@ impl From<ProductRow> for Product {
             description: p.description,
             price: Money {
                 amount: p.price_amount,
-                currency: p.currency,
+                currency: p.currency.into(),
             },
             category: p.category,
             image_urls: p.image_urls,
@@ -133,19 +134,19 @@ struct ProductPage {
 #[oai(deny_unknown_fields)]
 struct CreateProductRequest {
     /// 1 to 64 letters, digits, '-', '_' or '.'; unique.
-    sku: String,
+    sku: Text,
     /// 1 to 200 characters.
-    name: String,
+    name: Text,
     /// Up to 10,000 characters.
     #[oai(default)]
-    description: String,
+    description: Text,
     /// A non-negative amount in minor units and an ISO 4217 currency.
     price: Money,
     /// The slug of an existing category.
-    category: String,
+    category: Text,
     /// Up to 20 absolute http(s) URLs.
     #[oai(default)]
-    image_urls: Vec<String>,
+    image_urls: Vec<Text>,
     /// A JSON object of free-form attributes (up to 16 KiB).
     #[oai(default)]
     attributes: BTreeMap<String, serde_json::Value>,
@@ -155,13 +156,13 @@ struct CreateProductRequest {
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct UpdateProductRequest {
-    name: Option<String>,
-    description: Option<String>,
+    name: Option<Text>,
+    description: Option<Text>,
     price: Option<Money>,
     /// The slug of an existing category.
-    category: Option<String>,
+    category: Option<Text>,
     /// Replaces the list.
-    image_urls: Option<Vec<String>>,
+    image_urls: Option<Vec<Text>>,
     /// Replaces the attributes.
     attributes: Option<BTreeMap<String, serde_json::Value>>,
     /// True brings a deleted product back into the listing.
@@ -225,6 +226,11 @@ fn unknown_category(slug: &str) -> Problem {
             "no category has the slug {slug:?}; create it first or pick one from GET /api/v1/products/categories"
         ),
     )])
+}
+
+/// A request's texts as the store binds them.
+fn strings(texts: Vec<Text>) -> Vec<String> {
+    texts.into_iter().map(String::from).collect()
 }
 
 fn check_price(checks: &mut Checks, price: &Money) {
@@ -484,6 +490,7 @@ impl ProductsApi {
     ) -> ApiResult<CreatedProduct> {
         auth.0.require(authority::PRODUCT_WRITE)?;
         let req = body.0;
+        let image_urls = strings(req.image_urls);
         let mut checks = Checks::default();
         checks
             .check("sku", validate::sku(&req.sku))
@@ -491,7 +498,7 @@ impl ProductsApi {
             .check("description", validate::description(&req.description));
         check_price(&mut checks, &req.price);
         checks
-            .check("image_urls", validate::image_urls(&req.image_urls))
+            .check("image_urls", validate::image_urls(&image_urls))
             .check("attributes", validate::attributes(&req.attributes))
             .finish()?;
         let Some(category_id) = store::category_id_by_slug(self.db(), &req.category).await? else {
@@ -509,7 +516,7 @@ impl ProductsApi {
                 price_amount: req.price.amount,
                 currency: &req.price.currency,
                 category_id,
-                image_urls: &req.image_urls,
+                image_urls: &image_urls,
                 attributes: &attributes,
             },
         )
@@ -560,6 +567,7 @@ impl ProductsApi {
         // Without it no update can go through, whatever the body says.
         if_match.0.required()?;
         let req = body.0;
+        let image_urls = req.image_urls.map(strings);
         let mut checks = Checks::default();
         checks
             .check("name", req.name.as_deref().and_then(validate::product_name))
@@ -573,7 +581,7 @@ impl ProductsApi {
         checks
             .check(
                 "image_urls",
-                req.image_urls.as_deref().and_then(validate::image_urls),
+                image_urls.as_deref().and_then(validate::image_urls),
             )
             .check(
                 "attributes",
@@ -583,7 +591,7 @@ impl ProductsApi {
             && req.description.is_none()
             && req.price.is_none()
             && req.category.is_none()
-            && req.image_urls.is_none()
+            && image_urls.is_none()
             && req.attributes.is_none()
             && req.active.is_none();
         checks.check(
@@ -615,7 +623,7 @@ impl ProductsApi {
                 description: req.description.as_deref(),
                 price: req.price.as_ref().map(|p| (p.amount, p.currency.as_str())),
                 category_id,
-                image_urls: req.image_urls.as_deref(),
+                image_urls: image_urls.as_deref(),
                 attributes: attributes.as_ref(),
                 active: req.active,
             },
@@ -676,7 +684,7 @@ impl ProductsApi {
                     name: p.name,
                     price: Money {
                         amount: p.price_amount,
-                        currency: p.currency,
+                        currency: p.currency.into(),
                     },
                     active: p.active,
                 })

@@ -1,6 +1,7 @@
 //! The users API, as SPEC.md describes it.
 
 use chrono::{DateTime, Utc};
+use contracts::Text;
 use contracts::events::{PasswordResetRequested, UserRegistered};
 use contracts::internal::UserContact;
 use platform::auth::{BearerAuth, Caller, InternalAuth, Role, authority};
@@ -37,54 +38,54 @@ pub struct UsersApi {
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct RegisterRequest {
-    email: String,
-    password: String,
-    name: String,
-    phone: Option<String>,
+    email: Text,
+    password: Text,
+    name: Text,
+    phone: Option<Text>,
 }
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct LoginRequest {
-    email: String,
-    password: String,
+    email: Text,
+    password: Text,
 }
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct RefreshRequest {
-    refresh_token: String,
+    refresh_token: Text,
 }
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct PasswordResetRequest {
-    email: String,
+    email: Text,
 }
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct PasswordResetConfirm {
-    token: String,
-    new_password: String,
+    token: Text,
+    new_password: Text,
 }
 
 #[derive(Debug, Object)]
 #[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 struct UpdateMeRequest {
-    name: Option<String>,
+    name: Option<Text>,
     /// A new phone number, or null to remove it.
-    phone: MaybeUndefined<String>,
+    phone: MaybeUndefined<Text>,
     /// A new password; needs `current_password`.
-    password: Option<String>,
-    current_password: Option<String>,
+    password: Option<Text>,
+    current_password: Option<Text>,
 }
 
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct RolesRequest {
     /// Any of CUSTOMER, MANAGER, ADMIN.
-    roles: Vec<String>,
+    roles: Vec<Text>,
 }
 
 #[derive(Debug, Object)]
@@ -245,7 +246,7 @@ impl UsersApi {
     }
 }
 
-fn parse_roles(raw: &[String]) -> ApiResult<Vec<Role>> {
+fn parse_roles(raw: &[Text]) -> ApiResult<Vec<Role>> {
     if raw.is_empty() {
         return Err(Problem::invalid(vec![FieldError::new(
             "roles",
@@ -286,7 +287,7 @@ impl UsersApi {
             .check("name", validate::name(&req.name))
             .check("phone", req.phone.as_deref().and_then(validate::phone))
             .finish()?;
-        let hash = passwords::hash(req.password)
+        let hash = passwords::hash(req.password.into_string())
             .await
             .map_err(Problem::internal)?;
         let id = Uuid::now_v7();
@@ -320,7 +321,7 @@ impl UsersApi {
             user_id: id,
             email: email.clone(),
             name: name.clone(),
-            phone: req.phone.clone(),
+            phone: req.phone.clone().map(String::from),
             verification_url: Some(format!(
                 "{}/api/v1/users/verify?token={token}",
                 self.state.config.public_base_url.trim_end_matches('/')
@@ -398,7 +399,7 @@ impl UsersApi {
         }
         let user = store::user_by_email(self.db(), &email).await?;
         let ok = passwords::verify(
-            body.0.password,
+            body.0.password.into_string(),
             user.as_ref().map(|u| u.password_hash.clone()),
         )
         .await
@@ -518,7 +519,7 @@ impl UsersApi {
         Checks::default()
             .check("new_password", passwords::check_length(&req.new_password))
             .finish()?;
-        let hash = passwords::hash(req.new_password)
+        let hash = passwords::hash(req.new_password.into_string())
             .await
             .map_err(Problem::internal)?;
         let mut tx = self.db().begin().await?;
@@ -590,16 +591,21 @@ impl UsersApi {
         checks.finish()?;
         let new_hash = match (req.password, req.current_password) {
             (Some(new), Some(current)) => {
-                let ok = passwords::verify(current, Some(account.password_hash.clone()))
-                    .await
-                    .map_err(Problem::internal)?;
+                let ok =
+                    passwords::verify(current.into_string(), Some(account.password_hash.clone()))
+                        .await
+                        .map_err(Problem::internal)?;
                 if !ok {
                     return Err(Problem::invalid(vec![FieldError::new(
                         "current_password",
                         "is wrong",
                     )]));
                 }
-                Some(passwords::hash(new).await.map_err(Problem::internal)?)
+                Some(
+                    passwords::hash(new.into_string())
+                        .await
+                        .map_err(Problem::internal)?,
+                )
             }
             _ => None,
         };

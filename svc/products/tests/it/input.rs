@@ -87,6 +87,32 @@ async fn creating_a_product_refuses_malformed_invalid_and_oversized_input() {
             "{problem}"
         );
     }
+    // A number or a boolean where text belongs is not read as its text (poem-openapi's
+    // String would name the product "false").
+    for not_text in [
+        json!({"name": false}),
+        json!({"sku": 12345}),
+        json!({"category": true}),
+        json!({"image_urls": [7]}),
+        json!({"price": {"amount": 500, "currency": 978}}),
+    ] {
+        let problem =
+            expect_problem(shop.try_create_product(with(not_text.clone())).await, 400).await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Expected input type \"string\""),
+            "{not_text}: {problem}"
+        );
+    }
+    let category = raw(
+        &shop,
+        Method::POST,
+        "/api/v1/products/categories",
+        json!({"slug": "false", "name": false}).to_string(),
+    );
+    expect_problem(category.await, 400).await;
     expect_problem(
         shop.try_create_product(with(json!({"image_urls": "x"})))
             .await,
