@@ -58,7 +58,9 @@ pub async fn open_session(
         "INSERT INTO sessions (id, order_id, user_id, amount, currency, lines, status, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'open', $7) ON CONFLICT (order_id) DO NOTHING",
     )
-    .bind(Uuid::now_v7())
+    // The id is the hosted page's link, which is all a customer's browser shows to pay: 122
+    // random bits (v4), not a v7's 74 after a timestamp that says when the order was placed.
+    .bind(Uuid::new_v4())
     .bind(order)
     .bind(user)
     .bind(amount.amount)

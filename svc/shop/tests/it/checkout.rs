@@ -60,6 +60,16 @@ async fn a_paid_checkout_fans_out_to_orders_inventory_cart_and_one_email() {
     let trim = saga.payment.relay().trim_once().await.unwrap();
     assert!(matches!(trim, Some(Trim::Trimmed { .. })), "{trim:?}");
 
+    // The link is all it takes to see the page: its session id is random throughout (v4),
+    // without a timestamp that says when the order was placed.
+    let link = placed["payment_url"].as_str().unwrap();
+    let session = link.rsplit('/').next().unwrap();
+    assert_eq!(
+        Uuid::parse_str(session).unwrap().get_version_num(),
+        4,
+        "{link}"
+    );
+
     // Paying the same session again charges nothing more.
     assert_eq!(
         saga.pay_again(placed["payment_url"].as_str().unwrap())
