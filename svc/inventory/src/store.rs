@@ -450,6 +450,8 @@ pub async fn restock(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::E
             .bind(order)
             .fetch_optional(&mut *tx)
             .await?;
+    // The window that lock closes (tests/restock_race.rs holds it open).
+    fail::fail_point!("inventory::restock_after_lock");
     match status.as_deref() {
         Some("released") => {
             sqlx::query(

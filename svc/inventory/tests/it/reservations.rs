@@ -94,14 +94,7 @@ async fn the_sweeper_releases_an_expired_reservation() {
         0,
         "not expired yet"
     );
-    // Expiry passes (moved in the database rather than waited for).
-    sqlx::query(
-        "UPDATE reservations SET expires_at = now() - interval '1 second' WHERE order_id = $1",
-    )
-    .bind(order)
-    .execute(shop.inventory.pool())
-    .await
-    .unwrap();
+    shop.expire(order).await;
     assert_eq!(shop.inventory.release_expired().await.unwrap(), 1);
     let stock = shop.stock(product).await;
     assert_eq!(stock["reserved"], 0);
