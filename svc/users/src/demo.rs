@@ -1,5 +1,5 @@
 //! Demo accounts for local runs (`scripts/up`): created verified, with the given roles, when
-//! missing. Never called by a deployment.
+//! missing, and put back as printed at every start. Never called by a deployment.
 
 use platform::auth::Role;
 use uuid::Uuid;
@@ -14,7 +14,10 @@ pub enum DemoError {
     Password(#[from] passwords::PasswordError),
 }
 
-/// Creates the account if no account has this email; returns whether it did.
+/// Makes `email` sign in with `password` and `roles`, as scripts/up prints: creates the
+/// account if no account has this email; otherwise puts back what trying the shop out may
+/// have changed (the account closed, locked out after failed logins, its password changed,
+/// its roles set otherwise). Returns whether it created the account.
 pub async fn ensure_account(
     users: &Users,
     email: &str,
@@ -22,7 +25,8 @@ pub async fn ensure_account(
     name: &str,
     roles: &[Role],
 ) -> Result<bool, DemoError> {
-    if store::user_by_email(&users.pool, email).await?.is_some() {
+    if let Some(existing) = store::user_by_email(&users.pool, email).await? {
+        restore(users, &existing, password, roles).await?;
         return Ok(false);
     }
     let hash = passwords::hash(password.to_owned()).await?;
@@ -55,4 +59,26 @@ pub async fn ensure_account(
     }
     tx.commit().await?;
     Ok(created)
+}
+
+async fn restore(
+    users: &Users,
+    account: &store::UserRow,
+    password: &str,
+    roles: &[Role],
+) -> Result<(), DemoError> {
+    let same_password =
+        passwords::verify(password.to_owned(), Some(account.password_hash.clone())).await?;
+    let hash = if same_password {
+        None
+    } else {
+        Some(passwords::hash(password.to_owned()).await?)
+    };
+    let mut tx = users.pool.begin().await?;
+    store::update_profile(&mut *tx, account.id, None, None, hash.as_deref()).await?;
+    store::reactivate(&mut *tx, account.id).await?;
+    store::set_roles(&mut *tx, account.id, roles).await?;
+    store::clear_failures(&mut *tx, &account.email).await?;
+    tx.commit().await?;
+    Ok(())
 }

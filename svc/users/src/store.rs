@@ -138,6 +138,14 @@ pub async fn deactivate(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::E
     Ok(())
 }
 
+pub async fn reactivate(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET active = true, updated_at = now() WHERE id = $1 AND NOT active")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 pub async fn mark_verified(
     db: impl PgExecutor<'_>,
     id: Uuid,

@@ -21,15 +21,7 @@ async fn register_login_and_read_me() {
         .await;
     assert_eq!(tokens["token_type"], "Bearer");
     assert_eq!(tokens["expires_in"], 900);
-    let me: serde_json::Value = shop
-        .get("/api/v1/users/me")
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = shop.me(tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(me["id"], user["id"]);
 
     let dup = shop
@@ -290,4 +282,70 @@ async fn a_deactivated_account_cannot_log_in() {
         .await
         .unwrap();
     problem(refresh, 401).await;
+}
+
+/// The roles `email` has once signed in with `password`.
+async fn roles_of(shop: &Shop, email: &str, password: &str) -> serde_json::Value {
+    let tokens = shop.tokens(email, password).await;
+    shop.me(tokens["access_token"].as_str().unwrap()).await["roles"].clone()
+}
+
+#[tokio::test]
+async fn a_demo_account_is_put_back_as_printed_when_the_shop_starts_again() {
+    use platform::auth::Role;
+    let shop = Shop::start().await;
+    let (email, printed) = ("demo-admin@micromart.test", "the printed password");
+    let ensure =
+        || users::demo::ensure_account(&shop.users, email, printed, "Demo", &[Role::Admin]);
+    assert!(ensure().await.unwrap(), "created at the first start");
+    assert_eq!(roles_of(&shop, email, printed).await, json!(["ADMIN"]));
+
+    // Trying the shop out: another password, the ADMIN role taken away, the account closed,
+    // and then locked out by failed logins.
+    let access = shop.tokens(email, printed).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = shop
+        .client
+        .patch(shop.url("/api/v1/users/me"))
+        .bearer_auth(&access)
+        .json(&json!({"password": "a password of my own", "current_password": printed}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    sqlx::query("UPDATE users SET roles = '{CUSTOMER}' WHERE email = $1")
+        .bind(email)
+        .execute(shop.users.pool())
+        .await
+        .unwrap();
+    let closed = shop
+        .client
+        .delete(shop.url("/api/v1/users/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 204);
+    for _ in 0..3 {
+        problem(shop.login(email, "bad guess!").await, 401).await;
+    }
+    problem(shop.login(email, printed).await, 429).await;
+
+    assert!(!ensure().await.unwrap(), "found at the next start");
+    assert_eq!(roles_of(&shop, email, printed).await, json!(["ADMIN"]));
+    problem(shop.login(email, "a password of my own").await, 401).await;
+    // Unchanged, it is left as it is (the password is not hashed again).
+    let hash = || async {
+        let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_one(shop.users.pool())
+            .await
+            .unwrap();
+        hash
+    };
+    let before = hash().await;
+    assert!(!ensure().await.unwrap());
+    assert_eq!(hash().await, before);
 }

@@ -103,6 +103,18 @@ impl Shop {
         .unwrap()
     }
 
+    /// GET /api/v1/users/me with `access`.
+    pub async fn me(&self, access: &str) -> Value {
+        self.get("/api/v1/users/me")
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn tokens(&self, email: &str, password: &str) -> Value {
         let resp = self.login(email, password).await;
         assert_eq!(resp.status(), 200, "login {email}");
