@@ -316,7 +316,7 @@ async fn a_customer_shops_through_the_generated_clients() {
     );
     let payments = payment::Client::new_with_client(&url("payment"), http(Some(&token)));
     let page = payments
-        .list_payments(None, Some(10), Some(&order.id))
+        .list_payments(None, Some(10.try_into().unwrap()), Some(&order.id))
         .await
         .unwrap();
     assert_eq!(page.status().as_u16(), 200);

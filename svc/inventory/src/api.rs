@@ -154,18 +154,21 @@ impl InventoryApi {
         &self,
         auth: BearerAuth,
         threshold: Query<Option<i32>>,
-        limit: Query<Option<u32>>,
+        limit: Query<Option<platform::web::PageLimit>>,
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<StockPage>> {
         auth.0.require(authority::INVENTORY_WRITE)?;
         let threshold = threshold.0.unwrap_or(self.state.config.low_stock_threshold);
-        let limit = limit.0.unwrap_or(20);
+        let limit = limit.0.map_or(platform::web::DEFAULT_PAGE_LIMIT, |l| l.0);
         let mut errors = Vec::new();
         if threshold < 0 {
             errors.push(FieldError::new("threshold", "must not be negative"));
         }
-        if !(1..=100).contains(&limit) {
-            errors.push(FieldError::new("limit", "must be 1 to 100"));
+        if !(1..=platform::web::MAX_PAGE_LIMIT).contains(&limit) {
+            errors.push(FieldError::new(
+                "limit",
+                format!("must be 1 to {}", platform::web::MAX_PAGE_LIMIT),
+            ));
         }
         if !errors.is_empty() {
             return Err(Problem::invalid(errors));

@@ -140,7 +140,7 @@ impl NotificationApi {
         /// Only this user's (admins; others may name only themselves).
         user_id: Query<Option<Uuid>>,
         /// Page size, 1 to 100 (default 20).
-        limit: Query<Option<u32>>,
+        limit: Query<Option<platform::web::PageLimit>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<NotificationPage>> {

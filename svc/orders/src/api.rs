@@ -297,7 +297,7 @@ impl OrdersApi {
         user_id: Query<Option<Uuid>>,
         from: Query<Option<DateTime<Utc>>>,
         to: Query<Option<DateTime<Utc>>>,
-        limit: Query<Option<u32>>,
+        limit: Query<Option<platform::web::PageLimit>>,
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<OrderPage>> {
         let limit = platform::web::page_limit(limit.0)?;

@@ -326,7 +326,7 @@ impl PaymentApi {
         &self,
         auth: BearerAuth,
         order_id: Query<Option<Uuid>>,
-        limit: Query<Option<u32>>,
+        limit: Query<Option<platform::web::PageLimit>>,
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<PaymentPage>> {
         let limit = platform::web::page_limit(limit.0)?;

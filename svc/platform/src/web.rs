@@ -147,14 +147,64 @@ pub fn routes<T: OpenApi + 'static>(
         .with(RequestContext::new(service, max_body_bytes))
 }
 
+/// The page size a list gives when asked for none.
+pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+/// The most a list gives in one page.
+pub const MAX_PAGE_LIMIT: u32 = 100;
+
+/// A list's `?limit=`: read as a `u32` is, documented with its range and default (1 to 100,
+/// 20) so that a client generated from the document knows them. The range is checked by the
+/// list (422 naming the field, beside its other parameters' problems), not here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit(pub u32);
+
+impl poem_openapi::types::Type for PageLimit {
+    const IS_REQUIRED: bool = true;
+
+    type RawValueType = u32;
+
+    type RawElementValueType = u32;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "integer(uint32)".into()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
+            poem_openapi::registry::MetaSchema {
+                minimum: Some(1.0),
+                maximum: Some(f64::from(MAX_PAGE_LIMIT)),
+                default: Some(json!(DEFAULT_PAGE_LIMIT)),
+                ..poem_openapi::registry::MetaSchema::new_with_format("integer", "uint32")
+            },
+        ))
+    }
+
+    fn as_raw_value(&self) -> Option<&u32> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a u32> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl poem_openapi::types::ParseFromParameter for PageLimit {
+    fn parse_from_parameter(value: &str) -> poem_openapi::types::ParseResult<Self> {
+        <u32 as poem_openapi::types::ParseFromParameter>::parse_from_parameter(value)
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
+    }
+}
+
 /// The page size of a list: `?limit=`, default 20, at most 100 (422 otherwise).
-pub fn page_limit(limit: Option<u32>) -> Result<u32, crate::problem::Problem> {
-    let limit = limit.unwrap_or(20);
-    if (1..=100).contains(&limit) {
+pub fn page_limit(limit: Option<PageLimit>) -> Result<u32, crate::problem::Problem> {
+    let limit = limit.map_or(DEFAULT_PAGE_LIMIT, |l| l.0);
+    if (1..=MAX_PAGE_LIMIT).contains(&limit) {
         Ok(limit)
     } else {
         Err(crate::problem::Problem::invalid(vec![
-            crate::problem::FieldError::new("limit", "must be 1 to 100"),
+            crate::problem::FieldError::new("limit", format!("must be 1 to {MAX_PAGE_LIMIT}")),
         ]))
     }
 }

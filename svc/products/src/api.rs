@@ -1,6 +1,7 @@
 //! The products API, as SPEC.md describes it.
 
 use contracts::Text;
+use platform::web::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -201,8 +202,6 @@ enum NoContent {
     Done,
 }
 
-const DEFAULT_PAGE: u32 = 20;
-const MAX_PAGE: u32 = 100;
 const MAX_QUERY_CHARS: usize = 200;
 const MAX_LOOKUP_IDS: usize = 100;
 
@@ -292,11 +291,11 @@ impl ProductsApi {
         /// `name` or `price`.
         sort: Query<Option<Sort>>,
         /// 1 to 100; default 20.
-        limit: Query<Option<u32>>,
+        limit: Query<Option<platform::web::PageLimit>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<ProductPage>> {
-        let limit = limit.0.unwrap_or(DEFAULT_PAGE);
+        let limit = limit.0.map_or(DEFAULT_PAGE_LIMIT, |l| l.0);
         let q = q.0.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
         let sort = sort.0.unwrap_or(if q.is_some() {
             Sort::Relevance
@@ -307,7 +306,8 @@ impl ProductsApi {
         checks
             .check(
                 "limit",
-                (!(1..=MAX_PAGE).contains(&limit)).then(|| format!("must be 1 to {MAX_PAGE}")),
+                (!(1..=MAX_PAGE_LIMIT).contains(&limit))
+                    .then(|| format!("must be 1 to {MAX_PAGE_LIMIT}")),
             )
             .check(
                 "q",

@@ -654,7 +654,7 @@ impl UsersApi {
         &self,
         auth: BearerAuth,
         email: Query<Option<String>>,
-        limit: Query<Option<u32>>,
+        limit: Query<Option<platform::web::PageLimit>>,
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<UserPage>> {
         auth.0.require(authority::USER_MANAGE)?;
