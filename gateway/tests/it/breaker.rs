@@ -6,20 +6,6 @@ use platform::testing::expect_problem;
 
 use crate::support::{Edge, Upstream};
 
-async fn calls(edge: &Edge, upstream: &Upstream, statuses: &[u16]) {
-    for status in statuses {
-        upstream.answer(*status);
-        let resp = edge.get("/api/v1/products").await;
-        assert_eq!(
-            resp.status().as_u16(),
-            *status,
-            "passed through while closed"
-        );
-        // A call is judged once its answer's body has all come.
-        resp.bytes().await.expect("the answer's body came whole");
-    }
-}
-
 /// A gateway routing products to one controllable upstream.
 async fn products_behind_a_gateway() -> (Edge, Upstream) {
     products_behind_a_gateway_with(&[]).await
@@ -42,7 +28,7 @@ async fn past_the_open_period() -> (Edge, Upstream) {
 /// As [`past_the_open_period`], with the test's own settings over the tests' defaults.
 async fn past_the_open_period_with(overrides: &[(&str, &str)]) -> (Edge, Upstream) {
     let (edge, products) = products_behind_a_gateway_with(overrides).await;
-    calls(&edge, &products, &[500; 10]).await;
+    edge.calls(&products, &[500; 10]).await;
     assert_eq!(edge.breaker("products").await, "open");
     edge.gateway.advance_breaker_clock(OPEN_PERIOD);
     (edge, products)
@@ -83,7 +69,7 @@ async fn an_idle_breaker_whose_open_period_is_over_is_shown_half_open() {
 
 /// Five good calls after five failures: the window of 10 is full, half failures, and opens.
 async fn five_successes_complete_a_window_that_opens_it(edge: &Edge, products: &Upstream) {
-    calls(edge, products, &[200; 5]).await;
+    edge.calls(products, &[200; 5]).await;
     assert_eq!(
         edge.breaker("products").await,
         "open",
@@ -94,8 +80,7 @@ async fn five_successes_complete_a_window_that_opens_it(edge: &Edge, products: &
 #[tokio::test]
 async fn five_failures_of_ten_open_it_and_open_answers_503_without_calling_the_upstream() {
     let (edge, products) = products_behind_a_gateway().await;
-    calls(
-        &edge,
+    edge.calls(
         &products,
         &[500, 200, 503, 200, 500, 200, 502, 200, 200, 500],
     )
@@ -188,14 +173,13 @@ async fn an_answer_broken_off_mid_body_is_a_failure() {
 #[tokio::test]
 async fn four_failures_of_ten_and_any_number_of_4xx_keep_it_closed() {
     let (edge, products) = products_behind_a_gateway().await;
-    calls(
-        &edge,
+    edge.calls(
         &products,
         &[500, 500, 500, 500, 200, 200, 200, 200, 200, 200],
     )
     .await;
-    calls(&edge, &products, &[404; 12]).await;
-    calls(&edge, &products, &[400, 401, 403, 409, 422, 429]).await;
+    edge.calls(&products, &[404; 12]).await;
+    edge.calls(&products, &[400, 401, 403, 409, 422, 429]).await;
     assert_eq!(edge.breaker("products").await, "closed");
 }
 
@@ -205,7 +189,7 @@ async fn ten_seconds_after_opening_three_trials_pass_a_concurrent_fourth_is_refu
     // The trials are held at the upstream while the test looks on: a limit that a loaded
     // machine cannot reach meanwhile.
     let (edge, products) = products_behind_a_gateway_with(&[("upstream_timeout_ms", "5000")]).await;
-    calls(&edge, &products, &[500; 10]).await;
+    edge.calls(&products, &[500; 10]).await;
     assert_eq!(edge.gateway.live().breaker.open_for, OPEN_PERIOD);
     // Shortly before the end (the test's own time runs on the real clock besides).
     edge.gateway
@@ -236,10 +220,10 @@ async fn ten_seconds_after_opening_three_trials_pass_a_concurrent_fourth_is_refu
 #[tokio::test]
 async fn two_successful_trials_of_three_close_it_with_a_fresh_window() {
     let (edge, products) = past_the_open_period().await;
-    calls(&edge, &products, &[200, 500, 200]).await;
+    edge.calls(&products, &[200, 500, 200]).await;
     assert_eq!(edge.breaker("products").await, "closed");
     // The failures before it opened are forgotten: the next window needs 10 calls of its own.
-    calls(&edge, &products, &[500; 5]).await;
+    edge.calls(&products, &[500; 5]).await;
     assert_eq!(edge.breaker("products").await, "closed");
     five_successes_complete_a_window_that_opens_it(&edge, &products).await;
 }
@@ -292,7 +276,7 @@ async fn a_hanging_upstream_whose_callers_give_up_first_counts_as_failing() {
     // Past the last one's limit, with time to spare.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     products.delay(Duration::ZERO);
-    calls(&edge, &products, &[200; 5]).await;
+    edge.calls(&products, &[200; 5]).await;
     assert_eq!(
         edge.breaker("products").await,
         "open",
@@ -322,9 +306,9 @@ async fn calls_whose_callers_give_up_and_which_the_instance_answers_count_as_suc
     answered_after_their_callers_gave_up(&edge, &products).await;
     // Counted as failures, these would open it now (9 of 10); not counted, the window would
     // not be full at the next failure.
-    calls(&edge, &products, &[500, 500, 500, 500, 200]).await;
+    edge.calls(&products, &[500, 500, 500, 500, 200]).await;
     assert_eq!(edge.breaker("products").await, "closed", "4 failures of 10");
-    calls(&edge, &products, &[500]).await;
+    edge.calls(&products, &[500]).await;
     assert_eq!(
         edge.breaker("products").await,
         "open",
@@ -341,7 +325,7 @@ async fn a_long_answer_to_a_caller_gone_is_not_read_through_and_has_no_outcome()
     products.pad_answers(0);
     // Counted as successes or as failures, these would make the window full (and open it)
     // at the fifth failure.
-    calls(&edge, &products, &[500; 5]).await;
+    edge.calls(&products, &[500; 5]).await;
     assert_eq!(
         edge.breaker("products").await,
         "closed",
@@ -374,7 +358,7 @@ async fn trials_whose_callers_hang_up_mid_answer_have_no_outcome_and_give_their_
         "answers not all delivered are no outcome"
     );
     products.pause_mid_body(Duration::ZERO);
-    calls(&edge, &products, &[200; 3]).await;
+    edge.calls(&products, &[200; 3]).await;
     assert_eq!(edge.breaker("products").await, "closed");
 }
 
@@ -398,7 +382,7 @@ async fn trials_whose_callers_leave_their_answers_untaken_give_their_places_to_n
     // callers, whose answers decide.
     tokio::time::sleep(Duration::from_millis(1700)).await;
     products.pad_answers(0);
-    calls(&edge, &products, &[200; 3]).await;
+    edge.calls(&products, &[200; 3]).await;
     assert_eq!(edge.breaker("products").await, "closed");
     drop(untaken);
 }
@@ -406,7 +390,7 @@ async fn trials_whose_callers_leave_their_answers_untaken_give_their_places_to_n
 #[tokio::test]
 async fn two_failed_trials_reopen_it_for_another_open_period() {
     let (edge, products) = past_the_open_period().await;
-    calls(&edge, &products, &[500, 200, 500]).await;
+    edge.calls(&products, &[500, 200, 500]).await;
     assert_eq!(edge.breaker("products").await, "open");
     refused_while_open(&edge, &products).await;
     // Shortly before the end (the test's own time runs on the real clock besides).
@@ -414,7 +398,7 @@ async fn two_failed_trials_reopen_it_for_another_open_period() {
         .advance_breaker_clock(OPEN_PERIOD - BEFORE_THE_END);
     refused_while_open(&edge, &products).await;
     edge.gateway.advance_breaker_clock(BEFORE_THE_END);
-    calls(&edge, &products, &[200; 3]).await;
+    edge.calls(&products, &[200; 3]).await;
     assert_eq!(edge.breaker("products").await, "closed");
 }
 
@@ -439,7 +423,7 @@ async fn a_hanging_upstream_gets_504_at_the_time_limit_and_counts_as_a_failure()
         .await;
     }
     products.delay(Duration::ZERO);
-    calls(&edge, &products, &[200; 5]).await;
+    edge.calls(&products, &[200; 5]).await;
     assert_eq!(
         edge.breaker("products").await,
         "open",
@@ -461,7 +445,7 @@ async fn a_hanging_upstream_gets_504_at_the_seeds_5_s_and_counts_as_a_failure() 
     let (edge, products) =
         products_behind_a_gateway_with(&[("upstream_timeout_ms", &limit), ("breaker_window", "2")])
             .await;
-    calls(&edge, &products, &[200]).await;
+    edge.calls(&products, &[200]).await;
     products.delay(Duration::from_secs(8));
     timed_out_after(&edge, Duration::from_secs(5)..Duration::from_millis(6500)).await;
     assert_eq!(

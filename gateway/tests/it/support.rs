@@ -377,6 +377,21 @@ impl Edge {
         self.identity.token(Uuid::now_v7(), Role::Customer)
     }
 
+    /// GETs of products that `upstream` answers with `statuses` in turn, each passed through
+    /// (the breaker closed) and read to its end, where a call is judged.
+    pub async fn calls(&self, upstream: &Upstream, statuses: &[u16]) {
+        for status in statuses {
+            upstream.answer(*status);
+            let resp = self.get("/api/v1/products").await;
+            assert_eq!(
+                resp.status().as_u16(),
+                *status,
+                "passed through while closed"
+            );
+            resp.bytes().await.expect("the answer's body came whole");
+        }
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.get_with_headers(path, &[]).await
     }
