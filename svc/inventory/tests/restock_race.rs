@@ -33,17 +33,33 @@ impl Drop for PausedAfterLock {
     }
 }
 
+/// How many of the test database's sessions match `condition`, on `pg_stat_activity`.
+async fn sessions(shop: &Shop, condition: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+    )))
+    .fetch_one(shop.inventory.pool())
+    .await
+    .unwrap()
+}
+
 /// Whether a transaction has read `reservations` with restock's first statement and waits,
 /// still open: restock has stopped at the failpoint.
 async fn restock_is_paused(shop: &Shop) -> bool {
-    let waiting: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-           AND state = 'idle in transaction' AND query LIKE 'SELECT status FROM reservations%'",
+    let condition =
+        "state = 'idle in transaction' AND query LIKE 'SELECT status FROM reservations%'";
+    sessions(shop, condition).await == 1
+}
+
+/// Whether a transaction waits for a row lock to change `reservations`: the cancellation,
+/// behind the paused restock.
+async fn cancellation_waits_on_a_lock(shop: &Shop) -> bool {
+    sessions(
+        shop,
+        "wait_event_type = 'Lock' AND query LIKE '%reservations%'",
     )
-    .fetch_one(shop.inventory.pool())
     .await
-    .unwrap();
-    waiting == 1
+        == 1
 }
 
 /// The refund is told first, while the order's reservation is still held and has expired.
@@ -103,11 +119,15 @@ async fn a_release_cannot_slip_between_restock_reading_a_reservation_and_committ
         tx.commit().await.unwrap();
         released
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !cancel.is_finished(),
-        "the cancellation waits for the restock"
-    );
+    let mut waited = Duration::ZERO;
+    while !cancellation_waits_on_a_lock(&shop).await {
+        assert!(
+            !cancel.is_finished() && waited < Duration::from_secs(10),
+            "the cancellation waits for the restock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
 
     drop(paused);
     assert!(restock.join().unwrap(), "the refund restocks");

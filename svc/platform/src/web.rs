@@ -154,7 +154,8 @@ pub const MAX_PAGE_LIMIT: u32 = 100;
 
 /// A list's `?limit=`: read as a `u32` is, documented with its range and default (1 to 100,
 /// 20) so that a client generated from the document knows them. The range is checked by the
-/// list (422 naming the field, beside its other parameters' problems), not here.
+/// list ([`page_limit`], or its own checks beside its other parameters'), answering 422 that
+/// names the field, not here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageLimit(pub u32);
 

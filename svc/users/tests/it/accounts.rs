@@ -300,8 +300,8 @@ async fn a_demo_account_is_put_back_as_printed_when_the_shop_starts_again() {
     assert!(ensure().await.unwrap(), "created at the first start");
     assert_eq!(roles_of(&shop, email, printed).await, json!(["ADMIN"]));
 
-    // Trying the shop out: another password, the ADMIN role taken away, the account closed,
-    // and then locked out by failed logins.
+    // Trying the shop out: another password, with which someone signs in; at the next start
+    // the printed one works again, the other does not, and its session is over.
     let access = shop.tokens(email, printed).await["access_token"]
         .as_str()
         .unwrap()
@@ -315,6 +315,16 @@ async fn a_demo_account_is_put_back_as_printed_when_the_shop_starts_again() {
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
+    let own_session = shop.tokens(email, "a password of my own").await;
+    assert!(!ensure().await.unwrap(), "found at the next start");
+    problem(shop.refresh(&own_session).await, 401).await;
+    problem(shop.login(email, "a password of my own").await, 401).await;
+
+    // The ADMIN role taken away, the account closed, and then locked out by failed logins.
+    let access = shop.tokens(email, printed).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     sqlx::query("UPDATE users SET roles = '{CUSTOMER}' WHERE email = $1")
         .bind(email)
         .execute(shop.users.pool())
@@ -332,10 +342,8 @@ async fn a_demo_account_is_put_back_as_printed_when_the_shop_starts_again() {
         problem(shop.login(email, "bad guess!").await, 401).await;
     }
     problem(shop.login(email, printed).await, 429).await;
-
-    assert!(!ensure().await.unwrap(), "found at the next start");
+    assert!(!ensure().await.unwrap());
     assert_eq!(roles_of(&shop, email, printed).await, json!(["ADMIN"]));
-    problem(shop.login(email, "a password of my own").await, 401).await;
     // Unchanged, it is left as it is (the password is not hashed again).
     let hash = || async {
         let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
