@@ -79,19 +79,20 @@ async fn restore(
     store::update_profile(&mut *tx, account.id, None, None, hash.as_deref()).await?;
     store::reactivate(&mut *tx, account.id).await?;
     store::set_roles(&mut *tx, account.id, roles).await?;
-    store::clear_failures(&mut *tx, &account.email).await?;
+    let had_failures = store::clear_failures(&mut *tx, &account.email).await?;
     if hash.is_some() || !account.active {
         // As a password change or a closing does through the API: whoever signed in with
         // what is undone here keeps no session.
         store::revoke_all_for_user(&mut *tx, account.id).await?;
     }
     tx.commit().await?;
-    if hash.is_some() || !account.active || !same_roles {
+    if hash.is_some() || !account.active || !same_roles || had_failures {
         tracing::warn!(
             email = %account.email,
             password_restored = hash.is_some(),
             reopened = !account.active,
             roles_restored = !same_roles,
+            failed_logins_forgotten = had_failures,
             "demo account put back as printed; its sessions were ended if its password or its closing was undone"
         );
     }

@@ -208,12 +208,13 @@ pub async fn record_failure(
     Ok(())
 }
 
-pub async fn clear_failures(db: impl PgExecutor<'_>, email: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM login_failures WHERE email = $1")
+/// Forgets the email's failed logins; returns whether it had any.
+pub async fn clear_failures(db: impl PgExecutor<'_>, email: &str) -> Result<bool, sqlx::Error> {
+    let cleared = sqlx::query("DELETE FROM login_failures WHERE email = $1")
         .bind(email)
         .execute(db)
         .await?;
-    Ok(())
+    Ok(cleared.rows_affected() > 0)
 }
 
 // ---- one-time tokens ------------------------------------------------------------------
