@@ -167,6 +167,19 @@ pub struct Consumer {
     kept_claimed_at: Mutex<tokio::time::Instant>,
 }
 
+/// What is known of an entry's deliveries when it is handled: whether they must be checked
+/// against `max_deliveries`, and whether they were just counted.
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    /// Read new (`>`), or tried once already: nothing to check.
+    First,
+    /// Taken up again by the consumer that held it, delivered this many times (its pending
+    /// entry, read just before).
+    Counted(usize),
+    /// Claimed from an idle consumer: its deliveries are asked for.
+    Claimed,
+}
+
 enum Outcome {
     Applied,
     Duplicate,
@@ -264,7 +277,8 @@ impl Consumer {
             let reply = self.read_new(&mut conn, Some(self.config.block)).await?;
             for key in reply.keys {
                 for entry in key.ids {
-                    self.process(&mut conn, &key.key, &entry, false).await?;
+                    self.process(&mut conn, &key.key, &entry, Delivery::First)
+                        .await?;
                 }
             }
         }
@@ -291,7 +305,8 @@ impl Consumer {
                 return Ok(handled);
             }
             for (key, entry) in entries {
-                self.process(&mut conn, &key, &entry, false).await?;
+                self.process(&mut conn, &key, &entry, Delivery::First)
+                    .await?;
                 handled += 1;
             }
         }
@@ -309,9 +324,10 @@ impl Consumer {
         for key in self.keys() {
             for pending in self.held(conn, &key).await? {
                 // Another instance may have claimed it while this one handled earlier ones.
-                if !self.still_holds(conn, &key, &pending.id).await? {
+                let Some(delivered) = self.deliveries_if_held(conn, &key, &pending.id).await?
+                else {
                     continue;
-                }
+                };
                 let found: StreamRangeReply = redis::cmd("XRANGE")
                     .arg(&key)
                     .arg(&pending.id)
@@ -320,7 +336,8 @@ impl Consumer {
                     .await?;
                 match found.ids.first() {
                     Some(entry) => {
-                        self.process(conn, &key, entry, true).await?;
+                        self.process(conn, &key, entry, Delivery::Counted(delivered))
+                            .await?;
                     }
                     // Deleted from the stream by hand (XDEL, MAXLEN): nothing left to handle.
                     None => {
@@ -335,17 +352,18 @@ impl Consumer {
         Ok(handled)
     }
 
-    /// Whether this consumer still holds entry `id` of `key`.
-    async fn still_holds(
+    /// How many times entry `id` of `key` was delivered, if this consumer still holds it.
+    async fn deliveries_if_held(
         &self,
         conn: &mut MultiplexedConnection,
         key: &str,
         id: &str,
-    ) -> Result<bool, ConsumerError> {
+    ) -> Result<Option<usize>, ConsumerError> {
         Ok(self
             .pending_entry(conn, key, id)
             .await?
-            .is_some_and(|p| p.consumer == self.config.consumer))
+            .filter(|p| p.consumer == self.config.consumer)
+            .map(|p| p.times_delivered))
     }
 
     /// The entries of `key` this consumer holds, oldest first.
@@ -410,7 +428,7 @@ impl Consumer {
                     .query_async(conn)
                     .await?;
                 for entry in &reply.claimed {
-                    self.process(conn, &key, entry, true).await?;
+                    self.process(conn, &key, entry, Delivery::Claimed).await?;
                 }
                 if reply.next_stream_id == "0-0" {
                     break;
@@ -531,13 +549,13 @@ impl Consumer {
         conn: &mut MultiplexedConnection,
         key: &str,
         entry: &StreamId,
-        redelivered: bool,
+        delivery: Delivery,
     ) -> Result<Outcome, ConsumerError> {
         let mut pause = self.config.retry_pause;
-        let mut redelivered = redelivered;
+        let mut delivery = delivery;
         let keep_every = self.config.claim_idle / 3;
         loop {
-            let mut outcome = self.process_entry(conn, key, entry, redelivered).await?;
+            let mut outcome = self.process_entry(conn, key, entry, delivery).await?;
             if matches!(outcome, Outcome::Deferred { by_service: true })
                 && self.service_out_too_long()
             {
@@ -556,7 +574,7 @@ impl Consumer {
                 return Ok(outcome);
             }
             // Its deliveries were checked on the first try; they have not moved since.
-            redelivered = false;
+            delivery = Delivery::First;
             let kept_at = *self.kept_claimed_at.lock().expect("never poisoned");
             if kept_at.elapsed() + pause >= keep_every {
                 self.keep_claimed(conn).await?;
@@ -590,10 +608,14 @@ impl Consumer {
         conn: &mut MultiplexedConnection,
         key: &str,
         entry: &StreamId,
-        redelivered: bool,
+        delivery: Delivery,
     ) -> Result<Outcome, ConsumerError> {
-        if redelivered && self.deliveries(conn, key, &entry.id).await? > self.config.max_deliveries
-        {
+        let deliveries = match delivery {
+            Delivery::First => None,
+            Delivery::Counted(times) => Some(times),
+            Delivery::Claimed => Some(self.deliveries(conn, key, &entry.id).await?),
+        };
+        if deliveries.is_some_and(|times| times > self.config.max_deliveries) {
             self.dead_letter(conn, key, entry, "delivered too many times")
                 .await?;
             return Ok(Outcome::DeadLettered);
