@@ -6,7 +6,7 @@ use contracts::internal::{
     Reservation, ReservationRequest, StockCheckRequest, StockCheckResponse, StockLine,
 };
 use platform::auth::{BearerAuth, InternalAuth, authority, optional_caller};
-use platform::problem::{ApiResult, FieldError, Problem};
+use platform::problem::{ApiResult, Checks, FieldError, Problem};
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -159,20 +159,14 @@ impl InventoryApi {
     ) -> ApiResult<Json<StockPage>> {
         auth.0.require(authority::INVENTORY_WRITE)?;
         let threshold = threshold.0.unwrap_or(self.state.config.low_stock_threshold);
-        let limit = limit.0.map_or(platform::web::DEFAULT_PAGE_LIMIT, |l| l.0);
-        let mut errors = Vec::new();
-        if threshold < 0 {
-            errors.push(FieldError::new("threshold", "must not be negative"));
-        }
-        if !(1..=platform::web::MAX_PAGE_LIMIT).contains(&limit) {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be 1 to {}", platform::web::MAX_PAGE_LIMIT),
-            ));
-        }
-        if !errors.is_empty() {
-            return Err(Problem::invalid(errors));
-        }
+        let limit = platform::web::page_size(limit.0);
+        Checks::default()
+            .check(
+                "threshold",
+                (threshold < 0).then(|| "must not be negative".to_owned()),
+            )
+            .check("limit", platform::web::page_size_problem(limit))
+            .finish()?;
         let mut rows = store::low_stock(
             &self.state.base.pool,
             threshold,

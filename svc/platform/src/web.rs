@@ -148,14 +148,14 @@ pub fn routes<T: OpenApi + 'static>(
 }
 
 /// The page size a list gives when asked for none.
-pub const DEFAULT_PAGE_LIMIT: u32 = 20;
+const DEFAULT_PAGE_LIMIT: u32 = 20;
 /// The most a list gives in one page.
-pub const MAX_PAGE_LIMIT: u32 = 100;
+const MAX_PAGE_LIMIT: u32 = 100;
 
 /// A list's `?limit=`: read as a `u32` is, documented with its range and default (1 to 100,
 /// 20) so that a client generated from the document knows them. The range is checked by the
-/// list ([`page_limit`], or its own checks beside its other parameters'), answering 422 that
-/// names the field, not here.
+/// list ([`page_limit`], or [`page_size_problem`] beside its other parameters' checks),
+/// answering 422 that names the field, not here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageLimit(pub u32);
 
@@ -198,16 +198,23 @@ impl poem_openapi::types::ParseFromParameter for PageLimit {
     }
 }
 
+/// The page size `limit` asks for: the default when it asks for none.
+pub fn page_size(limit: Option<PageLimit>) -> u32 {
+    limit.map_or(DEFAULT_PAGE_LIMIT, |l| l.0)
+}
+
+/// What is wrong with `size` as a page size, if anything: the `limit` field's check.
+pub fn page_size_problem(size: u32) -> Option<String> {
+    (!(1..=MAX_PAGE_LIMIT).contains(&size)).then(|| format!("must be 1 to {MAX_PAGE_LIMIT}"))
+}
+
 /// The page size of a list: `?limit=`, default 20, at most 100 (422 otherwise).
 pub fn page_limit(limit: Option<PageLimit>) -> Result<u32, crate::problem::Problem> {
-    let limit = limit.map_or(DEFAULT_PAGE_LIMIT, |l| l.0);
-    if (1..=MAX_PAGE_LIMIT).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(crate::problem::Problem::invalid(vec![
-            crate::problem::FieldError::new("limit", format!("must be 1 to {MAX_PAGE_LIMIT}")),
-        ]))
-    }
+    let size = page_size(limit);
+    crate::problem::Checks::default()
+        .check("limit", page_size_problem(size))
+        .finish()?;
+    Ok(size)
 }
 
 /// Cuts `rows` (fetched with `limit + 1`) to the page and names the cursor of the next page,

@@ -1,7 +1,7 @@
 //! The products API, as SPEC.md describes it.
 
 use contracts::Text;
-use platform::web::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use platform::web::{page_size, page_size_problem};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -295,7 +295,7 @@ impl ProductsApi {
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
     ) -> ApiResult<Json<ProductPage>> {
-        let limit = limit.0.map_or(DEFAULT_PAGE_LIMIT, |l| l.0);
+        let limit = page_size(limit.0);
         let q = q.0.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty());
         let sort = sort.0.unwrap_or(if q.is_some() {
             Sort::Relevance
@@ -304,11 +304,7 @@ impl ProductsApi {
         });
         let mut checks = Checks::default();
         checks
-            .check(
-                "limit",
-                (!(1..=MAX_PAGE_LIMIT).contains(&limit))
-                    .then(|| format!("must be 1 to {MAX_PAGE_LIMIT}")),
-            )
+            .check("limit", page_size_problem(limit))
             .check(
                 "q",
                 q.as_ref()
