@@ -72,9 +72,10 @@ impl Orders {
         )
     }
 
-    /// The outbox relay, the payment-event consumer and the abandoned-order sweeper.
+    /// The outbox relay, the payment-event consumer, the abandoned-order sweeper, and
+    /// retention, which also deletes expired idempotency keys.
     pub fn background(&self) -> Background {
-        let mut tasks = self.base.background();
+        let mut tasks = self.base.background_pruning(vec![store::expired_keys()]);
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         let consumer = self.consumer();

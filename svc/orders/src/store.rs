@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use contracts::events::OrderCancelled;
 use platform::outbox;
+use platform::retention::OwnRows;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -240,6 +241,18 @@ pub enum KeyClaim {
 /// be taken over.
 pub const KEY_TTL_HOURS: i64 = 24;
 pub const ABANDONED_AFTER_SECONDS: f64 = 60.0;
+
+/// Keys past their lifetime, which `claim_key` would only delete when the same key came
+/// again: pruned with the outbox (indexed by `idempotency_keys_age`).
+pub fn expired_keys() -> OwnRows {
+    OwnRows {
+        table: "idempotency_keys",
+        delete: "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
+                     SELECT user_id, key FROM idempotency_keys
+                     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        older_than: std::time::Duration::from_secs(KEY_TTL_HOURS as u64 * 3600),
+    }
+}
 
 pub async fn claim_key(
     db: &sqlx::PgPool,

@@ -1,5 +1,7 @@
 //! Keeps the platform's tables from growing without end: outbox rows already relayed, and the
-//! record of events a consumer applied, once no redelivery can need them.
+//! record of events a consumer applied, once no redelivery can need them. A service adds its
+//! own tables of rows that stop mattering with age ([`OwnRows`]: spent tokens, old
+//! idempotency keys), pruned in the same passes.
 //!
 //! A relayed row is never read again (a relay crashing between XADD and marking it sends it
 //! again within seconds, before it is marked). An applied event's record is what makes a
@@ -56,6 +58,17 @@ impl Retention {
 
 const DAY: u64 = 24 * 3600;
 
+/// Rows of a service's own table that go in each pass, beside the platform's.
+#[derive(Clone, Debug)]
+pub struct OwnRows {
+    /// The table, as `retention_deleted_rows_total` names it.
+    pub table: &'static str,
+    /// Deletes at most $2 rows that have been old for more than $1 seconds (whatever makes
+    /// a row old in that table: its expiry, its age).
+    pub delete: &'static str,
+    pub older_than: Duration,
+}
+
 /// Rows deleted by one pass.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -91,6 +104,19 @@ pub async fn prune_once(pool: &PgPool, retention: &Retention) -> Result<Pruned, 
     })
 }
 
+/// Deletes the rows of each of `own` that it no longer keeps, in batches; how many, per table.
+pub async fn prune_own(
+    pool: &PgPool,
+    own: &[OwnRows],
+) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    let mut pruned = Vec::with_capacity(own.len());
+    for rows in own {
+        let deleted = delete_in_batches(pool, rows.delete, rows.older_than).await?;
+        pruned.push((rows.table, deleted));
+    }
+    Ok(pruned)
+}
+
 async fn delete_in_batches(
     pool: &PgPool,
     statement: &'static str,
@@ -111,12 +137,18 @@ async fn delete_in_batches(
     }
 }
 
-/// The background task that prunes `pool`'s platform tables every `retention.every`.
-pub fn task(pool: &PgPool, retention: &Retention, service: &'static str) -> Background {
+/// The background task that prunes `pool`'s platform tables, and the service's `own`, every
+/// `retention.every`.
+pub fn task(
+    pool: &PgPool,
+    retention: &Retention,
+    service: &'static str,
+    own: Vec<OwnRows>,
+) -> Background {
     let (pool, retention) = (pool.clone(), retention.clone());
     let mut tasks = Background::default();
-    tasks.add("event retention", move |shutdown| {
-        run(pool, retention, service, shutdown)
+    tasks.add("retention", move |shutdown| {
+        run(pool, retention, own, service, shutdown)
     });
     tasks
 }
@@ -126,19 +158,24 @@ pub fn task(pool: &PgPool, retention: &Retention, service: &'static str) -> Back
 async fn run(
     pool: PgPool,
     retention: Retention,
+    own: Vec<OwnRows>,
     service: &'static str,
     shutdown: CancellationToken,
 ) {
     crate::periodic::every(
         retention.every,
         &shutdown,
-        "pruning relayed and applied events failed; trying again later",
+        "pruning old rows failed; trying again later",
         || async {
             let pruned = prune_once(&pool, &retention).await?;
             metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => "outbox")
                 .increment(pruned.relayed_events);
             metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => "processed_events")
                 .increment(pruned.applied_events);
+            for (table, deleted) in prune_own(&pool, &own).await? {
+                metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => table)
+                    .increment(deleted);
+            }
             Ok::<_, sqlx::Error>(())
         },
     )

@@ -93,6 +93,11 @@ impl Base {
     /// keys come from users rather than from config, and deleting old relayed and applied
     /// events.
     pub fn background(&self) -> Background {
+        self.background_pruning(Vec::new())
+    }
+
+    /// [`Base::background`], whose retention passes also prune the service's `own` tables.
+    pub fn background_pruning(&self, own: Vec<retention::OwnRows>) -> Background {
         let mut tasks = key_set_tasks(
             &self.config.jwt_public_keys,
             &self.verifier,
@@ -103,6 +108,7 @@ impl Base {
             &self.pool,
             &self.config.retention,
             self.service,
+            own,
         ));
         tasks
     }

@@ -14,7 +14,7 @@ use platform::auth::{InternalToken, JwtVerifier, SigningKey, TokenIssuer};
 use platform::config::{ConfigError, Settings};
 use platform::outbox::OutboxRelay;
 use platform::redis::Redis;
-use platform::retention::{self, Retention};
+use platform::retention::{self, OwnRows, Retention};
 use platform::runtime::Background;
 use platform::web::{self, ReadyCheck};
 use poem::{Endpoint, EndpointExt, Response};
@@ -53,6 +53,8 @@ pub struct UsersConfig {
     pub login_failure_window: Duration,
     pub login_lockout: Duration,
     pub max_body_bytes: usize,
+    /// How long refresh and one-time tokens are kept once expired.
+    pub expired_tokens_keep: Duration,
     /// How long relayed events are kept in the outbox.
     pub retention: Retention,
 }
@@ -80,6 +82,7 @@ impl UsersConfig {
             login_failure_window: s.seconds("login_failure_window_seconds", 900)?,
             login_lockout: s.seconds("login_lockout_seconds", 900)?,
             max_body_bytes: s.get_or("max_body_bytes", web::DEFAULT_MAX_BODY_BYTES)?,
+            expired_tokens_keep: s.seconds("expired_tokens_keep_seconds", 7 * 24 * 3600)?,
             retention: Retention::from_settings(s)?,
         })
     }
@@ -159,9 +162,20 @@ impl Users {
         .data(InternalToken::new(&self.config.internal_token))
     }
 
-    /// What runs beside the HTTP app: the outbox relay, and deleting events relayed long ago.
+    /// The rows of users' own tables that retention deletes: tokens expired
+    /// `expired_tokens_keep` ago, and failed-login counts that no longer count.
+    pub fn expired_rows(&self) -> Vec<OwnRows> {
+        store::expired_rows(
+            self.config.expired_tokens_keep,
+            self.config.login_failure_window,
+        )
+    }
+
+    /// What runs beside the HTTP app: the outbox relay, and deleting events relayed long ago,
+    /// expired tokens and failed-login counts that no longer count.
     pub fn background(&self) -> Background {
-        let mut tasks = retention::task(&self.pool, &self.config.retention, SERVICE);
+        let own = self.expired_rows();
+        let mut tasks = retention::task(&self.pool, &self.config.retention, SERVICE, own);
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         tasks

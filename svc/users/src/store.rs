@@ -1,7 +1,10 @@
 //! The users database: every query of the service, named for what it means.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use platform::auth::Role;
+use platform::retention::OwnRows;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -162,6 +165,39 @@ pub async fn mark_verified(
     .execute(db)
     .await?;
     Ok(())
+}
+
+// ---- retention ------------------------------------------------------------------------
+
+/// What users prunes beside the platform's tables: tokens expired `keep` ago (no longer
+/// good for anything: an expired refresh token is refused without revoking its family), and
+/// failed-login counts whose window and lockout are over (the next failure starts a new
+/// count either way).
+pub fn expired_rows(keep: Duration, failure_window: Duration) -> Vec<OwnRows> {
+    vec![
+        OwnRows {
+            table: "refresh_tokens",
+            delete: "DELETE FROM refresh_tokens WHERE token_hash IN (
+                         SELECT token_hash FROM refresh_tokens
+                         WHERE expires_at < now() - make_interval(secs => $1) LIMIT $2)",
+            older_than: keep,
+        },
+        OwnRows {
+            table: "one_time_tokens",
+            delete: "DELETE FROM one_time_tokens WHERE token_hash IN (
+                         SELECT token_hash FROM one_time_tokens
+                         WHERE expires_at < now() - make_interval(secs => $1) LIMIT $2)",
+            older_than: keep,
+        },
+        OwnRows {
+            table: "login_failures",
+            delete: "DELETE FROM login_failures WHERE email IN (
+                         SELECT email FROM login_failures
+                         WHERE first_at < now() - make_interval(secs => $1)
+                           AND (locked_until IS NULL OR locked_until < now()) LIMIT $2)",
+            older_than: failure_window,
+        },
+    ]
 }
 
 // ---- login failures -------------------------------------------------------------------

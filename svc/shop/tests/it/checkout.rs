@@ -274,6 +274,40 @@ async fn checkout_refuses_bad_requests_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn idempotency_keys_past_their_day_are_deleted_and_the_others_still_replay() {
+    let saga = Saga::start().await;
+    let mug = saga.product(1200, 10).await;
+    let (_, dan) = saga.customer();
+    let mut placed = Vec::new();
+    for key in ["yesterday", "today"] {
+        saga.add_to_cart(&dan, mug, 1).await;
+        let resp = saga.checkout(&dan, key).await;
+        assert_eq!(resp.status(), 201, "checkout with key {key}");
+        placed.push(resp.json::<Value>().await.unwrap());
+    }
+    let pool = saga.orders.pool();
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'yesterday'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let pruned = platform::retention::prune_own(pool, &[orders::store::expired_keys()])
+        .await
+        .unwrap();
+    assert_eq!(pruned, [("idempotency_keys", 1)]);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["today"]);
+    // The key still kept answers again with its order.
+    let again: Value = saga.checkout(&dan, "today").await.json().await.unwrap();
+    assert_eq!(again["order"]["id"], placed[1]["order"]["id"]);
+}
+
+#[tokio::test]
 async fn malformed_payment_links_and_forms_are_answered_with_a_page() {
     let saga = Saga::start().await;
     let answered_with_page = |resp: reqwest::Response, says: &'static str| async move {

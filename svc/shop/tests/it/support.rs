@@ -57,6 +57,7 @@ pub struct Saga {
     /// The gateway in front of them: every customer and staff call goes through it.
     pub gateway: String,
     pub payment: payment::Payment,
+    pub orders: orders::Orders,
     /// Each service's background tasks (relay, consumers, sweepers), kept so that a test can
     /// kill and restart them.
     tasks: std::sync::Mutex<std::collections::HashMap<&'static str, RunningTasks>>,
@@ -140,7 +141,8 @@ impl Saga {
         let (_, inventory, inventory_tasks) =
             started!(inventory::InventoryConfig, &conf["inventory"], discovery);
         let (_, cart, cart_tasks) = started!(cart::CartConfig, &conf["cart"], discovery);
-        let (_, orders, orders_tasks) = started!(orders::OrdersConfig, &conf["orders"], discovery);
+        let (orders_state, orders, orders_tasks) =
+            started!(orders::OrdersConfig, &conf["orders"], discovery);
         let (payment_state, payment, payment_tasks) =
             started!(payment::PaymentConfig, &conf["payment"], discovery);
         let services = [
@@ -176,6 +178,7 @@ impl Saga {
             _turn: turn,
             tasks: std::sync::Mutex::new(tasks),
             payment: payment_state,
+            orders: orders_state,
             redis: platform::redis::Redis::connect(&redis_url, &prefix).unwrap(),
             smtp,
             stop,

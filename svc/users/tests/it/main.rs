@@ -6,4 +6,5 @@ mod accounts;
 mod admin;
 mod contract;
 mod input;
+mod retention;
 mod tokens;

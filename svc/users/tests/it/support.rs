@@ -49,6 +49,19 @@ impl Shop {
     }
 
     pub async fn start_with(tweak: impl FnOnce(UsersConfig) -> UsersConfig) -> Self {
+        Self::start_running(tweak, true).await
+    }
+
+    /// The service without its background tasks (the relay, retention): a test that runs
+    /// them itself is not raced by them.
+    pub async fn start_without_background() -> Self {
+        Self::start_running(|c| c, false).await
+    }
+
+    async fn start_running(
+        tweak: impl FnOnce(UsersConfig) -> UsersConfig,
+        background: bool,
+    ) -> Self {
         let db = TestDb::new("users");
         let signing_pem = SigningKey::generate_pem();
         let config = tweak(config(&db, &signing_pem).await);
@@ -56,7 +69,9 @@ impl Shop {
             .await
             .expect("users starts (Postgres and Redis must be running)");
         let shutdown = CancellationToken::new();
-        users.background().spawn(&shutdown);
+        if background {
+            users.background().spawn(&shutdown);
+        }
         let server = TestServer::start(app).await;
         Self {
             users,
