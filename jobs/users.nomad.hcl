@@ -131,6 +131,7 @@ job "users" {
           MICROMART_USERS_LOGIN_MAX_FAILURES={{ key "micromart/users/login_max_failures" | toJSON }}
           MICROMART_USERS_LOGIN_FAILURE_WINDOW_SECONDS={{ key "micromart/users/login_failure_window_seconds" | toJSON }}
           MICROMART_USERS_LOGIN_LOCKOUT_SECONDS={{ key "micromart/users/login_lockout_seconds" | toJSON }}
+          MICROMART_USERS_LOGIN_DEVICE_TTL_SECONDS={{ key "micromart/users/login_device_ttl_seconds" | toJSON }}
           MICROMART_USERS_EXPIRED_TOKENS_KEEP_SECONDS={{ key "micromart/users/expired_tokens_keep_seconds" | toJSON }}
           MICROMART_USERS_MAX_BODY_BYTES={{ key "micromart/users/max_body_bytes" | toJSON }}
         EOT

@@ -44,11 +44,19 @@ struct RegisterRequest {
     phone: Option<Text>,
 }
 
+/// The devices of one account that are known at once; signing in on another forgets the one
+/// unused the longest.
+const KNOWN_DEVICES_PER_ACCOUNT: i64 = 10;
+
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 struct LoginRequest {
     email: Text,
     password: Text,
+    /// The `device_token` an earlier login on this device was given for this account. Failed
+    /// logins lock an email out for a while; a login with its device's token is judged by that
+    /// device's own failures instead, so failures elsewhere cannot lock its owner out.
+    device_token: Option<Text>,
 }
 
 #[derive(Debug, Object)]
@@ -124,6 +132,11 @@ struct TokenPair {
     token_type: String,
     /// Seconds until the access token expires.
     expires_in: u64,
+    /// Given at login: keep it on this device for this account, and send it as
+    /// `device_token` at its next login. Known until unused for `login_device_ttl_seconds`
+    /// (90 days by default) or until the password changes. Absent when a token is refreshed.
+    #[oai(skip_serializing_if_is_none)]
+    device_token: Option<String>,
 }
 
 #[derive(Debug, Object)]
@@ -201,6 +214,7 @@ impl UsersApi {
             refresh_token: refresh,
             token_type: "Bearer".into(),
             expires_in: self.state.config.access_token_ttl.as_secs(),
+            device_token: None,
         })
     }
 
@@ -389,17 +403,40 @@ impl UsersApi {
     )]
     async fn login(&self, body: Json<LoginRequest>) -> ApiResult<Json<TokenPair>> {
         let cfg = &self.state.config;
-        let email = validate::normalise_email(&body.0.email);
-        if let Some(until) = store::locked_until(self.db(), &email).await? {
+        let LoginRequest {
+            email,
+            password,
+            device_token,
+        } = body.0;
+        let email = validate::normalise_email(&email);
+        // A token of a device this account signed in on: the login is judged by that device's
+        // failures. Any other token (unknown, forgotten, another account's) is no device.
+        let mut device = None;
+        if let Some(token) = device_token {
+            let hash = tokens::digest(&token);
+            if store::known_device(self.db(), &hash, &email, cfg.login_device_ttl).await? {
+                device = Some((token.into_string(), hash));
+            }
+        }
+        let counted_as = match &device {
+            Some((_, hash)) => store::device_failure_key(hash),
+            None => email.clone(),
+        };
+        if let Some(until) = store::locked_until(self.db(), &counted_as).await? {
             let wait = (until - Utc::now()).to_std().unwrap_or_default();
+            let detail = if device.is_some() {
+                "too many failed logins on this device; try again later or reset the password"
+            } else {
+                "too many failed logins for this email; try again later or reset the password"
+            };
             return Err(Problem::too_many_requests(
-                "too many failed logins for this email; try again later or reset the password",
+                detail,
                 Problem::seconds_to_wait(wait),
             ));
         }
         let user = store::user_by_email(self.db(), &email).await?;
         let ok = passwords::verify(
-            body.0.password.into_string(),
+            password.into_string(),
             user.as_ref().map(|u| u.password_hash.clone()),
         )
         .await
@@ -409,7 +446,7 @@ impl UsersApi {
             _ => {
                 store::record_failure(
                     self.db(),
-                    &email,
+                    &counted_as,
                     cfg.login_max_failures,
                     cfg.login_failure_window.as_secs() as i64,
                     cfg.login_lockout.as_secs() as i64,
@@ -418,9 +455,17 @@ impl UsersApi {
                 return Err(Problem::unauthorized("the email or password is wrong"));
             }
         };
-        store::clear_failures(self.db(), &email).await?;
+        // A known device's success leaves the email's count from elsewhere as it is.
+        store::clear_failures(self.db(), &counted_as).await?;
+        let (device_token, device_hash) = device.unwrap_or_else(|| {
+            let token = tokens::generate();
+            let hash = tokens::digest(&token);
+            (token, hash)
+        });
         let mut tx = self.db().begin().await?;
-        let pair = self.issue_pair(&mut tx, &user, Uuid::now_v7()).await?;
+        let mut pair = self.issue_pair(&mut tx, &user, Uuid::now_v7()).await?;
+        store::device_signed_in(&mut tx, &device_hash, user.id, KNOWN_DEVICES_PER_ACCOUNT).await?;
+        pair.device_token = Some(device_token);
         tx.commit().await?;
         Ok(Json(pair))
     }

@@ -52,6 +52,9 @@ pub struct UsersConfig {
     pub login_max_failures: i32,
     pub login_failure_window: Duration,
     pub login_lockout: Duration,
+    /// A device an account signed in on, unused this long, is forgotten: its logins are then
+    /// judged by the email's failures again.
+    pub login_device_ttl: Duration,
     pub max_body_bytes: usize,
     /// How long refresh and one-time tokens are kept once expired.
     pub expired_tokens_keep: Duration,
@@ -81,6 +84,7 @@ impl UsersConfig {
             login_max_failures: s.get_or("login_max_failures", 5)?,
             login_failure_window: s.seconds("login_failure_window_seconds", 900)?,
             login_lockout: s.seconds("login_lockout_seconds", 900)?,
+            login_device_ttl: s.seconds("login_device_ttl_seconds", 90 * 24 * 3600)?,
             max_body_bytes: s.get_or("max_body_bytes", web::DEFAULT_MAX_BODY_BYTES)?,
             expired_tokens_keep: s.seconds("expired_tokens_keep_seconds", 7 * 24 * 3600)?,
             retention: Retention::from_settings(s)?,
@@ -163,11 +167,13 @@ impl Users {
     }
 
     /// The rows of users' own tables that retention deletes: tokens expired
-    /// `expired_tokens_keep` ago, and failed-login counts that no longer count.
+    /// `expired_tokens_keep` ago, failed-login counts that no longer count, and devices
+    /// unused for `login_device_ttl`.
     pub fn expired_rows(&self) -> Vec<OwnRows> {
         store::expired_rows(
             self.config.expired_tokens_keep,
             self.config.login_failure_window,
+            self.config.login_device_ttl,
         )
     }
 

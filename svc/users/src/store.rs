@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use platform::auth::Role;
 use platform::retention::OwnRows;
@@ -170,10 +172,14 @@ pub async fn mark_verified(
 // ---- retention ------------------------------------------------------------------------
 
 /// What users prunes beside the platform's tables: tokens expired `keep` ago (no longer
-/// good for anything: an expired refresh token is refused without revoking its family), and
+/// good for anything: an expired refresh token is refused without revoking its family),
 /// failed-login counts whose window and lockout are over (the next failure starts a new
-/// count either way).
-pub fn expired_rows(keep: Duration, failure_window: Duration) -> Vec<OwnRows> {
+/// count either way), and devices unused for `device_ttl` (no longer known).
+pub fn expired_rows(
+    keep: Duration,
+    failure_window: Duration,
+    device_ttl: Duration,
+) -> Vec<OwnRows> {
     vec![
         OwnRows {
             table: "refresh_tokens",
@@ -197,10 +203,70 @@ pub fn expired_rows(keep: Duration, failure_window: Duration) -> Vec<OwnRows> {
                            AND (locked_until IS NULL OR locked_until < now()) LIMIT $2)",
             older_than: failure_window,
         },
+        OwnRows {
+            table: "login_devices",
+            delete: "DELETE FROM login_devices WHERE token_hash IN (
+                         SELECT token_hash FROM login_devices
+                         WHERE last_used_at < now() - make_interval(secs => $1) LIMIT $2)",
+            older_than: device_ttl,
+        },
     ]
 }
 
 // ---- login failures -------------------------------------------------------------------
+
+/// The key under which the failed logins of the known device `hash` are counted, beside
+/// emails' (in `login_failures`): capitals, which no normalised email has.
+pub fn device_failure_key(hash: &[u8]) -> String {
+    format!("Device {}", URL_SAFE_NO_PAD.encode(hash))
+}
+
+/// Whether `hash` is the token of a device `email`'s account signed in on within `ttl`.
+pub async fn known_device(
+    db: impl PgExecutor<'_>,
+    hash: &[u8],
+    email: &str,
+    ttl: Duration,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM login_devices d JOIN users u ON u.id = d.user_id
+                        WHERE d.token_hash = $1 AND u.email = $2
+                          AND d.last_used_at > now() - make_interval(secs => $3))",
+    )
+    .bind(hash)
+    .bind(email)
+    .bind(ttl.as_secs_f64())
+    .fetch_one(db)
+    .await
+}
+
+/// Notes that `user` signed in on the device `hash` (new, or known), and forgets the
+/// account's devices beyond the `keep` most recently used.
+pub async fn device_signed_in(
+    tx: &mut PgConnection,
+    hash: &[u8],
+    user: Uuid,
+    keep: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO login_devices (token_hash, user_id) VALUES ($1, $2)
+         ON CONFLICT (token_hash) DO UPDATE SET last_used_at = now()",
+    )
+    .bind(hash)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM login_devices WHERE user_id = $1 AND token_hash NOT IN (
+             SELECT token_hash FROM login_devices WHERE user_id = $1
+             ORDER BY last_used_at DESC LIMIT $2)",
+    )
+    .bind(user)
+    .bind(keep)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
 
 /// When the email is locked out, until when.
 pub async fn locked_until(
@@ -368,13 +434,16 @@ pub async fn revoke_family(db: impl PgExecutor<'_>, family: Uuid) -> Result<(), 
     Ok(())
 }
 
-/// Ends every session of `user` (its refresh tokens) and voids its unused password-reset
-/// links: after a password change, a reset or a deactivation, a link mailed earlier must not
-/// set the password again.
+/// Ends every session of `user` (its refresh tokens), forgets the devices it signed in on,
+/// and voids its unused password-reset links: after a password change, a reset or a
+/// deactivation, a link mailed earlier must not set the password again, nor a device used
+/// earlier escape the email's lockout.
 pub async fn revoke_all_for_user(db: impl PgExecutor<'_>, user: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH sessions AS (
              UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL
+         ), devices AS (
+             DELETE FROM login_devices WHERE user_id = $1
          )
          UPDATE one_time_tokens SET used_at = now()
          WHERE user_id = $1 AND purpose = 'password_reset' AND used_at IS NULL",

@@ -5,6 +5,7 @@ mod support;
 mod accounts;
 mod admin;
 mod contract;
+mod devices;
 mod input;
 mod retention;
 mod tokens;

@@ -1,5 +1,6 @@
-//! Retention deletes tokens expired a week ago and failed-login counts that no longer count;
-//! nothing still in use goes, and no caller is answered differently for it.
+//! Retention deletes tokens expired a week ago, failed-login counts that no longer count and
+//! devices no longer known; nothing still in use goes, and no caller is answered differently
+//! for it.
 
 use platform::retention::prune_own;
 use serde_json::{Value, json};
@@ -49,10 +50,21 @@ async fn tokens_expired_a_week_ago_are_deleted_and_refused_as_before() {
         .one_time_link_token(user["id"].as_str().unwrap(), "UserRegistered")
         .await;
     let mut sessions = Vec::new();
+    let mut devices = Vec::new();
     for _ in 0..3 {
         let pair = shop.tokens("ursula@example.com", PASSWORD).await;
         sessions.push(pair["refresh_token"].as_str().unwrap().to_owned());
+        devices.push(pair["device_token"].as_str().unwrap().to_owned());
     }
+    // One device unused for longer than the 90 days a device is known.
+    sqlx::query(
+        "UPDATE login_devices SET last_used_at = now() - interval '91 days'
+         WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(&devices[0])
+    .execute(pool)
+    .await
+    .unwrap();
     let [long_expired, lately_expired, live] = <[String; 3]>::try_from(sessions).unwrap();
     expire(pool, "refresh_tokens", &long_expired, 8).await;
     expire(pool, "refresh_tokens", &lately_expired, 6).await;
@@ -76,13 +88,16 @@ async fn tokens_expired_a_week_ago_are_deleted_and_refused_as_before() {
         [
             ("refresh_tokens", 1),
             ("one_time_tokens", 1),
-            ("login_failures", 0)
+            ("login_failures", 0),
+            ("login_devices", 1)
         ]
     );
     assert!(!kept(pool, "refresh_tokens", &long_expired).await);
     assert!(kept(pool, "refresh_tokens", &lately_expired).await);
     assert!(kept(pool, "refresh_tokens", &live).await);
     assert!(!kept(pool, "one_time_tokens", &link).await);
+    assert!(!kept(pool, "login_devices", &devices[0]).await);
+    assert!(kept(pool, "login_devices", &devices[1]).await);
 
     // Deleted, they are refused as they were.
     let refused_after = problem(refresh(&long_expired).await.unwrap(), 401).await;
@@ -97,7 +112,8 @@ async fn tokens_expired_a_week_ago_are_deleted_and_refused_as_before() {
         [
             ("refresh_tokens", 0),
             ("one_time_tokens", 0),
-            ("login_failures", 0)
+            ("login_failures", 0),
+            ("login_devices", 0)
         ]
     );
 }
@@ -160,7 +176,8 @@ async fn failed_login_counts_go_once_their_window_and_lockout_are_over() {
         [
             ("refresh_tokens", 0),
             ("one_time_tokens", 0),
-            ("login_failures", 2)
+            ("login_failures", 2),
+            ("login_devices", 0)
         ]
     );
     assert_eq!(counted(pool, stale).await, None);

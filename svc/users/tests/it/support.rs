@@ -108,6 +108,17 @@ impl Shop {
         resp.json().await.unwrap()
     }
 
+    /// A login presenting `device_token`.
+    pub async fn login_on(&self, device_token: &str, email: &str, password: &str) -> Response {
+        self.post(
+            "/api/v1/users/login",
+            json!({"email": email, "password": password, "device_token": device_token}),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Response {
         self.post(
             "/api/v1/users/login",
