@@ -190,7 +190,10 @@ async fn a_customer_shops_through_the_generated_clients() {
         .unwrap()
         .into_inner();
     assert_eq!(tokens.token_type, "Bearer");
-    assert!(tokens.device_token.is_some(), "a login gives a device token");
+    assert!(
+        tokens.device_token.is_some(),
+        "a login gives a device token"
+    );
     let token = tokens.access_token;
     let me = users::Client::new_with_client(&url("users"), http(Some(&token)))
         .get_me()

@@ -247,9 +247,11 @@ pub const ABANDONED_AFTER_SECONDS: f64 = 60.0;
 pub fn expired_keys() -> OwnRows {
     OwnRows {
         table: "idempotency_keys",
+        // Checked again outside the subquery: a key taken over meanwhile is new again.
         delete: "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
                      SELECT user_id, key FROM idempotency_keys
-                     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+                     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)
+                 AND created_at < now() - make_interval(secs => $1)",
         older_than: std::time::Duration::from_secs(KEY_TTL_HOURS as u64 * 3600),
     }
 }
@@ -260,6 +262,22 @@ pub async fn claim_key(
     key: &str,
     hash: &str,
 ) -> Result<KeyClaim, sqlx::Error> {
+    // A key deleted between the insert that met it and the read of it (by retention at its 24
+    // hours, or released by the failed request that held it) is claimed again.
+    for _ in 0..3 {
+        if let Some(claim) = try_claim_key(db, user, key, hash).await? {
+            return Ok(claim);
+        }
+    }
+    Err(sqlx::Error::RowNotFound)
+}
+
+async fn try_claim_key(
+    db: &sqlx::PgPool,
+    user: Uuid,
+    key: &str,
+    hash: &str,
+) -> Result<Option<KeyClaim>, sqlx::Error> {
     sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND created_at < now() - make_interval(hours => $3)")
         .bind(user)
         .bind(key)
@@ -281,16 +299,19 @@ pub async fn claim_key(
     .rows_affected()
         == 1;
     if claimed {
-        return Ok(KeyClaim::Claimed);
+        return Ok(Some(KeyClaim::Claimed));
     }
-    let (stored_hash, status, code, body): (String, String, Option<i32>, Option<serde_json::Value>) = sqlx::query_as(
+    let stored: Option<(String, String, Option<i32>, Option<serde_json::Value>)> = sqlx::query_as(
         "SELECT request_hash, status, response_status, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
     )
     .bind(user)
     .bind(key)
-    .fetch_one(db)
+    .fetch_optional(db)
     .await?;
-    Ok(if stored_hash != hash {
+    let Some((stored_hash, status, code, body)) = stored else {
+        return Ok(None);
+    };
+    Ok(Some(if stored_hash != hash {
         KeyClaim::OtherBody
     } else if status == "running" {
         KeyClaim::Running
@@ -299,7 +320,7 @@ pub async fn claim_key(
             status: code.unwrap_or(500),
             body: body.unwrap_or_default(),
         }
-    })
+    }))
 }
 
 pub async fn finish_key(

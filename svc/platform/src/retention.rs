@@ -80,27 +80,32 @@ pub struct Pruned {
 /// over a large backlog neither holds locks for long nor writes one huge WAL record.
 const BATCH: i64 = 5000;
 
+/// The platform's own tables, as [`OwnRows`].
+fn platform_rows(retention: &Retention) -> [OwnRows; 2] {
+    [
+        OwnRows {
+            table: "outbox",
+            delete: "DELETE FROM outbox WHERE id IN (
+                         SELECT id FROM outbox
+                         WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+            older_than: retention.relayed_events,
+        },
+        OwnRows {
+            table: "processed_events",
+            delete: "DELETE FROM processed_events WHERE (consumer, event_id) IN (
+                         SELECT consumer, event_id FROM processed_events
+                         WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+            older_than: retention.applied_events,
+        },
+    ]
+}
+
 /// Deletes what `retention` no longer keeps, in batches, until none is left.
 pub async fn prune_once(pool: &PgPool, retention: &Retention) -> Result<Pruned, sqlx::Error> {
-    let relayed_events = delete_in_batches(
-        pool,
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox
-             WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-        retention.relayed_events,
-    )
-    .await?;
-    let applied_events = delete_in_batches(
-        pool,
-        "DELETE FROM processed_events WHERE (consumer, event_id) IN (
-             SELECT consumer, event_id FROM processed_events
-             WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
-        retention.applied_events,
-    )
-    .await?;
+    let [outbox, processed] = platform_rows(retention);
     Ok(Pruned {
-        relayed_events,
-        applied_events,
+        relayed_events: delete_in_batches(pool, outbox.delete, outbox.older_than).await?,
+        applied_events: delete_in_batches(pool, processed.delete, processed.older_than).await?,
     })
 }
 
@@ -153,8 +158,10 @@ pub fn task(
     tasks
 }
 
-/// Prunes every `retention.every` until `shutdown`. Several instances of a service may prune
-/// at once: each deletes what it finds, and a row another has deleted is simply not there.
+/// Prunes every `retention.every` until `shutdown`, table by table: one that fails (a lock
+/// timeout, a table not migrated yet) is tried again next time and holds back none of the
+/// others. Several instances of a service may prune at once: each deletes what it finds, and
+/// a row another has deleted is simply not there.
 async fn run(
     pool: PgPool,
     retention: Retention,
@@ -162,21 +169,27 @@ async fn run(
     service: &'static str,
     shutdown: CancellationToken,
 ) {
+    let tables: Vec<OwnRows> = platform_rows(&retention).into_iter().chain(own).collect();
     crate::periodic::every(
         retention.every,
         &shutdown,
         "pruning old rows failed; trying again later",
         || async {
-            let pruned = prune_once(&pool, &retention).await?;
-            metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => "outbox")
-                .increment(pruned.relayed_events);
-            metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => "processed_events")
-                .increment(pruned.applied_events);
-            for (table, deleted) in prune_own(&pool, &own).await? {
-                metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => table)
-                    .increment(deleted);
+            let mut failed = 0;
+            for rows in &tables {
+                match delete_in_batches(&pool, rows.delete, rows.older_than).await {
+                    Ok(deleted) => metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => rows.table)
+                        .increment(deleted),
+                    Err(err) => {
+                        tracing::warn!(table = rows.table, error = %err, "pruning a table failed; trying again later");
+                        failed += 1;
+                    }
+                }
             }
-            Ok::<_, sqlx::Error>(())
+            match failed {
+                0 => Ok(()),
+                n => Err(format!("{n} of {} tables", tables.len())),
+            }
         },
     )
     .await;

@@ -418,19 +418,22 @@ impl UsersApi {
                 device = Some((token.into_string(), hash));
             }
         }
-        let counted_as = match &device {
+        let mut counted_as = match &device {
             Some((_, hash)) => store::device_failure_key(hash),
             None => email.clone(),
         };
-        if let Some(until) = store::locked_until(self.db(), &counted_as).await? {
+        let mut locked = store::locked_until(self.db(), &counted_as).await?;
+        if locked.is_some() && device.is_some() {
+            // A device locked out by its own failures is judged as any other client is: by
+            // the email's.
+            device = None;
+            counted_as = email.clone();
+            locked = store::locked_until(self.db(), &email).await?;
+        }
+        if let Some(until) = locked {
             let wait = (until - Utc::now()).to_std().unwrap_or_default();
-            let detail = if device.is_some() {
-                "too many failed logins on this device; try again later or reset the password"
-            } else {
-                "too many failed logins for this email; try again later or reset the password"
-            };
             return Err(Problem::too_many_requests(
-                detail,
+                "too many failed logins for this email; try again later or reset the password",
                 Problem::seconds_to_wait(wait),
             ));
         }
@@ -463,8 +466,15 @@ impl UsersApi {
             (token, hash)
         });
         let mut tx = self.db().begin().await?;
-        let mut pair = self.issue_pair(&mut tx, &user, Uuid::now_v7()).await?;
+        // The account is locked until this sign-in commits. A password changed or reset, or
+        // the account closed, since the password was checked ended its sessions and devices:
+        // this sign-in must not outlive them. Two sign-ins of one account also keep its
+        // devices one at a time.
+        if !store::lock_unchanged_account(&mut tx, user.id, &user.password_hash).await? {
+            return Err(Problem::unauthorized("the email or password is wrong"));
+        }
         store::device_signed_in(&mut tx, &device_hash, user.id, KNOWN_DEVICES_PER_ACCOUNT).await?;
+        let mut pair = self.issue_pair(&mut tx, &user, Uuid::now_v7()).await?;
         pair.device_token = Some(device_token);
         tx.commit().await?;
         Ok(Json(pair))

@@ -197,17 +197,22 @@ pub fn expired_rows(
         },
         OwnRows {
             table: "login_failures",
+            // Checked again outside the subquery: a failure counted meanwhile keeps its row.
             delete: "DELETE FROM login_failures WHERE email IN (
                          SELECT email FROM login_failures
                          WHERE first_at < now() - make_interval(secs => $1)
-                           AND (locked_until IS NULL OR locked_until < now()) LIMIT $2)",
+                           AND (locked_until IS NULL OR locked_until < now()) LIMIT $2)
+                     AND first_at < now() - make_interval(secs => $1)
+                     AND (locked_until IS NULL OR locked_until < now())",
             older_than: failure_window,
         },
         OwnRows {
             table: "login_devices",
+            // Checked again outside the subquery: a sign-in meanwhile keeps its device.
             delete: "DELETE FROM login_devices WHERE token_hash IN (
                          SELECT token_hash FROM login_devices
-                         WHERE last_used_at < now() - make_interval(secs => $1) LIMIT $2)",
+                         WHERE last_used_at < now() - make_interval(secs => $1) LIMIT $2)
+                     AND last_used_at < now() - make_interval(secs => $1)",
             older_than: device_ttl,
         },
     ]
@@ -240,8 +245,26 @@ pub async fn known_device(
     .await
 }
 
+/// Locks `user`'s row until the transaction ends; whether the account is still active with
+/// the password hash `hash`.
+pub async fn lock_unchanged_account(
+    tx: &mut PgConnection,
+    user: Uuid,
+    hash: &str,
+) -> Result<bool, sqlx::Error> {
+    let unchanged: Option<bool> = sqlx::query_scalar(
+        "SELECT active AND password_hash = $2 FROM users WHERE id = $1 FOR UPDATE",
+    )
+    .bind(user)
+    .bind(hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(unchanged == Some(true))
+}
+
 /// Notes that `user` signed in on the device `hash` (new, or known), and forgets the
-/// account's devices beyond the `keep` most recently used.
+/// account's devices beyond the `keep` most recently used. The account's row must be locked
+/// ([`lock_unchanged_account`]).
 pub async fn device_signed_in(
     tx: &mut PgConnection,
     hash: &[u8],
@@ -250,7 +273,8 @@ pub async fn device_signed_in(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO login_devices (token_hash, user_id) VALUES ($1, $2)
-         ON CONFLICT (token_hash) DO UPDATE SET last_used_at = now()",
+         ON CONFLICT (token_hash) DO UPDATE SET last_used_at = now()
+         WHERE login_devices.user_id = EXCLUDED.user_id",
     )
     .bind(hash)
     .bind(user)

@@ -41,8 +41,7 @@ async fn failures_elsewhere_do_not_lock_the_owner_out_of_a_known_device() {
 
     // Someone else guesses: the email is locked for them and for any new device.
     fail(&shop, email, None, 3).await;
-    let locked = problem(shop.login(email, PASSWORD).await, 429).await;
-    assert!(locked["detail"].as_str().unwrap().contains("this email"));
+    problem(shop.login(email, PASSWORD).await, 429).await;
     // The owner's device is not.
     let resp = shop.login_on(&device, email, PASSWORD).await;
     assert_eq!(resp.status(), 200);
@@ -59,7 +58,8 @@ async fn failures_elsewhere_do_not_lock_the_owner_out_of_a_known_device() {
     // Its success leaves the email's lockout as it was.
     problem(shop.login(email, PASSWORD).await, 429).await;
 
-    // The device's own failures lock it: guessing from a stolen device token is limited too.
+    // The device's own failures lock it out (guessing from a stolen device token is limited
+    // too); it is then judged by the email's count, locked here.
     fail(&shop, email, Some(&device), 2).await;
     assert_eq!(
         shop.login_on(&device, email, PASSWORD).await.status(),
@@ -67,13 +67,36 @@ async fn failures_elsewhere_do_not_lock_the_owner_out_of_a_known_device() {
         "a success clears the device's count"
     );
     fail(&shop, email, Some(&device), 3).await;
-    let device_locked = problem(shop.login_on(&device, email, PASSWORD).await, 429).await;
-    assert!(
-        device_locked["detail"]
-            .as_str()
-            .unwrap()
-            .contains("this device")
-    );
+    problem(shop.login_on(&device, email, PASSWORD).await, 429).await;
+}
+
+#[tokio::test]
+async fn a_devices_failures_leave_the_emails_count_alone_until_it_is_locked_out() {
+    let shop = Shop::start().await;
+    let email = "dana@example.com";
+    shop.register(email, PASSWORD).await;
+    let device = device_token(&shop.tokens(email, PASSWORD).await);
+    fail(&shop, email, Some(&device), 3).await;
+    // The email is not locked: a login without the token gets in.
+    assert_eq!(shop.login(email, PASSWORD).await.status(), 200);
+    // The locked-out device is judged by the email's count, which its failures now add to.
+    fail(&shop, email, Some(&device), 3).await;
+    problem(shop.login(email, PASSWORD).await, 429).await;
+}
+
+#[tokio::test]
+async fn a_device_unused_past_its_time_is_no_longer_known() {
+    let shop = Shop::start().await;
+    let email = "olaf@example.com";
+    shop.register(email, PASSWORD).await;
+    let device = device_token(&shop.tokens(email, PASSWORD).await);
+    // Not yet deleted by retention, but unused for longer than the 90 days a device is known.
+    sqlx::query("UPDATE login_devices SET last_used_at = now() - interval '91 days'")
+        .execute(shop.users.pool())
+        .await
+        .unwrap();
+    fail(&shop, email, None, 3).await;
+    problem(shop.login_on(&device, email, PASSWORD).await, 429).await;
 }
 
 #[tokio::test]
@@ -89,8 +112,7 @@ async fn a_device_token_counts_only_for_its_account_and_until_the_password_chang
     // Another account's device, or a made-up token, is no device of carol's.
     fail(&shop, carol, None, 3).await;
     for token in [bobs_device.as_str(), "made-up"] {
-        let refused = problem(shop.login_on(token, carol, PASSWORD).await, 429).await;
-        assert!(refused["detail"].as_str().unwrap().contains("this email"));
+        problem(shop.login_on(token, carol, PASSWORD).await, 429).await;
     }
     // Failures with a token that is no device of the account count against the email: this
     // one, on bob's email, starts its count.
@@ -110,12 +132,11 @@ async fn a_device_token_counts_only_for_its_account_and_until_the_password_chang
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
-    let refused = problem(
+    problem(
         shop.login_on(&bobs_device, bob, "a new password").await,
         429,
     )
     .await;
-    assert!(refused["detail"].as_str().unwrap().contains("this email"));
 }
 
 #[tokio::test]
