@@ -133,8 +133,9 @@ struct TokenPair {
     /// Seconds until the access token expires.
     expires_in: u64,
     /// Given at login: keep it on this device for this account, and send it as
-    /// `device_token` at its next login. Known until unused for `login_device_ttl_seconds`
-    /// (90 days by default) or until the password changes. Absent when a token is refreshed.
+    /// `device_token` at its next login. Known until no login is made with it for
+    /// `login_device_ttl_seconds` (90 days by default; a refresh does not count), or until
+    /// the password changes or the account is closed. Absent when a token is refreshed.
     #[oai(skip_serializing_if_is_none)]
     device_token: Option<String>,
 }
@@ -394,7 +395,8 @@ impl UsersApi {
         Ok(Json(user.into()))
     }
 
-    /// Exchange email and password for an access and a refresh token.
+    /// Exchange email and password for an access and a refresh token, and a device token for
+    /// this device's next login.
     #[oai(
         path = "/api/v1/users/login",
         method = "post",
