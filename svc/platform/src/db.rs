@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
@@ -82,10 +82,79 @@ pub async fn connect(
 
 /// The platform's tables keep their own migration history (`_platform_migrations`), so the
 /// service's migrator never sees versions it does not know.
+///
+/// Instances starting together migrate one at a time, and each first drops the invalid
+/// indexes a failed concurrent build left (`CREATE INDEX CONCURRENTLY`, which some migrations
+/// use so that a large table's build blocks no writes): a migration run again would take such
+/// an index, named in its `IF NOT EXISTS`, as built.
 pub async fn migrate(pool: &PgPool, service_migrations: &Migrator) -> Result<(), DbError> {
-    let mut platform = Migrator::with_migrations(PLATFORM_MIGRATIONS.iter().cloned().collect());
-    platform.dangerous_set_table_name("_platform_migrations");
-    platform.run(pool).await?;
-    service_migrations.run(pool).await?;
+    let mut conn = pool.acquire().await.map_err(DbError::Connect)?;
+    take_migration_lock(&mut conn).await?;
+    let migrated = async {
+        drop_invalid_indexes(&mut conn).await?;
+        let mut platform = Migrator::with_migrations(PLATFORM_MIGRATIONS.iter().cloned().collect());
+        platform.dangerous_set_table_name("_platform_migrations");
+        platform.run(&mut *conn).await?;
+        service_migrations.run(&mut *conn).await?;
+        Ok(())
+    }
+    .await;
+    if migrated.is_err() {
+        // A failed migration can leave the session holding sqlx's own lock: closed, the
+        // connection lets go of every lock it holds, where pooled it would keep them.
+        conn.close().await.ok();
+        return migrated;
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(DbError::Connect)?;
+    Ok(())
+}
+
+/// The advisory lock that one migrating instance holds ("micromart" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6d6963726f6d6172;
+
+/// Waits for the migration lock by asking again and again rather than in one blocking call:
+/// a session waiting inside `pg_advisory_lock` holds a snapshot that a concurrent index build
+/// of the instance holding the lock waits for, and each would wait for the other.
+async fn take_migration_lock(conn: &mut PgConnection) -> Result<(), DbError> {
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(DbError::Connect)?;
+        if taken {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Drops the invalid indexes of the current schema. With the migration lock held none is
+/// being built: each was left by a concurrent build that failed.
+async fn drop_invalid_indexes(conn: &mut PgConnection) -> Result<(), DbError> {
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname)
+         FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT i.indisvalid AND n.nspname = current_schema()",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(DbError::Connect)?;
+    for index in invalid {
+        tracing::warn!(%index, "dropping an invalid index left by a failed concurrent build; its migration builds it again");
+        // The name is quoted by format('%I.%I') above.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {index}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(DbError::Connect)?;
+    }
     Ok(())
 }

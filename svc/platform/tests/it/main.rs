@@ -5,6 +5,7 @@ mod contract;
 mod events;
 mod http;
 mod key_set;
+mod migrations;
 mod retention;
 mod seed_file;
 mod workers;
