@@ -89,27 +89,15 @@ pub async fn connect(
 /// an index, named in its `IF NOT EXISTS`, as built.
 pub async fn migrate(pool: &PgPool, service_migrations: &Migrator) -> Result<(), DbError> {
     let mut conn = pool.acquire().await.map_err(DbError::Connect)?;
+    // Closed, not pooled, when done: however migrating ends (an error, a panic, the future
+    // dropped), the session lets go of its locks, ours and sqlx's own.
+    conn.close_on_drop();
     take_migration_lock(&mut conn).await?;
-    let migrated = async {
-        drop_invalid_indexes(&mut conn).await?;
-        let mut platform = Migrator::with_migrations(PLATFORM_MIGRATIONS.iter().cloned().collect());
-        platform.dangerous_set_table_name("_platform_migrations");
-        platform.run(&mut *conn).await?;
-        service_migrations.run(&mut *conn).await?;
-        Ok(())
-    }
-    .await;
-    if migrated.is_err() {
-        // A failed migration can leave the session holding sqlx's own lock: closed, the
-        // connection lets go of every lock it holds, where pooled it would keep them.
-        conn.close().await.ok();
-        return migrated;
-    }
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *conn)
-        .await
-        .map_err(DbError::Connect)?;
+    drop_invalid_indexes(&mut conn).await?;
+    let mut platform = Migrator::with_migrations(PLATFORM_MIGRATIONS.iter().cloned().collect());
+    platform.dangerous_set_table_name("_platform_migrations");
+    platform.run(&mut *conn).await?;
+    service_migrations.run(&mut *conn).await?;
     Ok(())
 }
 
@@ -120,6 +108,8 @@ const MIGRATION_LOCK: i64 = 0x6d6963726f6d6172;
 /// a session waiting inside `pg_advisory_lock` holds a snapshot that a concurrent index build
 /// of the instance holding the lock waits for, and each would wait for the other.
 async fn take_migration_lock(conn: &mut PgConnection) -> Result<(), DbError> {
+    let waiting_since = std::time::Instant::now();
+    let mut told = Duration::ZERO;
     loop {
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(MIGRATION_LOCK)
@@ -129,32 +119,61 @@ async fn take_migration_lock(conn: &mut PgConnection) -> Result<(), DbError> {
         if taken {
             return Ok(());
         }
+        let waited = waiting_since.elapsed();
+        if waited >= told + Duration::from_secs(30) {
+            told = waited;
+            tracing::warn!(
+                waited_s = waited.as_secs(),
+                "waiting for another instance to finish migrating the database"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Drops the invalid indexes of the current schema. With the migration lock held none is
-/// being built: each was left by a concurrent build that failed.
+/// Drops the invalid indexes of the current schema that nothing is building: with the
+/// migration lock held, each was left by a concurrent build that failed. One being built
+/// (an operator's build, a `REINDEX CONCURRENTLY`) is left alone, and a drop that would wait
+/// more than a few seconds for a lock is given up: the index stays, said in the log, and the
+/// service starts.
 async fn drop_invalid_indexes(conn: &mut PgConnection) -> Result<(), DbError> {
     let invalid: Vec<String> = sqlx::query_scalar(
         "SELECT format('%I.%I', n.nspname, c.relname)
          FROM pg_index i
          JOIN pg_class c ON c.oid = i.indexrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE NOT i.indisvalid AND n.nspname = current_schema()",
+         WHERE NOT i.indisvalid AND c.relkind = 'i' AND n.nspname = current_schema()
+           AND i.indexrelid NOT IN (SELECT index_relid FROM pg_stat_progress_create_index)",
     )
     .fetch_all(&mut *conn)
     .await
     .map_err(DbError::Connect)?;
-    for index in invalid {
-        tracing::warn!(%index, "dropping an invalid index left by a failed concurrent build; its migration builds it again");
-        // The name is quoted by format('%I.%I') above.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP INDEX CONCURRENTLY IF EXISTS {index}"
-        )))
+    if invalid.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SET lock_timeout = '5s'")
         .execute(&mut *conn)
         .await
         .map_err(DbError::Connect)?;
+    for index in invalid {
+        // The name is quoted by format('%I.%I') above.
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {index}"
+        )))
+        .execute(&mut *conn)
+        .await;
+        match dropped {
+            Ok(_) => {
+                tracing::warn!(%index, "dropped an invalid index left by a failed concurrent build; a migration not yet applied builds it again")
+            }
+            Err(err) => {
+                tracing::warn!(%index, error = %err, "an invalid index could not be dropped; it stays")
+            }
+        }
     }
+    sqlx::query("RESET lock_timeout")
+        .execute(&mut *conn)
+        .await
+        .map_err(DbError::Connect)?;
     Ok(())
 }

@@ -49,9 +49,9 @@ async fn a_login_checked_before_a_password_change_gets_no_session_or_device() {
     let (reached_tx, reached_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (reached_tx, release_rx) = (Mutex::new(reached_tx), Mutex::new(release_rx));
-    // Only the first check stops (the password change checks the current password too): the
-    // failpoint cannot be removed while one is stopped at it (removing waits for its callback
-    // to return), so it stays until the end.
+    // Only the first check stops (the password change checks the current password too). The
+    // failpoint stays until the end: removed while a login is stopped in its callback, it
+    // would drop the callback's channels with it.
     let first_login = AtomicBool::new(true);
     fail::cfg_callback(AFTER_CHECK, move || {
         if first_login.swap(false, Ordering::SeqCst) {
@@ -87,7 +87,10 @@ async fn a_login_checked_before_a_password_change_gets_no_session_or_device() {
     release_tx.send(()).unwrap();
 
     // The login checked against the old password gets nothing that outlives the change.
-    let resp = racing.await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), racing)
+        .await
+        .expect("the released login answered")
+        .unwrap();
     assert_eq!(resp.status(), 401, "{}", resp.text().await.unwrap());
     let pool = shop.users.pool();
     let live_sessions: i64 =
