@@ -460,8 +460,6 @@ impl UsersApi {
                 return Err(Problem::unauthorized("the email or password is wrong"));
             }
         };
-        // A known device's success leaves the email's count from elsewhere as it is.
-        store::clear_failures(self.db(), &counted_as).await?;
         let (device_token, device_hash) = device.unwrap_or_else(|| {
             let token = tokens::generate();
             let hash = tokens::digest(&token);
@@ -471,10 +469,14 @@ impl UsersApi {
         // The account is locked until this sign-in commits. A password changed or reset, or
         // the account closed, since the password was checked ended its sessions and devices:
         // this sign-in must not outlive them. Two sign-ins of one account also keep its
-        // devices one at a time.
-        if !store::lock_unchanged_account(&mut tx, user.id, &user.password_hash).await? {
+        // devices one at a time, and the tokens carry the roles the account has now.
+        let Some(user) =
+            store::lock_unchanged_account(&mut tx, user.id, &user.password_hash).await?
+        else {
             return Err(Problem::unauthorized("the email or password is wrong"));
-        }
+        };
+        // A known device's success leaves the email's count from elsewhere as it is.
+        store::clear_failures(&mut *tx, &counted_as).await?;
         store::device_signed_in(&mut tx, &device_hash, user.id, KNOWN_DEVICES_PER_ACCOUNT).await?;
         let mut pair = self.issue_pair(&mut tx, &user, Uuid::now_v7()).await?;
         pair.device_token = Some(device_token);

@@ -245,21 +245,20 @@ pub async fn known_device(
     .await
 }
 
-/// Locks `user`'s row until the transaction ends; whether the account is still active with
-/// the password hash `hash`.
+/// Locks `user`'s row until the transaction ends; the account as it is now, if it is still
+/// active with the password hash `hash`.
 pub async fn lock_unchanged_account(
     tx: &mut PgConnection,
     user: Uuid,
     hash: &str,
-) -> Result<bool, sqlx::Error> {
-    let unchanged: Option<bool> = sqlx::query_scalar(
-        "SELECT active AND password_hash = $2 FROM users WHERE id = $1 FOR UPDATE",
-    )
+) -> Result<Option<UserRow>, sqlx::Error> {
+    let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"
+    )))
     .bind(user)
-    .bind(hash)
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(unchanged == Some(true))
+    Ok(row.filter(|u| u.active && u.password_hash == hash))
 }
 
 /// Notes that `user` signed in on the device `hash` (new, or known), and forgets the
