@@ -104,8 +104,8 @@ fn platform_rows(retention: &Retention) -> [OwnRows; 2] {
 pub async fn prune_once(pool: &PgPool, retention: &Retention) -> Result<Pruned, sqlx::Error> {
     let [outbox, processed] = platform_rows(retention);
     Ok(Pruned {
-        relayed_events: delete_in_batches(pool, outbox.delete, outbox.older_than).await?,
-        applied_events: delete_in_batches(pool, processed.delete, processed.older_than).await?,
+        relayed_events: outbox.prune(pool).await?,
+        applied_events: processed.prune(pool).await?,
     })
 }
 
@@ -116,28 +116,26 @@ pub async fn prune_own(
 ) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
     let mut pruned = Vec::with_capacity(own.len());
     for rows in own {
-        let deleted = delete_in_batches(pool, rows.delete, rows.older_than).await?;
-        pruned.push((rows.table, deleted));
+        pruned.push((rows.table, rows.prune(pool).await?));
     }
     Ok(pruned)
 }
 
-async fn delete_in_batches(
-    pool: &PgPool,
-    statement: &'static str,
-    older_than: Duration,
-) -> Result<u64, sqlx::Error> {
-    let mut deleted = 0;
-    loop {
-        let batch = sqlx::query(statement)
-            .bind(older_than.as_secs_f64())
-            .bind(BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        deleted += batch;
-        if batch < BATCH as u64 {
-            return Ok(deleted);
+impl OwnRows {
+    /// Deletes the rows no longer kept, in batches, until none is left; how many.
+    async fn prune(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
+        let mut deleted = 0;
+        loop {
+            let batch = sqlx::query(self.delete)
+                .bind(self.older_than.as_secs_f64())
+                .bind(BATCH)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            deleted += batch;
+            if batch < BATCH as u64 {
+                return Ok(deleted);
+            }
         }
     }
 }
@@ -177,7 +175,7 @@ async fn run(
         || async {
             let mut failed = 0;
             for rows in &tables {
-                match delete_in_batches(&pool, rows.delete, rows.older_than).await {
+                match rows.prune(&pool).await {
                     Ok(deleted) => metrics::counter!("retention_deleted_rows_total", "service" => service, "table" => rows.table)
                         .increment(deleted),
                     Err(err) => {

@@ -52,8 +52,8 @@ pub struct UsersConfig {
     pub login_max_failures: i32,
     pub login_failure_window: Duration,
     pub login_lockout: Duration,
-    /// A device an account signed in on, unused this long, is forgotten: its logins are then
-    /// judged by the email's failures again.
+    /// A device an account signed in on, with no login made with it this long, is forgotten:
+    /// its logins are then judged by the email's failures again.
     pub login_device_ttl: Duration,
     pub max_body_bytes: usize,
     /// How long refresh and one-time tokens are kept once expired.
@@ -167,8 +167,8 @@ impl Users {
     }
 
     /// The rows of users' own tables that retention deletes: tokens expired
-    /// `expired_tokens_keep` ago, failed-login counts that no longer count, and devices
-    /// unused for `login_device_ttl`.
+    /// `expired_tokens_keep` ago, failed-login counts that no longer count, and devices with
+    /// no login for `login_device_ttl`.
     pub fn expired_rows(&self) -> Vec<OwnRows> {
         store::expired_rows(
             self.config.expired_tokens_keep,
@@ -177,8 +177,8 @@ impl Users {
         )
     }
 
-    /// What runs beside the HTTP app: the outbox relay, and deleting events relayed long ago,
-    /// expired tokens and failed-login counts that no longer count.
+    /// What runs beside the HTTP app: the outbox relay, and retention: events relayed long
+    /// ago and the rows of [`Users::expired_rows`].
     pub fn background(&self) -> Background {
         let own = self.expired_rows();
         let mut tasks = retention::task(&self.pool, &self.config.retention, SERVICE, own);

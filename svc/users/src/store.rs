@@ -174,7 +174,7 @@ pub async fn mark_verified(
 /// What users prunes beside the platform's tables: tokens expired `keep` ago (no longer
 /// good for anything: an expired refresh token is refused without revoking its family),
 /// failed-login counts whose window and lockout are over (the next failure starts a new
-/// count either way), and devices unused for `device_ttl` (no longer known).
+/// count either way), and devices with no login for `device_ttl` (no longer known).
 pub fn expired_rows(
     keep: Duration,
     failure_window: Duration,
