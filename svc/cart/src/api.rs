@@ -5,7 +5,7 @@ use contracts::internal::{
     StockCheckResponse, StockLine,
 };
 use contracts::money::Money;
-use platform::auth::{BearerAuth, InternalAuth, authority};
+use platform::auth::{Authorized, InternalAuth, needs};
 use platform::problem::{ApiResult, FieldError, Problem};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -162,8 +162,7 @@ impl CartApi {
         operation_id = "get_cart",
         tag = "Tag::Cart"
     )]
-    async fn get(&self, auth: BearerAuth) -> ApiResult<Json<CartView>> {
-        auth.0.require(authority::SHOP)?;
+    async fn get(&self, auth: Authorized<needs::Shop>) -> ApiResult<Json<CartView>> {
         Ok(Json(self.view(auth.0.id).await?))
     }
 
@@ -176,11 +175,10 @@ impl CartApi {
     )]
     async fn set_item(
         &self,
-        auth: BearerAuth,
+        auth: Authorized<needs::Shop>,
         product_id: Path<Uuid>,
         body: Json<SetQuantity>,
     ) -> ApiResult<Json<CartLine>> {
-        auth.0.require(authority::SHOP)?;
         let quantity = body.quantity;
         if !(MIN_QUANTITY..=MAX_QUANTITY).contains(&quantity) {
             return Err(Problem::invalid(vec![FieldError::new(
@@ -237,8 +235,11 @@ impl CartApi {
         operation_id = "remove_cart_item",
         tag = "Tag::Cart"
     )]
-    async fn remove_item(&self, auth: BearerAuth, product_id: Path<Uuid>) -> ApiResult<NoContent> {
-        auth.0.require(authority::SHOP)?;
+    async fn remove_item(
+        &self,
+        auth: Authorized<needs::Shop>,
+        product_id: Path<Uuid>,
+    ) -> ApiResult<NoContent> {
         let mut tx = self.state.base.pool.begin().await?;
         store::remove_line(&mut tx, auth.0.id, product_id.0).await?;
         tx.commit().await?;
@@ -252,8 +253,7 @@ impl CartApi {
         operation_id = "clear_cart",
         tag = "Tag::Cart"
     )]
-    async fn clear(&self, auth: BearerAuth) -> ApiResult<NoContent> {
-        auth.0.require(authority::SHOP)?;
+    async fn clear(&self, auth: Authorized<needs::Shop>) -> ApiResult<NoContent> {
         store::clear(&self.state.base.pool, auth.0.id).await?;
         Ok(NoContent::Done)
     }

@@ -5,7 +5,7 @@ use contracts::Text;
 use contracts::internal::{
     Reservation, ReservationRequest, StockCheckRequest, StockCheckResponse, StockLine,
 };
-use platform::auth::{BearerAuth, InternalAuth, authority, optional_caller};
+use platform::auth::{Authorized, InternalAuth, authority, needs, optional_caller};
 use platform::problem::{ApiResult, Checks, FieldError, Problem};
 use poem::Request;
 use poem_openapi::param::{Path, Query};
@@ -152,12 +152,11 @@ impl InventoryApi {
     )]
     async fn low_stock(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::InventoryWrite>,
         threshold: Query<Option<i32>>,
         limit: Query<Option<platform::web::PageLimit>>,
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<StockPage>> {
-        auth.0.require(authority::INVENTORY_WRITE)?;
         let threshold = threshold.0.unwrap_or(self.state.config.low_stock_threshold);
         let limit = platform::web::page_size(limit.0);
         Checks::default()
@@ -207,11 +206,10 @@ impl InventoryApi {
     )]
     async fn set(
         &self,
-        auth: BearerAuth,
+        auth: Authorized<needs::InventoryWrite>,
         product_id: Path<Uuid>,
         body: Json<SetStock>,
     ) -> ApiResult<Json<StockView>> {
-        auth.0.require(authority::INVENTORY_WRITE)?;
         let mut errors = Vec::new();
         if body.on_hand < 0 {
             errors.push(FieldError::new("on_hand", "must not be negative"));
@@ -245,11 +243,10 @@ impl InventoryApi {
     )]
     async fn adjust(
         &self,
-        auth: BearerAuth,
+        auth: Authorized<needs::InventoryWrite>,
         product_id: Path<Uuid>,
         body: Json<Adjustment>,
     ) -> ApiResult<Json<StockView>> {
-        auth.0.require(authority::INVENTORY_WRITE)?;
         let reason = body.reason.trim();
         let mut errors = Vec::new();
         if body.delta == 0 {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use contracts::Text;
 use contracts::money::Money;
-use platform::auth::{BearerAuth, Caller, authority};
+use platform::auth::{Authorized, BearerAuth, Caller, authority, needs};
 use platform::problem::{ApiResult, Checks, Problem};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -161,13 +161,13 @@ impl OrdersApi {
 
     async fn move_order(
         &self,
-        caller: &Caller,
+        manager: &Authorized<needs::OrderManage>,
         id: Uuid,
         from: &str,
         to: &str,
         cause: &str,
     ) -> ApiResult<Json<OrderView>> {
-        caller.require(authority::ORDER_MANAGE)?;
+        let caller = &manager.0;
         let order = self.visible(caller, id).await?;
         let mut tx = self.state.base.pool.begin().await?;
         if !store::transition(&mut tx, id, &[from], to, cause).await? {
@@ -194,11 +194,10 @@ impl OrdersApi {
     )]
     async fn checkout(
         &self,
-        auth: BearerAuth,
+        auth: Authorized<needs::Shop>,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<CheckoutRequest>,
     ) -> ApiResult<CheckoutResponse> {
-        auth.0.require(authority::SHOP)?;
         let key = key.0.ok_or_else(|| {
             Problem::bad_request(
                 "the Idempotency-Key header is required (any unique string, e.g. a UUID)",
@@ -377,8 +376,12 @@ impl OrdersApi {
         operation_id = "ship_order",
         tag = "Tag::Fulfilment"
     )]
-    async fn ship(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<Json<OrderView>> {
-        self.move_order(&auth.0, id.0, "PAID", "SHIPPED", "shipped")
+    async fn ship(
+        &self,
+        auth: Authorized<needs::OrderManage>,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<OrderView>> {
+        self.move_order(&auth, id.0, "PAID", "SHIPPED", "shipped")
             .await
     }
 
@@ -389,8 +392,12 @@ impl OrdersApi {
         operation_id = "deliver_order",
         tag = "Tag::Fulfilment"
     )]
-    async fn deliver(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<Json<OrderView>> {
-        self.move_order(&auth.0, id.0, "SHIPPED", "DELIVERED", "delivered")
+    async fn deliver(
+        &self,
+        auth: Authorized<needs::OrderManage>,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<OrderView>> {
+        self.move_order(&auth, id.0, "SHIPPED", "DELIVERED", "delivered")
             .await
     }
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use contracts::internal::{PaymentSession, PaymentSessionRequest};
 use contracts::money::Money;
-use platform::auth::{BearerAuth, InternalAuth, authority};
+use platform::auth::{Authorized, BearerAuth, InternalAuth, authority, needs};
 use platform::problem::{ApiResult, Checks, Problem};
 use poem::Request;
 use poem_openapi::error::ParsePathError;
@@ -373,8 +373,11 @@ impl PaymentApi {
         operation_id = "refund_payment",
         tag = "Tag::Payments"
     )]
-    async fn refund(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<Json<PaymentView>> {
-        auth.0.require(authority::PAYMENT_REFUND)?;
+    async fn refund(
+        &self,
+        _auth: Authorized<needs::PaymentRefund>,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<PaymentView>> {
         let mut tx = self.state.base.pool.begin().await?;
         match store::refund(&mut tx, id.0).await? {
             Refund::Done(row) => {

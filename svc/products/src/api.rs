@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use contracts::internal::{ProductLookupRequest, ProductLookupResponse, ProductSummary};
 use contracts::money::Money;
-use platform::auth::{BearerAuth, InternalAuth, authority};
+use platform::auth::{Authorized, InternalAuth, needs};
 use platform::problem::{ApiResult, FieldError, Problem};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -412,10 +412,9 @@ impl ProductsApi {
     )]
     async fn create_category(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::ProductWrite>,
         body: Json<CreateCategoryRequest>,
     ) -> ApiResult<CreatedCategory> {
-        auth.0.require(authority::PRODUCT_WRITE)?;
         let req = body.0;
         Checks::default()
             .check("slug", validate::slug(&req.slug))
@@ -439,11 +438,10 @@ impl ProductsApi {
     )]
     async fn rename_category(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::ProductWrite>,
         slug: Path<String>,
         body: Json<RenameCategoryRequest>,
     ) -> ApiResult<Json<Category>> {
-        auth.0.require(authority::PRODUCT_WRITE)?;
         Checks::default()
             .check("name", validate::category_name(&body.0.name))
             .finish()?;
@@ -460,8 +458,11 @@ impl ProductsApi {
         operation_id = "delete_category",
         tag = "Tag::Management"
     )]
-    async fn delete_category(&self, auth: BearerAuth, slug: Path<String>) -> ApiResult<NoContent> {
-        auth.0.require(authority::PRODUCT_WRITE)?;
+    async fn delete_category(
+        &self,
+        _auth: Authorized<needs::ProductWrite>,
+        slug: Path<String>,
+    ) -> ApiResult<NoContent> {
         match store::delete_category(self.db(), &slug.0).await? {
             CategoryDeletion::Deleted => Ok(NoContent::Done),
             CategoryDeletion::NotFound => Err(no_such_category(&slug.0)),
@@ -481,10 +482,9 @@ impl ProductsApi {
     )]
     async fn create_product(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::ProductWrite>,
         body: Json<CreateProductRequest>,
     ) -> ApiResult<CreatedProduct> {
-        auth.0.require(authority::PRODUCT_WRITE)?;
         let req = body.0;
         let image_urls = strings(req.image_urls);
         let mut checks = Checks::default();
@@ -552,14 +552,13 @@ impl ProductsApi {
     )]
     async fn update_product(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::ProductWrite>,
         id: Path<Uuid>,
         /// The product's ETag as a GET returned it (or `*` for any version).
         #[oai(name = "If-Match")]
         if_match: Header<IfMatch>,
         body: Json<UpdateProductRequest>,
     ) -> ApiResult<ProductResponse> {
-        auth.0.require(authority::PRODUCT_WRITE)?;
         // Without it no update can go through, whatever the body says.
         if_match.0.required()?;
         let req = body.0;
@@ -639,8 +638,11 @@ impl ProductsApi {
         operation_id = "delete_product",
         tag = "Tag::Management"
     )]
-    async fn delete_product(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<NoContent> {
-        auth.0.require(authority::PRODUCT_WRITE)?;
+    async fn delete_product(
+        &self,
+        _auth: Authorized<needs::ProductWrite>,
+        id: Path<Uuid>,
+    ) -> ApiResult<NoContent> {
         if store::deactivate_product(self.db(), id.0).await? {
             Ok(NoContent::Done)
         } else {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use contracts::Text;
 use contracts::events::{PasswordResetRequested, UserRegistered};
 use contracts::internal::UserContact;
-use platform::auth::{BearerAuth, Caller, InternalAuth, Role, authority};
+use platform::auth::{Authorized, BearerAuth, Caller, InternalAuth, Role, authority, needs};
 use platform::context;
 use platform::outbox;
 use platform::problem::{ApiResult, FieldError, Problem};
@@ -711,12 +711,11 @@ impl UsersApi {
     )]
     async fn list(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::UserManage>,
         email: Query<Option<String>>,
         limit: Query<Option<platform::web::PageLimit>>,
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Json<UserPage>> {
-        auth.0.require(authority::USER_MANAGE)?;
         let limit = platform::web::page_limit(limit.0)?;
         let search = email.0.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let mut rows = store::list_users(self.db(), search, cursor.0, i64::from(limit) + 1).await?;
@@ -776,11 +775,10 @@ impl UsersApi {
     )]
     async fn set_roles(
         &self,
-        auth: BearerAuth,
+        _auth: Authorized<needs::UserManage>,
         id: Path<Uuid>,
         body: Json<RolesRequest>,
     ) -> ApiResult<Json<User>> {
-        auth.0.require(authority::USER_MANAGE)?;
         let roles = parse_roles(&body.0.roles)?;
         if !store::set_roles(self.db(), id.0, &roles).await? {
             return Err(Problem::not_found("no such user"));

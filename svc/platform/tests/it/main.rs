@@ -1,5 +1,6 @@
 //! The platform's black-box tests; one binary, modules by subject.
 
+mod authorized;
 mod consul;
 mod contract;
 mod events;

@@ -91,6 +91,19 @@ async fn a_customer_gets_403_and_an_anonymous_caller_401_on_every_manager_route(
         )
         .await;
     }
+    // Told 403, not what its body got wrong: the route is not the customer's to use.
+    for (method, path, _) in manager_routes(id) {
+        let resp = shop
+            .client
+            .request(method.clone(), shop.url(&path))
+            .header("content-type", "application/json")
+            .body(r#"{"name": 5, "admin": true"#)
+            .bearer_auth(&shop.customer)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(resp, 403).await;
+    }
     // Nothing changed.
     let now = shop.get_json(&format!("/api/v1/products/{id}")).await;
     assert_eq!(now["name"], "Mug");

@@ -46,6 +46,25 @@ async fn a_customer_cannot_read_another_user_and_gets_403_on_admin_routes() {
         .await
         .unwrap();
     problem(promote, 403).await;
+    // A malformed query or body is none of a customer's business on an admin route.
+    problem(
+        shop.get("/api/v1/users?limit=many")
+            .bearer_auth(&alice_token)
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    let malformed = shop
+        .client
+        .put(shop.url("/api/v1/users/not-an-id/roles"))
+        .bearer_auth(&alice_token)
+        .json(&json!({"roles": "ADMIN"}))
+        .send()
+        .await
+        .unwrap();
+    problem(malformed, 403).await;
     let roles = shop
         .get(&format!("/api/v1/users/{bob_id}"))
         .bearer_auth(&alice_token)
