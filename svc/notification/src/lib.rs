@@ -15,6 +15,7 @@ use platform::config::{ConfigError, Settings};
 use platform::consumer::Consumer;
 use platform::discovery::Discovery;
 use platform::http::ServiceClient;
+use platform::retention::OwnRows;
 use platform::runtime::Background;
 use platform::service::{Base, BaseConfig, StartError};
 use poem::{Endpoint, Response};
@@ -207,9 +208,10 @@ impl Notification {
         )
     }
 
-    /// The event consumer and the sender.
+    /// The event consumer, the sender, and retention, which also deletes old records of
+    /// refunds told.
     pub fn background(&self) -> Background {
-        let mut tasks = self.base.background();
+        let mut tasks = self.base.background_pruning(self.expired_rows());
         let consumer = self.consumer();
         tasks.add("notification consumer", move |shutdown| {
             consumer.run(shutdown)
@@ -217,6 +219,13 @@ impl Notification {
         let sender = self.sender();
         tasks.add("notification sender", move |shutdown| sender.run(shutdown));
         tasks
+    }
+
+    /// What retention deletes of notification's own tables.
+    pub fn expired_rows(&self) -> Vec<OwnRows> {
+        vec![store::old_refunds(
+            self.base.config.retention.applied_events,
+        )]
     }
 
     /// Tries every message due now once (sent, or retried later, or failed for good);

@@ -2,6 +2,7 @@
 //! from queued to sent or failed.
 
 use chrono::{DateTime, Utc};
+use platform::retention::OwnRows;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -44,6 +45,14 @@ pub async fn record_refund(tx: &mut PgConnection, order: Uuid) -> Result<(), sql
         .execute(tx)
         .await?;
     Ok(())
+}
+
+/// Refunds told more than `keep` ago (applied events' time: `applied_events_keep_seconds`),
+/// pruned with the outbox. A refund's record stops a late success of the same payment from
+/// confirming the order; a success comes later than the refund only when it waited for a
+/// retry, or as a dead letter replayed, which the applied events' record is kept for as long.
+pub fn old_refunds(keep: std::time::Duration) -> OwnRows {
+    OwnRows::aged("refunded_orders", "order_id", "created_at", keep)
 }
 
 /// Whether the customer has been told of `order`'s refund.

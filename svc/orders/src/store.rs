@@ -251,7 +251,8 @@ pub fn expired_keys() -> OwnRows {
         delete: "DELETE FROM idempotency_keys WHERE (user_id, key) IN (
                      SELECT user_id, key FROM idempotency_keys
                      WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)
-                 AND created_at < now() - make_interval(secs => $1)",
+                 AND created_at < now() - make_interval(secs => $1)"
+            .into(),
         older_than: std::time::Duration::from_secs(KEY_TTL_HOURS as u64 * 3600),
     }
 }

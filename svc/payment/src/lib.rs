@@ -16,6 +16,7 @@ use platform::config::{ConfigError, Settings};
 use platform::consumer::{Consumer, EventHandler, HandlerError};
 use platform::discovery::Discovery;
 use platform::outbox::OutboxRelay;
+use platform::retention::OwnRows;
 use platform::runtime::Background;
 use platform::service::{Base, BaseConfig, StartError};
 use poem::{Endpoint, Response};
@@ -90,15 +91,23 @@ impl Payment {
         platform::periodic::every(interval, &shutdown, failed, || self.expire_sessions()).await;
     }
 
+    /// What retention deletes of payment's own tables.
+    pub fn expired_rows(&self) -> Vec<OwnRows> {
+        vec![store::old_webhook_events(
+            self.base.config.retention.applied_events,
+        )]
+    }
+
     /// The consumer of `orders.events` (a cancelled order's session closes).
     pub fn consumer(&self) -> Consumer {
         self.base
             .consumer(SERVICE, &[streams::ORDERS], Arc::new(OrderEvents))
     }
 
-    /// The outbox relay, the session-expiry sweeper and the order-event consumer.
+    /// The outbox relay, the session-expiry sweeper, the order-event consumer, and retention,
+    /// which also deletes old records of provider callbacks.
     pub fn background(&self) -> Background {
-        let mut tasks = self.base.background();
+        let mut tasks = self.base.background_pruning(self.expired_rows());
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         let sweeper = self.clone();

@@ -7,6 +7,7 @@ use contracts::events::{
 use contracts::internal::StockLine;
 use contracts::money::Money;
 use platform::outbox;
+use platform::retention::OwnRows;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -153,6 +154,15 @@ pub enum Applied {
     UnknownSession,
     /// The callback id was seen before: nothing changed.
     Replay,
+}
+
+/// Provider callbacks recorded more than `keep` ago (applied events' time:
+/// `applied_events_keep_seconds`), pruned with the outbox. A callback's record only answers a
+/// resend as a replay: any applied callback closes its session, so a resend no longer recorded
+/// changes nothing either (and one signed more than `provider::TOLERANCE_SECONDS` ago is
+/// refused before this).
+pub fn old_webhook_events(keep: std::time::Duration) -> OwnRows {
+    OwnRows::aged("webhook_events", "id", "received_at", keep)
 }
 
 /// Applies a provider callback: at most one charge per session, whatever arrives twice.

@@ -4,12 +4,14 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use contracts::events::Envelope;
+use contracts::events::{Envelope, streams};
 use redis::streams::{StreamId, StreamRangeReply};
 use redis::{FromRedisValue, Value};
 
+use crate::config::{ConfigError, ConfigSource, Settings};
 use crate::consumer::dead_letter_stream;
 use crate::redis::{Redis, RedisError};
+use crate::retention::Retention;
 
 /// The fields the consumer adds when it dead-letters an entry: not part of the event.
 const ADDED_WHEN_DEAD_LETTERED: [&str; 3] = ["original_id", "group", "reason"];
@@ -32,6 +34,22 @@ pub struct Replayed {
     /// (`applied_events_keep_seconds`): left where they are, since a group that had applied
     /// such an event may no longer know it and would apply it again.
     pub too_old: usize,
+}
+
+/// How long every consumer group of `stream` keeps its records of the events it applied: the
+/// shortest of their services' `applied_events_keep_seconds`, which each may set for itself.
+/// An event older than that may be applied again by a group that had applied it.
+pub async fn applied_events_kept(
+    source: &dyn ConfigSource,
+    stream: &str,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let mut kept = None;
+    for group in streams::consumer_groups(stream) {
+        let settings = Settings::load(source, group).await?;
+        let keep = Retention::from_settings(&settings)?.applied_events;
+        kept = Some(kept.map_or(keep, |shortest: std::time::Duration| shortest.min(keep)));
+    }
+    Ok(kept)
 }
 
 /// Moves the dead letters of `stream` that are there when it starts back onto `stream`, each
@@ -124,4 +142,45 @@ fn occurred_before(entry: &StreamId, time: DateTime<Utc>) -> bool {
         .get::<String>("envelope")
         .and_then(|text| serde_json::from_str::<Envelope>(&text).ok())
         .is_some_and(|event| event.occurred_at < time)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use contracts::events::streams::{ORDERS, PAYMENT, USERS};
+
+    use super::*;
+    use crate::config::LocalConfig;
+
+    const DAY: u64 = 24 * 3600;
+
+    #[tokio::test]
+    async fn the_shortest_time_a_group_of_the_stream_keeps_its_records_decides() {
+        let config = LocalConfig::empty();
+        let set = |key: &'static str, days: u64| {
+            let config = config.clone();
+            async move {
+                config
+                    .set(&format!("micromart/{key}"), &(days * DAY).to_string())
+                    .await
+                    .unwrap()
+            }
+        };
+        let kept = |stream| {
+            let config = config.clone();
+            async move { applied_events_kept(&config, stream).await.unwrap() }
+        };
+        set("shared/applied_events_keep_seconds", 90).await;
+        // Cart reads payment.events, and keeps its records for less than the others.
+        set("cart/applied_events_keep_seconds", 30).await;
+        // Users consumes no stream: what it keeps decides nothing.
+        set("users/applied_events_keep_seconds", 2).await;
+        assert_eq!(kept(PAYMENT).await, Some(Duration::from_secs(30 * DAY)));
+        assert_eq!(kept(ORDERS).await, Some(Duration::from_secs(90 * DAY)));
+        set("notification/applied_events_keep_seconds", 45).await;
+        assert_eq!(kept(USERS).await, Some(Duration::from_secs(45 * DAY)));
+        assert_eq!(kept(PAYMENT).await, Some(Duration::from_secs(30 * DAY)));
+        assert_eq!(kept("nobody.reads.this").await, None);
+    }
 }

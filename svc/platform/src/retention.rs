@@ -9,9 +9,10 @@
 //! letters are replayed; so it is kept far longer than the first, for as long as replaying
 //! dead letters should stay safe.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
@@ -65,8 +66,27 @@ pub struct OwnRows {
     pub table: &'static str,
     /// Deletes at most $2 rows that have been old for more than $1 seconds (whatever makes
     /// a row old in that table: its expiry, its age).
-    pub delete: &'static str,
+    pub delete: Cow<'static, str>,
     pub older_than: Duration,
+}
+
+impl OwnRows {
+    /// The rows of `table` whose time `at` (a column) is more than `older_than` ago, deleted
+    /// by `key` (its primary key's columns, separated by commas). Rows that can
+    /// become young again while a pass deletes them need a statement of their own, which
+    /// checks the age again outside its subquery.
+    pub fn aged(table: &'static str, key: &str, at: &str, older_than: Duration) -> Self {
+        Self {
+            table,
+            delete: format!(
+                "DELETE FROM {table} WHERE ({key}) IN (
+                     SELECT {key} FROM {table}
+                     WHERE {at} < now() - make_interval(secs => $1) LIMIT $2)"
+            )
+            .into(),
+            older_than,
+        }
+    }
 }
 
 /// Rows deleted by one pass.
@@ -83,20 +103,13 @@ const BATCH: i64 = 5000;
 /// The platform's own tables, as [`OwnRows`].
 fn platform_rows(retention: &Retention) -> [OwnRows; 2] {
     [
-        OwnRows {
-            table: "outbox",
-            delete: "DELETE FROM outbox WHERE id IN (
-                         SELECT id FROM outbox
-                         WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-            older_than: retention.relayed_events,
-        },
-        OwnRows {
-            table: "processed_events",
-            delete: "DELETE FROM processed_events WHERE (consumer, event_id) IN (
-                         SELECT consumer, event_id FROM processed_events
-                         WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
-            older_than: retention.applied_events,
-        },
+        OwnRows::aged("outbox", "id", "sent_at", retention.relayed_events),
+        OwnRows::aged(
+            "processed_events",
+            "consumer, event_id",
+            "processed_at",
+            retention.applied_events,
+        ),
     ]
 }
 
@@ -126,7 +139,8 @@ impl OwnRows {
     async fn prune(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
         let mut deleted = 0;
         loop {
-            let batch = sqlx::query(self.delete)
+            // Statements written in code (see `aged`), never from input.
+            let batch = sqlx::query(AssertSqlSafe(self.delete.clone()))
                 .bind(self.older_than.as_secs_f64())
                 .bind(BATCH)
                 .execute(pool)

@@ -181,20 +181,8 @@ pub fn expired_rows(
     device_ttl: Duration,
 ) -> Vec<OwnRows> {
     vec![
-        OwnRows {
-            table: "refresh_tokens",
-            delete: "DELETE FROM refresh_tokens WHERE token_hash IN (
-                         SELECT token_hash FROM refresh_tokens
-                         WHERE expires_at < now() - make_interval(secs => $1) LIMIT $2)",
-            older_than: keep,
-        },
-        OwnRows {
-            table: "one_time_tokens",
-            delete: "DELETE FROM one_time_tokens WHERE token_hash IN (
-                         SELECT token_hash FROM one_time_tokens
-                         WHERE expires_at < now() - make_interval(secs => $1) LIMIT $2)",
-            older_than: keep,
-        },
+        OwnRows::aged("refresh_tokens", "token_hash", "expires_at", keep),
+        OwnRows::aged("one_time_tokens", "token_hash", "expires_at", keep),
         OwnRows {
             table: "login_failures",
             // Checked again outside the subquery: a failure counted meanwhile keeps its row.
@@ -203,7 +191,8 @@ pub fn expired_rows(
                          WHERE first_at < now() - make_interval(secs => $1)
                            AND (locked_until IS NULL OR locked_until < now()) LIMIT $2)
                      AND first_at < now() - make_interval(secs => $1)
-                     AND (locked_until IS NULL OR locked_until < now())",
+                     AND (locked_until IS NULL OR locked_until < now())"
+                .into(),
             older_than: failure_window,
         },
         OwnRows {
@@ -212,7 +201,8 @@ pub fn expired_rows(
             delete: "DELETE FROM login_devices WHERE token_hash IN (
                          SELECT token_hash FROM login_devices
                          WHERE last_used_at < now() - make_interval(secs => $1) LIMIT $2)
-                     AND last_used_at < now() - make_interval(secs => $1)",
+                     AND last_used_at < now() - make_interval(secs => $1)"
+                .into(),
             older_than: device_ttl,
         },
     ]

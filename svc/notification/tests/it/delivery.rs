@@ -496,3 +496,57 @@ async fn a_payment_handled_after_its_refund_does_not_confirm_the_order() {
         "{subjects:?}"
     );
 }
+
+#[tokio::test]
+async fn refunds_told_longer_ago_than_applied_events_are_kept_are_forgotten_and_newer_ones_kept() {
+    let (smtp, _sms, svc) = sending_email_and_sms().await;
+    let user = registered("Jorge", None);
+    svc.users.knows(&user);
+    svc.producer.publish(&user).await;
+    let (old, recent) = (paid(user.user_id, 1000), paid(user.user_id, 2000));
+    for refunded in [&old, &recent] {
+        svc.producer
+            .publish(&PaymentRefunded {
+                payment_id: refunded.payment_id,
+                order_id: refunded.order_id,
+                user_id: user.user_id,
+                amount: refunded.amount.clone(),
+            })
+            .await;
+    }
+    assert_eq!(svc.consume().await, 3);
+    let pool = svc.notification.pool();
+    let keep = svc.notification.expired_rows()[0].older_than;
+    sqlx::query(
+        "UPDATE refunded_orders SET created_at = now() - make_interval(secs => $2) - interval '1 hour'
+         WHERE order_id = $1",
+    )
+    .bind(old.order_id)
+    .bind(keep.as_secs_f64())
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let pruned = platform::retention::prune_own(pool, &svc.notification.expired_rows())
+        .await
+        .unwrap();
+    assert_eq!(pruned, [("refunded_orders", 1)]);
+    let kept: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT order_id FROM refunded_orders")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, [recent.order_id]);
+    // The refund still recorded keeps its payment's late success from confirming the order.
+    svc.producer.publish(&recent).await;
+    assert_eq!(svc.consume().await, 1);
+    assert_eq!(svc.send_due().await, 3, "the welcome and the two refunds");
+    let subjects: Vec<String> = smtp
+        .messages_to(&user.email)
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !subjects.iter().any(|s| s.contains("confirmed")),
+        "{subjects:?}"
+    );
+}

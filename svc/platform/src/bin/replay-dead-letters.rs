@@ -1,15 +1,15 @@
 //! `replay-dead-letters STREAM [--too-old-too]`: puts the dead letters of a stream
 //! (`payment.events`, say) back on it, for its consumer groups to handle again, except events
-//! older than the groups' records of what they applied (`applied_events_keep_seconds`), unless
-//! asked. Reads `redis_url`, `redis_prefix` and that limit from the same config as the services
-//! (Consul when CONSUL_HTTP_ADDR is set, else the seed).
+//! older than the groups' records of what they applied (`applied_events_keep_seconds`, the
+//! shortest of the groups' services'), unless asked. Reads `redis_url`, `redis_prefix` and
+//! those limits from the same config as the services (Consul when CONSUL_HTTP_ADDR is set,
+//! else the seed).
 
 use chrono::{TimeDelta, Utc};
 use contracts::events::streams::{ORDERS, PAYMENT, USERS};
 use platform::boot::Environment;
 use platform::config::Settings;
 use platform::redis::Redis;
-use platform::retention::Retention;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,7 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &settings.require::<String>("redis_url")?,
         &settings.get_or("redis_prefix", String::new())?,
     )?;
-    let kept = Retention::from_settings(&settings)?.applied_events;
+    let kept = platform::dead_letters::applied_events_kept(env.config.as_ref(), stream)
+        .await?
+        .ok_or("the stream has no consumer groups")?;
     let records_kept_since = (!too_old_too)
         .then(|| TimeDelta::from_std(kept).ok())
         .flatten()

@@ -310,6 +310,84 @@ async fn idempotency_keys_past_their_day_are_deleted_and_the_others_still_replay
 }
 
 #[tokio::test]
+async fn provider_callbacks_recorded_long_ago_are_deleted_and_a_resend_still_changes_nothing() {
+    let saga = Saga::start().await;
+    let (_, erin) = saga.registered_customer("erin").await;
+    let mug = saga.product(900, 5).await;
+    for key in ["old", "new"] {
+        saga.add_to_cart(&erin, mug, 1).await;
+        let order: Value = saga.checkout(&erin, key).await.json().await.unwrap();
+        saga.pay(&order, "4242 4242 4242 4242").await;
+    }
+    let pool = saga.payment.pool();
+    // Paid one after the other: the first callback is the first payment's.
+    let old_callback: String =
+        sqlx::query_scalar("SELECT id FROM webhook_events ORDER BY received_at LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let old_session: Uuid =
+        sqlx::query_scalar("SELECT session_id FROM payments ORDER BY created_at LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let keep = saga.payment.expired_rows()[0].older_than;
+    sqlx::query(
+        "UPDATE webhook_events SET received_at = now() - make_interval(secs => $2) - interval '1 hour'
+         WHERE id = $1",
+    )
+    .bind(&old_callback)
+    .bind(keep.as_secs_f64())
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let pruned = platform::retention::prune_own(pool, &saga.payment.expired_rows())
+        .await
+        .unwrap();
+    assert_eq!(pruned, [("webhook_events", 1)]);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+
+    // The provider sends the deleted callback again: its session is closed, so nothing changes.
+    let resend = serde_json::to_vec(&json!({
+        "id": old_callback,
+        "type": "payment.succeeded",
+        "session_id": old_session,
+        "card_brand": "visa",
+        "card_last4": "4242",
+    }))
+    .unwrap();
+    let signature = payment::provider::sign(
+        crate::support::WEBHOOK_SECRET,
+        chrono::Utc::now().timestamp(),
+        &resend,
+    );
+    let applied = saga
+        .payment
+        .receive_webhook(&signature, &resend)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        payment::store::Applied::NotOpen("succeeded".into())
+    );
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(payments, 2, "one payment per session");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 2, "one PaymentSucceeded per payment");
+}
+
+#[tokio::test]
 async fn malformed_payment_links_and_forms_are_answered_with_a_page() {
     let saga = Saga::start().await;
     let answered_with_page = |resp: reqwest::Response, says: &'static str| async move {
