@@ -10,6 +10,7 @@ pub mod context;
 pub mod db;
 pub mod dead_letters;
 pub mod discovery;
+pub mod document;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

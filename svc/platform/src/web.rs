@@ -105,9 +105,11 @@ pub fn routes<T: OpenApi + 'static>(
     max_body_bytes: usize,
 ) -> impl Endpoint<Output = Response> {
     crate::metrics::handle();
-    let spec = api.spec();
+    let generated = api.spec();
+    let spec = crate::document::served(&generated);
     let allowed = Arc::new(AllowedMethods::from_spec(&spec));
-    let docs = api.swagger_ui();
+    let docs_page = crate::document::swagger_page(&api.swagger_ui_html(), &spec);
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone()));
     let checks = Arc::new(checks);
     Route::new()
         .at("/health", health)

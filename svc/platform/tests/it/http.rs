@@ -336,6 +336,11 @@ async fn operational_routes_answer() {
         spec["paths"]["/things"]["post"]["operationId"],
         "create_thing"
     );
+    // A thing refuses fields it does not name (the unknown-field check above), and says so.
+    assert_eq!(
+        spec["components"]["schemas"]["Thing"]["additionalProperties"],
+        false
+    );
     let docs = c
         .get(format!("{}/docs", s.url()))
         .send()
@@ -345,6 +350,10 @@ async fn operational_routes_answer() {
         .await
         .unwrap();
     assert!(docs.contains("swagger"), "Swagger UI is served");
+    assert!(
+        docs.contains(r#""additionalProperties": false"#),
+        "showing the document as served"
+    );
     c.post(format!("{}/things", s.url()))
         .json(&serde_json::json!({"name": "a", "count": 1}))
         .send()

@@ -1,0 +1,230 @@
+//! The OpenAPI document a service serves (and commits under `openapi/`): poem-openapi's, saying
+//! what poem-openapi leaves out.
+//!
+//! A request object refuses a field it does not name (`#[oai(deny_unknown_fields)]`, which
+//! every JSON request object here has: a misspelt optional field is an error, not silently
+//! ignored), but poem-openapi's schema does not say so, and a client, a generated one or a
+//! fuzzer reading the document would expect such fields to be ignored. So every object schema
+//! that only JSON request bodies reach says `additionalProperties: false`. One that answers
+//! reach too (`Money`, say) does not: there it would promise that answers never gain a field,
+//! which adding one must stay free to do.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+const COMPONENT: &str = "#/components/schemas/";
+
+/// `spec` (poem-openapi's JSON) as served.
+pub fn served(spec: &str) -> String {
+    let mut doc: Value = serde_json::from_str(spec).expect("poem-openapi writes JSON");
+    let mut in_requests = BTreeSet::new();
+    let mut in_answers = BTreeSet::new();
+    for operation in operations(&doc) {
+        if let Some(content) = operation
+            .pointer("/requestBody/content")
+            .and_then(Value::as_object)
+        {
+            for (media_type, body) in content {
+                if is_json(media_type) {
+                    refs_in(body, &mut in_requests);
+                }
+            }
+        }
+        if let Some(responses) = operation.get("responses") {
+            refs_in(responses, &mut in_answers);
+        }
+    }
+    let components = doc.pointer("/components/schemas").cloned();
+    let components = components.as_ref();
+    let in_requests = reachable(in_requests, components);
+    let in_answers = reachable(in_answers, components);
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for name in in_requests.difference(&in_answers) {
+            if let Some(schema) = schemas.get_mut(name) {
+                refuse_unnamed_fields(schema);
+            }
+        }
+    }
+    serde_json::to_string_pretty(&doc).expect("JSON renders")
+}
+
+/// poem-openapi's Swagger UI page `page`, showing `document` instead of the one it was made
+/// with. Only the page's own script, after `<body>`, is edited: the bundled Swagger UI script
+/// in `<head>` contains some of the same words.
+pub fn swagger_page(page: &str, document: &str) -> String {
+    const SPEC_STARTS: &str = "let spec = ";
+    const SPEC_ENDS: &str = ";\n    let oauth2RedirectUrl";
+    let body_at = page
+        .rfind("<body>")
+        .expect("poem-openapi's page has a body");
+    let (head, body) = page.split_at(body_at);
+    let start = body
+        .find(SPEC_STARTS)
+        .expect("poem-openapi's page sets spec")
+        + SPEC_STARTS.len();
+    let end = start + body[start..].find(SPEC_ENDS).expect("and goes on");
+    format!("{head}{}{document}{}", &body[..start], &body[end..])
+}
+
+fn operations(doc: &Value) -> impl Iterator<Item = &Value> {
+    doc.get("paths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(Value::as_object)
+        .flat_map(|item| item.values())
+}
+
+fn is_json(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// The component schemas `value` refers to, directly.
+fn refs_in(value: &Value, found: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("$ref", Value::String(r)) => {
+                        if let Some(name) = r.strip_prefix(COMPONENT) {
+                            found.insert(name.to_owned());
+                        }
+                    }
+                    _ => refs_in(v, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs_in(v, found)),
+        _ => {}
+    }
+}
+
+/// `names` and every component schema they refer to, however indirectly.
+fn reachable(names: BTreeSet<String>, components: Option<&Value>) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut pending: Vec<String> = names.into_iter().collect();
+    while let Some(name) = pending.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let mut further = BTreeSet::new();
+        if let Some(schema) = components.and_then(|c| c.get(&name)) {
+            refs_in(schema, &mut further);
+        }
+        pending.extend(further.into_iter().filter(|n| !seen.contains(n)));
+    }
+    seen
+}
+
+/// An object schema with named properties, and each such schema inside it, says that no other
+/// property is taken; one that says what other properties may be (a map) is left as it is.
+fn refuse_unnamed_fields(schema: &mut Value) {
+    let Value::Object(map) = schema else { return };
+    if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+        map.insert("additionalProperties".to_owned(), Value::Bool(false));
+    }
+    if let Some(Value::Object(properties)) = map.get_mut("properties") {
+        properties.values_mut().for_each(refuse_unnamed_fields);
+    }
+    for key in ["items", "allOf", "anyOf", "oneOf"] {
+        match map.get_mut(key) {
+            Some(Value::Array(schemas)) => schemas.iter_mut().for_each(refuse_unnamed_fields),
+            Some(one @ Value::Object(_)) => refuse_unnamed_fields(one),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn served_json(doc: Value) -> Value {
+        serde_json::from_str(&served(&doc.to_string())).unwrap()
+    }
+
+    fn object(properties: Value) -> Value {
+        json!({"type": "object", "properties": properties})
+    }
+
+    fn reference(name: &str) -> Value {
+        json!({"$ref": format!("{COMPONENT}{name}")})
+    }
+
+    #[test]
+    fn objects_only_json_requests_reach_refuse_unnamed_fields_and_no_others() {
+        let doc = json!({
+            "paths": {
+                "/things": {
+                    "post": {
+                        "requestBody": {"content": {
+                            "application/json; charset=utf-8": {"schema": reference("NewThing")}
+                        }},
+                        "responses": {"201": {"content": {
+                            "application/json; charset=utf-8": {"schema": reference("Thing")}
+                        }}}
+                    },
+                    "put": {
+                        "requestBody": {"content": {
+                            "application/x-www-form-urlencoded": {"schema": reference("Form")}
+                        }},
+                        "responses": {}
+                    }
+                }
+            },
+            "components": {"schemas": {
+                "NewThing": object(json!({
+                    "price": reference("Money"),
+                    "parts": {"type": "array", "items": reference("Part")},
+                    "inline": object(json!({"a": {"type": "string"}})),
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                })),
+                "Part": object(json!({"sku": {"type": "string"}})),
+                "Money": object(json!({"amount": {"type": "integer"}})),
+                "Thing": object(json!({"price": reference("Money")})),
+                "Form": object(json!({"card": {"type": "string"}})),
+            }}
+        });
+        let served = served_json(doc);
+        let schemas = &served["components"]["schemas"];
+        assert_eq!(schemas["NewThing"]["additionalProperties"], false);
+        assert_eq!(
+            schemas["Part"]["additionalProperties"], false,
+            "reached through items"
+        );
+        assert_eq!(
+            schemas["NewThing"]["properties"]["inline"]["additionalProperties"],
+            false
+        );
+        assert_eq!(
+            schemas["NewThing"]["properties"]["labels"]["additionalProperties"],
+            json!({"type": "string"}),
+            "a map stays a map"
+        );
+        for answered_or_not_json in ["Money", "Thing", "Form"] {
+            assert!(
+                schemas[answered_or_not_json]
+                    .get("additionalProperties")
+                    .is_none(),
+                "{answered_or_not_json}: {}",
+                schemas[answered_or_not_json]
+            );
+        }
+    }
+
+    #[test]
+    fn a_document_without_request_bodies_is_served_as_it_is() {
+        let doc = json!({
+            "paths": {"/things": {"get": {"responses": {}}}},
+            "components": {"schemas": {"Thing": object(json!({}))}}
+        });
+        assert_eq!(served_json(doc.clone()), doc);
+    }
+}
