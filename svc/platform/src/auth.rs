@@ -479,10 +479,11 @@ pub mod needs {
     );
 }
 
-/// The caller of an operation that needs authority `A`, checked before the operation's
-/// parameters and body are read (a [`BearerAuth`] comes before them in its signature): a caller
-/// without it is told 403 whatever else it sent, not what its body or query got wrong on a
-/// route it may not use. Documented as the one `BearerAuth` scheme.
+/// The caller of an operation that needs authority `A`, checked before the operation's path,
+/// query, headers and body are parsed, as long as it is the operation's first argument after
+/// `&self` (poem-openapi extracts arguments in the order they are declared): a caller without
+/// it is told 403 whatever else it sent, not what its body or query got wrong on a route it
+/// may not use. Documented as the one `BearerAuth` scheme.
 pub struct Authorized<A>(pub Caller, PhantomData<A>);
 
 impl<'a, A: Authority> ApiExtractor<'a> for Authorized<A> {

@@ -12,6 +12,7 @@ pub mod dead_letters;
 pub mod discovery;
 pub mod document;
 pub mod http;
+mod json_keys;
 pub mod metrics;
 pub mod outbox;
 pub mod periodic;

@@ -70,25 +70,6 @@ pub struct OwnRows {
     pub older_than: Duration,
 }
 
-impl OwnRows {
-    /// The rows of `table` whose time `at` (a column) is more than `older_than` ago, deleted
-    /// by `key` (its primary key's columns, separated by commas). Rows that can
-    /// become young again while a pass deletes them need a statement of their own, which
-    /// checks the age again outside its subquery.
-    pub fn aged(table: &'static str, key: &str, at: &str, older_than: Duration) -> Self {
-        Self {
-            table,
-            delete: format!(
-                "DELETE FROM {table} WHERE ({key}) IN (
-                     SELECT {key} FROM {table}
-                     WHERE {at} < now() - make_interval(secs => $1) LIMIT $2)"
-            )
-            .into(),
-            older_than,
-        }
-    }
-}
-
 /// Rows deleted by one pass.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -135,11 +116,33 @@ pub async fn prune_own(
 }
 
 impl OwnRows {
+    /// The rows of `table` whose time `at` (a column) is more than `older_than` ago, deleted
+    /// by `key` (its primary key's columns, separated by commas). Rows that can
+    /// become young again while a pass deletes them need a statement of their own, which
+    /// checks the age again outside its subquery.
+    pub fn aged(
+        table: &'static str,
+        key: &'static str,
+        at: &'static str,
+        older_than: Duration,
+    ) -> Self {
+        Self {
+            table,
+            delete: format!(
+                "DELETE FROM {table} WHERE ({key}) IN (
+                     SELECT {key} FROM {table}
+                     WHERE {at} < now() - make_interval(secs => $1) LIMIT $2)"
+            )
+            .into(),
+            older_than,
+        }
+    }
+
     /// Deletes the rows no longer kept, in batches, until none is left; how many.
     async fn prune(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
         let mut deleted = 0;
         loop {
-            // Statements written in code (see `aged`), never from input.
+            // Statements written in code: `aged` takes only static names.
             let batch = sqlx::query(AssertSqlSafe(self.delete.clone()))
                 .bind(self.older_than.as_secs_f64())
                 .bind(BATCH)

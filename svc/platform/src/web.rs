@@ -108,8 +108,11 @@ pub fn routes<T: OpenApi + 'static>(
     let generated = api.spec();
     let spec = crate::document::served(&generated);
     let allowed = Arc::new(AllowedMethods::from_spec(&spec));
-    let docs_page = crate::document::swagger_page(&api.swagger_ui_html(), &spec);
-    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone()));
+    let docs_page = crate::document::swagger_page(&api.swagger_ui_html(), &generated, &spec);
+    let docs = Route::new().at(
+        "/",
+        poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone())),
+    );
     let checks = Arc::new(checks);
     Route::new()
         .at("/health", health)

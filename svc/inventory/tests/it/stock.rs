@@ -142,6 +142,18 @@ async fn customers_get_403_on_every_manager_route() {
             .send()
             .await
             .unwrap(),
+        // Told 403, not what is wrong with the rest: the route is not theirs.
+        c.get(shop.url("/api/v1/inventory/low-stock?limit=many"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap(),
+        c.put(shop.url("/api/v1/inventory/not-a-product"))
+            .bearer_auth(t)
+            .json(&json!({"on_hand": "lots"}))
+            .send()
+            .await
+            .unwrap(),
     ] {
         expect_problem(resp, 403).await;
     }

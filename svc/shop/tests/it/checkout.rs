@@ -252,6 +252,17 @@ async fn checkout_refuses_bad_requests_and_changes_nothing() {
         403,
     )
     .await;
+    expect_problem(
+        saga.send(
+            "orders",
+            Method::POST,
+            "/api/v1/orders/not-an-id/ship",
+            &dan,
+        )
+        .await,
+        403,
+    )
+    .await;
     let pay_unknown = saga
         .client
         .get(format!("{}/pay/{}", saga.gateway, Uuid::now_v7()))
@@ -707,6 +718,19 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
             .send()
             .await
             .unwrap(),
+        403,
+    )
+    .await;
+    expect_problem(
+        saga.call(
+            "payment",
+            Method::POST,
+            "/api/v1/payments/not-an-id/refund",
+            &hal,
+        )
+        .send()
+        .await
+        .unwrap(),
         403,
     )
     .await;
