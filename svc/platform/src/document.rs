@@ -132,14 +132,16 @@ fn reachable(names: BTreeSet<String>, components: Option<&Value>) -> BTreeSet<St
 }
 
 /// The component schemas referred to from inside an `allOf` of several schemas anywhere in
-/// `value` (poem-openapi wraps a lone reference in an `allOf` to describe it: that one is the
-/// whole).
+/// `value`. poem-openapi describes a reference by wrapping it in an `allOf` beside a schema
+/// that only describes: that reference is the whole.
 fn parts_of_all_of(value: &Value, parts: &mut BTreeSet<String>) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
                 match v {
-                    Value::Array(all) if key == "allOf" && all.len() > 1 => refs_in(v, parts),
+                    Value::Array(all) if key == "allOf" && constraining(all) > 1 => {
+                        refs_in(v, parts)
+                    }
                     _ => parts_of_all_of(v, parts),
                 }
             }
@@ -147,6 +149,19 @@ fn parts_of_all_of(value: &Value, parts: &mut BTreeSet<String>) {
         Value::Array(items) => items.iter().for_each(|v| parts_of_all_of(v, parts)),
         _ => {}
     }
+}
+
+/// How many of `schemas` say something of the value (refer to a schema, or name a type or
+/// properties), not only describe it.
+pub(crate) fn constraining(schemas: &[Value]) -> usize {
+    schemas
+        .iter()
+        .filter(|s| {
+            ["$ref", "type", "properties", "allOf", "anyOf", "oneOf"]
+                .iter()
+                .any(|k| s.get(k).is_some())
+        })
+        .count()
 }
 
 /// An object schema with named properties, and each such schema inside it, says that no other
@@ -215,7 +230,10 @@ mod tests {
                     "inline": object(json!({"a": {"type": "string"}})),
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                     "tagged": reference("Tagged"),
-                    "described": {"allOf": [reference("Described")], "description": "why"},
+                    "described": {
+                        "allOf": [reference("Described"), {"description": "why"}],
+                        "description": "why",
+                    },
                 })),
                 "Part": object(json!({"sku": {"type": "string"}})),
                 "Tagged": {"allOf": [

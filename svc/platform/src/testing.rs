@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use poem::IntoEndpoint;
 use tokio_util::sync::CancellationToken;
 
+mod closed_bodies;
 pub mod consul_double;
 pub mod redis_server;
 pub mod smtp;
+
+pub use closed_bodies::assert_closed_bodies_refuse_unnamed_fields;
 
 /// Where tests reach Postgres: `MICROMART_TEST_DATABASE_URL` (a server URL without a
 /// database), default the local server as `scripts/test` sets it up.

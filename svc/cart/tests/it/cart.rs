@@ -309,5 +309,12 @@ async fn idle_carts_are_removed_by_the_sweeper() {
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
-    assert_served_openapi_matches("cart", &shop.cart_url).await;
+    let served = assert_served_openapi_matches("cart", &shop.cart_url).await;
+    let sent = platform::testing::assert_closed_bodies_refuse_unnamed_fields(
+        &shop.cart_url,
+        &served,
+        &shop.manager,
+    )
+    .await;
+    assert!(sent >= 1, "every JSON body of cart is closed: {sent}");
 }

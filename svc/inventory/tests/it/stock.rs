@@ -317,5 +317,12 @@ async fn stock_check_reports_each_line() {
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
-    assert_served_openapi_matches("inventory", &shop.server.url()).await;
+    let served = assert_served_openapi_matches("inventory", &shop.server.url()).await;
+    let sent = platform::testing::assert_closed_bodies_refuse_unnamed_fields(
+        &shop.server.url(),
+        &served,
+        &shop.manager,
+    )
+    .await;
+    assert!(sent >= 4, "every JSON body of inventory is closed: {sent}");
 }

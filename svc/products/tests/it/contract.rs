@@ -14,6 +14,13 @@ use crate::support::Shop;
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
     let served = assert_served_openapi_matches("products", &shop.server.url()).await;
+    let sent = platform::testing::assert_closed_bodies_refuse_unnamed_fields(
+        &shop.server.url(),
+        &served,
+        &shop.manager,
+    )
+    .await;
+    assert!(sent >= 5, "every JSON body of products is closed: {sent}");
     let paths = served["paths"].as_object().unwrap();
     for path in [
         "/api/v1/products",

@@ -633,8 +633,22 @@ async fn a_refund_whose_event_overtakes_its_payment_event_still_refunds_and_rest
 #[tokio::test]
 async fn the_committed_openapi_documents_of_orders_and_payment_match_the_code() {
     let saga = Saga::start().await;
-    for service in ["orders", "payment"] {
-        platform::testing::assert_served_openapi_matches(service, &saga.urls[service]).await;
+    let admin = saga
+        .identity
+        .token(Uuid::now_v7(), platform::auth::Role::Admin);
+    for (service, bodies) in [("orders", 1), ("payment", 1)] {
+        let served =
+            platform::testing::assert_served_openapi_matches(service, &saga.urls[service]).await;
+        let sent = platform::testing::assert_closed_bodies_refuse_unnamed_fields(
+            &saga.urls[service],
+            &served,
+            &admin,
+        )
+        .await;
+        assert!(
+            sent >= bodies,
+            "every JSON body of {service} is closed: {sent}"
+        );
     }
 }
 

@@ -11,7 +11,15 @@ use crate::support::Shop;
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_code() {
     let shop = Shop::start().await;
-    platform::testing::assert_served_openapi_matches("users", &shop.server.url()).await;
+    let served =
+        platform::testing::assert_served_openapi_matches("users", &shop.server.url()).await;
+    let sent = platform::testing::assert_closed_bodies_refuse_unnamed_fields(
+        &shop.server.url(),
+        &served,
+        &shop.admin().await,
+    )
+    .await;
+    assert!(sent >= 7, "every JSON body of users is closed: {sent}");
 }
 
 #[tokio::test]
