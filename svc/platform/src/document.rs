@@ -89,7 +89,9 @@ fn operations(doc: &Value) -> impl Iterator<Item = &Value> {
         .flat_map(|item| item.values())
 }
 
-fn is_json(media_type: &str) -> bool {
+/// Whether a body of `media_type` is JSON (`application/json`, with or without parameters, or
+/// a `+json` type).
+pub(crate) fn is_json(media_type: &str) -> bool {
     let essence = media_type.split(';').next().unwrap_or_default().trim();
     essence == "application/json" || essence.ends_with("+json")
 }
@@ -139,7 +141,9 @@ fn parts_of_all_of(value: &Value, parts: &mut BTreeSet<String>) {
         Value::Object(map) => {
             for (key, v) in map {
                 match v {
-                    Value::Array(all) if key == "allOf" && constraining(all) > 1 => {
+                    Value::Array(all)
+                        if key == "allOf" && all.iter().filter(|s| constrains(s)).count() > 1 =>
+                    {
                         refs_in(v, parts)
                     }
                     _ => parts_of_all_of(v, parts),
@@ -151,17 +155,12 @@ fn parts_of_all_of(value: &Value, parts: &mut BTreeSet<String>) {
     }
 }
 
-/// How many of `schemas` say something of the value (refer to a schema, or name a type or
-/// properties), not only describe it.
-pub(crate) fn constraining(schemas: &[Value]) -> usize {
-    schemas
+/// Whether `schema` says something of the value (refers to a schema, or names a type or
+/// properties), not only describes it.
+pub(crate) fn constrains(schema: &Value) -> bool {
+    ["$ref", "type", "properties", "allOf", "anyOf", "oneOf"]
         .iter()
-        .filter(|s| {
-            ["$ref", "type", "properties", "allOf", "anyOf", "oneOf"]
-                .iter()
-                .any(|k| s.get(k).is_some())
-        })
-        .count()
+        .any(|k| schema.get(k).is_some())
 }
 
 /// An object schema with named properties, and each such schema inside it, says that no other

@@ -463,6 +463,14 @@ async fn users_is_asked_for_a_contact_with_no_transaction_open() {
     );
 }
 
+/// The subjects of the emails `address` got.
+fn subjects_to(smtp: &SmtpServer, address: &str) -> Vec<String> {
+    smtp.messages_to(address)
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_payment_handled_after_its_refund_does_not_confirm_the_order() {
     let (smtp, _sms, svc) = sending_email_and_sms().await;
@@ -482,11 +490,7 @@ async fn a_payment_handled_after_its_refund_does_not_confirm_the_order() {
     svc.producer.publish(&succeeded).await;
     assert_eq!(svc.consume().await, 3);
     assert_eq!(svc.send_due().await, 2, "the welcome and the refund");
-    let subjects: Vec<String> = smtp
-        .messages_to(&user.email)
-        .iter()
-        .map(|m| m["subject"].as_str().unwrap().to_owned())
-        .collect();
+    let subjects = subjects_to(&smtp, &user.email);
     assert!(
         subjects.iter().any(|s| s.contains("Refund")),
         "{subjects:?}"
@@ -531,7 +535,7 @@ async fn refunds_told_longer_ago_than_applied_events_are_kept_are_forgotten_and_
         .await
         .unwrap();
     assert_eq!(pruned, [("refunded_orders", 1)]);
-    let kept: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT order_id FROM refunded_orders")
+    let kept: Vec<Uuid> = sqlx::query_scalar("SELECT order_id FROM refunded_orders")
         .fetch_all(pool)
         .await
         .unwrap();
@@ -540,11 +544,7 @@ async fn refunds_told_longer_ago_than_applied_events_are_kept_are_forgotten_and_
     svc.producer.publish(&recent).await;
     assert_eq!(svc.consume().await, 1);
     assert_eq!(svc.send_due().await, 3, "the welcome and the two refunds");
-    let subjects: Vec<String> = smtp
-        .messages_to(&user.email)
-        .iter()
-        .map(|m| m["subject"].as_str().unwrap().to_owned())
-        .collect();
+    let subjects = subjects_to(&smtp, &user.email);
     assert!(
         !subjects.iter().any(|s| s.contains("confirmed")),
         "{subjects:?}"

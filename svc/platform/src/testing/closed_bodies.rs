@@ -68,7 +68,7 @@ fn closed_json_body(document: &Value, operation: &Value) -> Option<(String, Valu
     let content = operation.pointer("/requestBody/content")?.as_object()?;
     let (media_type, body) = content
         .iter()
-        .find(|(media_type, _)| media_type.starts_with("application/json"))?;
+        .find(|(media_type, _)| crate::document::is_json(media_type))?;
     let schema = resolved(document, &body["schema"]);
     (schema["additionalProperties"] == false).then(|| (media_type.clone(), schema))
 }
@@ -82,13 +82,11 @@ fn resolved(document: &Value, schema: &Value) -> Value {
         );
     }
     // A reference poem-openapi describes: wrapped in an allOf beside a description.
-    if let Some(all) = schema["allOf"].as_array()
-        && crate::document::constraining(all) == 1
-        && let Some(whole) = all
-            .iter()
-            .find(|s| crate::document::constraining(std::slice::from_ref(s)) == 1)
-    {
-        return resolved(document, whole);
+    if let Some(all) = schema["allOf"].as_array() {
+        let mut wholes = all.iter().filter(|s| crate::document::constrains(s));
+        if let (Some(whole), None) = (wholes.next(), wholes.next()) {
+            return resolved(document, whole);
+        }
     }
     schema.clone()
 }
