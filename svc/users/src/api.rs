@@ -261,6 +261,17 @@ impl UsersApi {
     }
 }
 
+/// 409 when `leaving` is the last active admin: no account could then manage users or refund
+/// payments, nor be made admin again but in the database.
+async fn keep_an_admin(tx: &mut sqlx::PgConnection, leaving: Uuid, doing: &str) -> ApiResult<()> {
+    if store::lock_active_admins(tx).await? == [leaving] {
+        return Err(Problem::conflict(format!(
+            "this is the only active admin account: make another account admin before {doing}"
+        )));
+    }
+    Ok(())
+}
+
 fn parse_roles(raw: &[Text]) -> ApiResult<Vec<Role>> {
     if raw.is_empty() {
         return Err(Problem::invalid(vec![FieldError::new(
@@ -687,6 +698,7 @@ impl UsersApi {
     }
 
     /// Deactivate the caller's account: login is refused from now on; orders keep their data.
+    /// The last active admin cannot (409).
     #[oai(
         path = "/api/v1/users/me",
         method = "delete",
@@ -696,6 +708,7 @@ impl UsersApi {
     async fn deactivate_me(&self, auth: BearerAuth) -> ApiResult<NoContent> {
         let account = self.caller_account(&auth.0).await?;
         let mut tx = self.db().begin().await?;
+        keep_an_admin(&mut tx, account.id, "deactivating this one").await?;
         store::deactivate(&mut *tx, account.id).await?;
         store::revoke_all_for_user(&mut *tx, account.id).await?;
         tx.commit().await?;
@@ -766,7 +779,8 @@ impl UsersApi {
         }
     }
 
-    /// Replace an account's roles (admin). Takes effect with the next token.
+    /// Replace an account's roles (admin). Takes effect with the next token. The last active
+    /// admin keeps the role (409).
     #[oai(
         path = "/api/v1/users/:id/roles",
         method = "put",
@@ -780,12 +794,17 @@ impl UsersApi {
         body: Json<RolesRequest>,
     ) -> ApiResult<Json<User>> {
         let roles = parse_roles(&body.0.roles)?;
-        if !store::set_roles(self.db(), id.0, &roles).await? {
+        let mut tx = self.db().begin().await?;
+        if !roles.contains(&Role::Admin) {
+            keep_an_admin(&mut tx, id.0, "taking the role from this one").await?;
+        }
+        if !store::set_roles(&mut *tx, id.0, &roles).await? {
             return Err(Problem::not_found("no such user"));
         }
-        let user = store::user_by_id(self.db(), id.0)
+        let user = store::user_by_id(&mut *tx, id.0)
             .await?
             .ok_or_else(|| Problem::not_found("no such user"))?;
+        tx.commit().await?;
         Ok(Json(user.into()))
     }
 

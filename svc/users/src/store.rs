@@ -97,6 +97,17 @@ pub async fn list_users(
     .await
 }
 
+/// The active admins, locked until the transaction ends, so that a change which would leave
+/// none is decided on a set that no other transaction changes meanwhile (two admins taking the
+/// role from each other at once: the second sees the first's change).
+pub async fn lock_active_admins(tx: &mut PgConnection) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM users WHERE active AND 'ADMIN' = ANY(roles) ORDER BY id FOR UPDATE",
+    )
+    .fetch_all(tx)
+    .await
+}
+
 pub async fn set_roles(
     db: impl PgExecutor<'_>,
     id: Uuid,

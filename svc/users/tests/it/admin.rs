@@ -209,3 +209,81 @@ fn decode_claims(token: &str) -> serde_json::Value {
     )
     .unwrap()
 }
+
+#[tokio::test]
+async fn the_last_active_admin_keeps_the_role_and_the_account() {
+    let shop = Shop::start().await;
+    let first = shop.admin().await;
+    let first_id = shop.me(&first).await["id"].as_str().unwrap().to_owned();
+    let set_roles = |token: String, id: String, roles: serde_json::Value| {
+        shop.client
+            .put(shop.url(&format!("/api/v1/users/{id}/roles")))
+            .bearer_auth(token)
+            .json(&json!({"roles": roles}))
+            .send()
+    };
+    let deactivate = |token: String| {
+        shop.client
+            .delete(shop.url("/api/v1/users/me"))
+            .bearer_auth(token)
+            .send()
+    };
+    let alone = problem(
+        set_roles(first.clone(), first_id.clone(), json!(["MANAGER"]))
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert!(
+        alone["detail"]
+            .as_str()
+            .unwrap()
+            .contains("only active admin"),
+        "{alone}"
+    );
+    problem(deactivate(first.clone()).await.unwrap(), 409).await;
+    let kept = set_roles(first.clone(), first_id.clone(), json!(["ADMIN", "MANAGER"]))
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200, "a change that keeps the role is made");
+
+    let second_user = shop
+        .register("second-admin@shop.example", "correct horse battery")
+        .await;
+    let second_id = second_user["id"].as_str().unwrap().to_owned();
+    let made = set_roles(first.clone(), second_id.clone(), json!(["ADMIN"]))
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 200);
+    let second = shop
+        .tokens("second-admin@shop.example", "correct horse battery")
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Each takes the role from the other at once: one of them must keep it.
+    let (a, b) = tokio::join!(
+        set_roles(first.clone(), second_id.clone(), json!(["CUSTOMER"])),
+        set_roles(second.clone(), first_id.clone(), json!(["CUSTOMER"])),
+    );
+    let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let mut admins = Vec::new();
+    for id in [&first_id, &second_id] {
+        let user: serde_json::Value = shop
+            .get(&format!("/api/v1/users/{id}"))
+            .bearer_auth(&first)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if user["roles"].as_array().unwrap().contains(&json!("ADMIN")) {
+            admins.push(id.clone());
+        }
+    }
+    assert_eq!(admins.len(), 1, "exactly one admin is left: {admins:?}");
+}
