@@ -144,7 +144,8 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<(), S
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - timestamp).abs() > TOLERANCE_SECONDS {
+    // abs_diff: a timestamp at either end of i64 is merely stale, not an overflow.
+    if now.abs_diff(timestamp) > TOLERANCE_SECONDS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
@@ -194,5 +195,17 @@ mod tests {
             verify("s3cret", "v1=zz", b"{}", 1_000),
             Err(SignatureError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_timestamp_at_either_end_of_its_range_is_stale_not_an_overflow() {
+        for (timestamp, now) in [(i64::MIN, 1_000), (i64::MAX, -1_000), (i64::MIN, i64::MAX)] {
+            let header = format!("t={timestamp},v1=00");
+            assert_eq!(
+                verify("s3cret", &header, b"{}", now),
+                Err(SignatureError::Stale),
+                "t={timestamp} at {now}"
+            );
+        }
     }
 }
