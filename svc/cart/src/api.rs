@@ -1,8 +1,8 @@
 //! The cart API: one cart per customer, priced and checked against products and inventory.
 
 use contracts::internal::{
-    CartContents, ProductLookupRequest, ProductLookupResponse, ProductSummary, StockCheckRequest,
-    StockCheckResponse, StockLine,
+    CartContents, MAX_LINES, ProductLookupRequest, ProductLookupResponse, ProductSummary,
+    StockCheckRequest, StockCheckResponse, StockLine,
 };
 use contracts::money::Money;
 use platform::auth::{Authorized, InternalAuth, needs};
@@ -167,6 +167,7 @@ impl CartApi {
     }
 
     /// Set how many of a product the cart holds (1 to 99), if stock covers it; answers the line.
+    /// A cart holds at most 100 different products (409 for one more).
     #[oai(
         path = "/api/v1/cart/items/:product_id",
         method = "put",
@@ -212,7 +213,13 @@ impl CartApi {
             });
         }
         let mut tx = self.state.base.pool.begin().await?;
-        store::set_quantity(&mut tx, auth.0.id, product_id.0, quantity).await?;
+        let set =
+            store::set_quantity(&mut tx, auth.0.id, product_id.0, quantity, MAX_LINES).await?;
+        if set == store::LineSet::CartFull {
+            return Err(Problem::conflict(format!(
+                "the cart holds {MAX_LINES} different products, the most it may; remove one or check out first"
+            )));
+        }
         tx.commit().await?;
         Ok(Json(CartLine {
             product_id: product.id,

@@ -21,13 +21,41 @@ pub async fn lines(db: impl PgExecutor<'_>, user: Uuid) -> Result<Vec<StockLine>
         .collect())
 }
 
+/// What setting a line's quantity did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineSet {
+    Set,
+    /// The product was not in the cart, and the cart already holds `max_lines` others.
+    CartFull,
+}
+
 pub async fn set_quantity(
     tx: &mut PgConnection,
     user: Uuid,
     product: Uuid,
     quantity: i32,
-) -> Result<(), sqlx::Error> {
+    max_lines: usize,
+) -> Result<LineSet, sqlx::Error> {
+    // The upsert locks the cart's row until the transaction ends, so that two additions of
+    // the customer's at once cannot both take the cart's last free line.
     touch(&mut *tx, user).await?;
+    let changed =
+        sqlx::query("UPDATE cart_items SET quantity = $3 WHERE user_id = $1 AND product_id = $2")
+            .bind(user)
+            .bind(product)
+            .bind(quantity)
+            .execute(&mut *tx)
+            .await?;
+    if changed.rows_affected() == 1 {
+        return Ok(LineSet::Set);
+    }
+    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM cart_items WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+    if usize::try_from(lines).is_ok_and(|n| n >= max_lines) {
+        return Ok(LineSet::CartFull);
+    }
     sqlx::query(
         "INSERT INTO cart_items (user_id, product_id, quantity) VALUES ($1, $2, $3)
          ON CONFLICT (user_id, product_id) DO UPDATE SET quantity = $3",
@@ -37,7 +65,7 @@ pub async fn set_quantity(
     .bind(quantity)
     .execute(tx)
     .await?;
-    Ok(())
+    Ok(LineSet::Set)
 }
 
 async fn touch(db: impl PgExecutor<'_>, user: Uuid) -> Result<(), sqlx::Error> {

@@ -7,6 +7,11 @@ use uuid::Uuid;
 
 use crate::money::Money;
 
+/// The most lines one internal call about a cart or an order carries (ids to look up, stock
+/// lines to check or reserve), and so the most different products a cart may hold: a cart
+/// with more could be neither priced nor checked out.
+pub const MAX_LINES: usize = 100;
+
 /// `POST /internal/products/lookup`
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
 #[oai(deny_unknown_fields)]

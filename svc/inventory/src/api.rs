@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use contracts::Text;
 use contracts::internal::{
-    Reservation, ReservationRequest, StockCheckRequest, StockCheckResponse, StockLine,
+    MAX_LINES, Reservation, ReservationRequest, StockCheckRequest, StockCheckResponse, StockLine,
 };
 use platform::auth::{Authorized, InternalAuth, authority, needs, optional_caller};
 use platform::problem::{ApiResult, Checks, FieldError, Problem};
@@ -90,7 +90,6 @@ enum ReservationResponse {
     Existing(Json<Reservation>),
 }
 
-const MAX_LINES: usize = 100;
 const MAX_QUANTITY: i32 = 10_000;
 
 fn validate_lines(lines: &[StockLine]) -> ApiResult<()> {

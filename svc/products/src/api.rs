@@ -5,7 +5,7 @@ use platform::web::{page_size, page_size_problem};
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use contracts::internal::{ProductLookupRequest, ProductLookupResponse, ProductSummary};
+use contracts::internal::{MAX_LINES, ProductLookupRequest, ProductLookupResponse, ProductSummary};
 use contracts::money::Money;
 use platform::auth::{Authorized, InternalAuth, needs};
 use platform::problem::{ApiResult, FieldError, Problem};
@@ -203,7 +203,6 @@ enum NoContent {
 }
 
 const MAX_QUERY_CHARS: usize = 200;
-const MAX_LOOKUP_IDS: usize = 100;
 
 fn product_response(p: ProductRow) -> ProductResponse {
     let tag = etag(p.version);
@@ -664,10 +663,10 @@ impl ProductsApi {
         body: Json<ProductLookupRequest>,
     ) -> ApiResult<Json<ProductLookupResponse>> {
         let mut ids = body.0.ids;
-        if ids.len() > MAX_LOOKUP_IDS {
+        if ids.len() > MAX_LINES {
             return Err(Problem::invalid(vec![FieldError::new(
                 "ids",
-                format!("must list at most {MAX_LOOKUP_IDS} ids"),
+                format!("must list at most {MAX_LINES} ids"),
             )]));
         }
         ids.sort();

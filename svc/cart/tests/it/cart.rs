@@ -318,3 +318,74 @@ async fn the_committed_openapi_document_matches_the_code() {
     .await;
     assert!(sent >= 1, "every JSON body of cart is closed: {sent}");
 }
+
+#[tokio::test]
+async fn a_cart_holds_no_more_products_than_it_can_be_priced_and_checked_out_with() {
+    use contracts::internal::MAX_LINES;
+    let shop = Shop::start().await;
+    let (_, alice) = shop.customer();
+    let mut products = Vec::with_capacity(MAX_LINES + 1);
+    for i in 0..=MAX_LINES {
+        products.push(shop.product(&format!("thing {i}"), 100, 5).await);
+    }
+    let (first, last_two) = products.split_at(MAX_LINES - 1);
+    for &product in first {
+        assert_eq!(
+            put_item(&shop, &alice, product, json!(1)).await.status(),
+            200
+        );
+    }
+    // Two new products at once for the one free line: one is taken, the other refused.
+    let (a, b) = tokio::join!(
+        put_item(&shop, &alice, last_two[0], json!(1)),
+        put_item(&shop, &alice, last_two[1], json!(1)),
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let refused = if a.status() == 409 { a } else { b };
+    let body = expect_problem(refused, 409).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{MAX_LINES} different products")),
+        "{body}"
+    );
+    let cart = cart_of(&shop, &alice).await;
+    assert_eq!(
+        cart["lines"].as_array().unwrap().len(),
+        MAX_LINES,
+        "a full cart is priced"
+    );
+    assert_eq!(
+        put_item(&shop, &alice, first[0], json!(3)).await.status(),
+        200,
+        "a line the full cart holds can still change"
+    );
+    let removed = shop
+        .cart(
+            Method::DELETE,
+            &format!("/api/v1/cart/items/{}", first[1]),
+            &alice,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let in_cart: Vec<String> = cart_of(&shop, &alice).await["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["product_id"].as_str().unwrap().to_owned())
+        .collect();
+    let left_out = last_two
+        .iter()
+        .find(|p| !in_cart.contains(&p.to_string()))
+        .expect("one of the two was refused");
+    assert_eq!(
+        put_item(&shop, &alice, *left_out, json!(1)).await.status(),
+        200,
+        "a line given up makes room for another"
+    );
+}
