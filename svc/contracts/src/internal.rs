@@ -119,3 +119,18 @@ pub struct PaymentSession {
     pub payment_url: String,
     pub expires_at: DateTime<Utc>,
 }
+
+/// `POST /internal/orders/{id}/refund`: payment, about to refund the order's payment, asks
+/// orders to agree.
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+pub struct OrderRefundRequest {
+    pub payment_id: Uuid,
+}
+
+/// The order agreed to be refunded: it is REFUNDED.
+#[derive(Debug, Clone, Serialize, Deserialize, Object)]
+pub struct OrderRefund {
+    pub order_id: Uuid,
+    pub status: String,
+}

@@ -8,7 +8,6 @@ use contracts::events::{
     PaymentRefunded, PaymentSucceeded, UserRegistered,
 };
 use contracts::internal::UserContact;
-use contracts::money::Money;
 use platform::consumer::{EventHandler, HandlerError};
 use platform::http::{CallError, ServiceClient};
 use sqlx::{PgConnection, PgPool};
@@ -180,20 +179,6 @@ fn greeting(contact: Option<&Contact>) -> String {
     }
 }
 
-/// Minor units as a decimal amount with its currency: 1999 EUR → "19.99 EUR".
-pub fn format_money(money: &Money) -> String {
-    const ZERO_DECIMALS: &[&str] = &[
-        "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV",
-        "XAF", "XOF", "XPF",
-    ];
-    if ZERO_DECIMALS.contains(&money.currency.as_str()) {
-        return format!("{} {}", money.amount, money.currency);
-    }
-    let sign = if money.amount < 0 { "-" } else { "" };
-    let abs = money.amount.unsigned_abs();
-    format!("{sign}{}.{:02} {}", abs / 100, abs % 100, money.currency)
-}
-
 fn short(id: Uuid) -> String {
     id.simple().to_string()[..8].to_owned()
 }
@@ -226,14 +211,14 @@ impl Notifier {
                     subject: format!("Your MicroMart order {} is confirmed", short(e.order_id)),
                     body: format!(
                         "{hello}\n\nthank you for your order. We received your payment of {} for {items} item(s).\n\nOrder: {}\nDetails: {}{SIGN_OFF}",
-                        format_money(&e.amount),
+                        e.amount,
                         e.order_id,
                         self.order_url(e.order_id)
                     ),
                     sms: Some(format!(
                         "MicroMart: order {} confirmed, {} paid. Thank you!",
                         short(e.order_id),
-                        format_money(&e.amount)
+                        e.amount
                     )),
                 }
             }
@@ -260,17 +245,19 @@ impl Notifier {
                 subject: format!("Refund for MicroMart order {}", short(e.order_id)),
                 body: format!(
                     "{hello}\n\nwe refunded {} for your order {}. Depending on your bank it can take a few days to show.\n\nDetails: {}{SIGN_OFF}",
-                    format_money(&e.amount),
+                    e.amount,
                     e.order_id,
                     self.order_url(e.order_id)
                 ),
                 sms: None,
             },
+            // A customer may pay on the page just as they cancel; payment then refunds, so
+            // the notice cannot say that nothing was charged.
             Incoming::Cancelled(e) => Notice {
                 address: None,
                 subject: format!("Your MicroMart order {} was cancelled", short(e.order_id)),
                 body: format!(
-                    "{hello}\n\nyour order {} was cancelled ({}). Nothing was charged.{SIGN_OFF}",
+                    "{hello}\n\nyour order {} was cancelled ({}). If a payment for it went through all the same, it is refunded in full, and we will write to you when it is.{SIGN_OFF}",
                     e.order_id, e.reason
                 ),
                 sms: None,
@@ -365,14 +352,6 @@ impl EventHandler for Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn money_is_written_in_major_units_with_its_currency() {
-        assert_eq!(format_money(&Money::new(1999, "EUR")), "19.99 EUR");
-        assert_eq!(format_money(&Money::new(5, "USD")), "0.05 USD");
-        assert_eq!(format_money(&Money::new(1200, "JPY")), "1200 JPY");
-        assert_eq!(format_money(&Money::new(-250, "EUR")), "-2.50 EUR");
-    }
 
     #[test]
     fn an_account_with_an_address_to_confirm_gets_the_link_and_one_without_is_just_welcomed() {

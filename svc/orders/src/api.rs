@@ -2,8 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use contracts::Text;
+use contracts::internal::{OrderRefund, OrderRefundRequest};
 use contracts::money::Money;
-use platform::auth::{Authorized, BearerAuth, Caller, authority, needs};
+use platform::auth::{Authorized, BearerAuth, Caller, InternalAuth, authority, needs};
 use platform::problem::{ApiResult, Checks, Problem};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -22,6 +23,8 @@ enum Tag {
     Orders,
     /// Fulfilment (managers)
     Fulfilment,
+    /// Service-to-service calls
+    Internal,
 }
 
 pub struct OrdersApi {
@@ -399,5 +402,49 @@ impl OrdersApi {
     ) -> ApiResult<Json<OrderView>> {
         self.move_order(&auth, id.0, "SHIPPED", "DELIVERED", "delivered")
             .await
+    }
+
+    /// Agree to a refund (payment asks before it refunds the order's payment): a PAID order
+    /// becomes REFUNDED, and a REFUNDED one stays so (a repeat). Any other is 409: a shipped
+    /// order's goods would be put back on sale by the refund's restock. A PENDING order whose
+    /// payment's success has not reached orders yet goes through PAID. Decided under the
+    /// order's row lock, as shipping is, so an order is either shipped or refunded.
+    #[oai(
+        path = "/internal/orders/:id/refund",
+        method = "post",
+        operation_id = "internal_refund_order",
+        tag = "Tag::Internal"
+    )]
+    async fn internal_refund(
+        &self,
+        _auth: InternalAuth,
+        id: Path<Uuid>,
+        body: Json<OrderRefundRequest>,
+    ) -> ApiResult<Json<OrderRefund>> {
+        let mut tx = self.state.base.pool.begin().await?;
+        store::transition(
+            &mut tx,
+            id.0,
+            &["PENDING"],
+            "PAID",
+            "payment succeeded (its refund asked first)",
+        )
+        .await?;
+        let cause = format!("payment {} refunded", body.0.payment_id);
+        store::transition(&mut tx, id.0, &["PAID"], "REFUNDED", &cause).await?;
+        let order = store::order(&mut *tx, id.0)
+            .await?
+            .ok_or_else(|| Problem::not_found("no such order"))?;
+        if order.status != "REFUNDED" {
+            return Err(Problem::conflict(format!(
+                "the order is {}: only a paid order that has not shipped is refunded",
+                order.status
+            )));
+        }
+        tx.commit().await?;
+        Ok(Json(OrderRefund {
+            order_id: order.id,
+            status: order.status,
+        }))
     }
 }

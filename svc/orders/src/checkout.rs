@@ -99,10 +99,24 @@ pub async fn place(state: &Orders, input: CheckoutInput<'_>) -> Result<Placed, P
             "the cart mixes currencies; one order takes one currency",
         ));
     }
-    let total: i64 = lines
-        .iter()
-        .map(|(l, p)| p.price.amount * i64::from(l.quantity))
-        .sum();
+    let total = lines.iter().try_fold(0i64, |sum, (l, p)| {
+        sum.checked_add(p.price.amount.checked_mul(i64::from(l.quantity))?)
+    });
+    // Payment takes no session for nothing, and the order would be left unpaid: refused
+    // before anything is reserved or written.
+    let total = match total {
+        Some(total) if total > 0 => total,
+        Some(_) => {
+            return Err(Problem::unprocessable(format!(
+                "the order's total is 0 {currency}: an order is placed by paying for it; add a product with a price"
+            )));
+        }
+        None => {
+            return Err(Problem::unprocessable(
+                "the order's total is more than one payment can take; order fewer items",
+            ));
+        }
+    };
     let order_id = order_id(input.user, input.key);
     let stock_lines: Vec<StockLine> = lines.iter().map(|(l, _)| l.clone()).collect();
 

@@ -55,6 +55,9 @@ impl EventHandler for PaymentEvents {
                 "payment succeeded (its refund told first)",
             )
             .await?;
+            // Orders agrees to each refund before payment makes it (`internal_refund`), so the
+            // order is REFUNDED already; SHIPPED and DELIVERED are for refunds made before
+            // payment asked: the money is back with the customer, and the order says so.
             store::transition(
                 tx,
                 order,

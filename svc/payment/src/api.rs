@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::Payment;
 use crate::page;
 use crate::provider::{self, Card, ProviderEvent};
-use crate::store::{self, Applied, PaymentRow, Refund};
+use crate::store::{self, Applied, PaymentRow};
 
 #[derive(Tags)]
 enum Tag {
@@ -366,7 +366,9 @@ impl PaymentApi {
         }
     }
 
-    /// Refund a succeeded payment in full (admin); emits `PaymentRefunded`.
+    /// Refund a succeeded payment in full (admin); emits `PaymentRefunded`. Only a paid
+    /// order that has not shipped is refunded (409 for any other, as orders decides); 503 when
+    /// orders cannot be asked, and the refund then goes ahead by itself once orders agrees.
     #[oai(
         path = "/api/v1/payments/:id/refund",
         method = "post",
@@ -378,18 +380,7 @@ impl PaymentApi {
         _auth: Authorized<needs::PaymentRefund>,
         id: Path<Uuid>,
     ) -> ApiResult<Json<PaymentView>> {
-        let mut tx = self.state.base.pool.begin().await?;
-        match store::refund(&mut tx, id.0).await? {
-            Refund::Done(row) => {
-                tx.commit().await?;
-                self.state.relay.wake();
-                Ok(Json(row.into()))
-            }
-            Refund::NotRefundable(status) => Err(Problem::conflict(format!(
-                "a {status} payment cannot be refunded"
-            ))),
-            Refund::Missing => Err(Problem::not_found("no such payment")),
-        }
+        Ok(Json(self.state.refund(id.0).await?.into()))
     }
 }
 

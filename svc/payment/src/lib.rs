@@ -4,6 +4,7 @@
 mod api;
 mod page;
 pub mod provider;
+mod refunds;
 pub mod store;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use platform::CancellationToken;
 use platform::config::{ConfigError, Settings};
 use platform::consumer::{Consumer, EventHandler, HandlerError};
 use platform::discovery::Discovery;
+use platform::http::ServiceClient;
 use platform::outbox::OutboxRelay;
 use platform::retention::OwnRows;
 use platform::runtime::Background;
@@ -59,6 +61,8 @@ pub struct Payment {
     pub(crate) relay: OutboxRelay,
     pub(crate) provider: Arc<dyn provider::PaymentProvider>,
     pub(crate) config: Arc<PaymentConfig>,
+    /// Asked to agree to each refund (`refunds`).
+    pub(crate) orders: ServiceClient,
 }
 
 impl Payment {
@@ -74,21 +78,37 @@ impl Payment {
         self.base.routes(openapi(self.clone()))
     }
 
-    /// Expires unpaid sessions (each with `PaymentExpired`); returns how many.
+    /// Expires unpaid sessions (each with `PaymentExpired`), in batches until none is left;
+    /// returns how many. One batch a round would leave a backlog (after an outage, say) to
+    /// close later than its reservations lapse.
     pub async fn expire_sessions(&self) -> Result<usize, sqlx::Error> {
-        let mut tx = self.base.pool.begin().await?;
-        let n = store::expire_sessions(&mut tx, 100).await?;
-        tx.commit().await?;
-        if n > 0 {
-            self.relay.wake();
+        const BATCH: usize = 100;
+        let mut expired = 0;
+        loop {
+            let mut tx = self.base.pool.begin().await?;
+            let n = store::expire_sessions(&mut tx, BATCH as i64).await?;
+            tx.commit().await?;
+            expired += n;
+            if n > 0 {
+                self.relay.wake();
+            }
+            if n < BATCH {
+                return Ok(expired);
+            }
         }
-        Ok(n)
     }
 
     async fn sweep(self, shutdown: CancellationToken) {
         let interval = self.config.sweep_interval;
         let failed = "session expiry sweep failed";
         platform::periodic::every(interval, &shutdown, failed, || self.expire_sessions()).await;
+    }
+
+    async fn sweep_refunds(self, shutdown: CancellationToken) {
+        let interval = self.config.sweep_interval;
+        let failed = "refund sweep failed";
+        platform::periodic::every(interval, &shutdown, failed, || self.settle_refunds_asked())
+            .await;
     }
 
     /// What retention deletes of payment's own tables.
@@ -104,14 +124,18 @@ impl Payment {
             .consumer(SERVICE, &[streams::ORDERS], Arc::new(OrderEvents))
     }
 
-    /// The outbox relay, the session-expiry sweeper, the order-event consumer, and retention,
-    /// which also deletes old records of provider callbacks.
+    /// The outbox relay, the session-expiry and refund sweepers, the order-event consumer,
+    /// and retention, which also deletes old records of provider callbacks.
     pub fn background(&self) -> Background {
         let mut tasks = self.base.background_pruning(self.expired_rows());
         let relay = self.relay.clone();
         tasks.add("outbox relay", move |shutdown| relay.run(shutdown));
         let sweeper = self.clone();
         tasks.add("session expiry", move |shutdown| sweeper.sweep(shutdown));
+        let refunds = self.clone();
+        tasks.add("refund sweep", move |shutdown| {
+            refunds.sweep_refunds(shutdown)
+        });
         let consumer = self.consumer();
         tasks.add("orders.events consumer", move |shutdown| {
             consumer.run(shutdown)
@@ -145,6 +169,7 @@ pub async fn app(
     let payment = Payment {
         relay: OutboxRelay::new(base.pool.clone(), base.redis.clone(), SERVICE)
             .trimming(contracts::events::streams::PAYMENT),
+        orders: base.client("orders"),
         base,
         provider: Arc::new(provider::SandboxProvider),
         config: Arc::new(config),

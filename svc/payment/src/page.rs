@@ -1,5 +1,7 @@
 //! The hosted payment page: plain HTML, no script, every value escaped.
 
+use contracts::money::Money;
+
 use crate::store::{PaymentRow, SessionRow};
 
 fn escape(s: &str) -> String {
@@ -10,13 +12,9 @@ fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// The amount as the customer reads it (`contracts::money::Money`'s text), escaped.
 fn amount(s: &SessionRow) -> String {
-    format!(
-        "{}.{:02} {}",
-        s.amount / 100,
-        s.amount % 100,
-        escape(&s.currency)
-    )
+    escape(&Money::new(s.amount, &s.currency).to_string())
 }
 
 fn layout(title: &str, body: &str) -> String {

@@ -299,24 +299,80 @@ pub async fn close_cancelled_order(tx: &mut PgConnection, order: Uuid) -> Result
     Ok(())
 }
 
+/// A refund's payment (refunded, or whose refund is asked for), or why there is none.
 pub enum Refund {
-    Done(PaymentRow),
+    Payment(PaymentRow),
     NotRefundable(String),
     Missing,
 }
 
-pub async fn refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Error> {
-    let Some(row): Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+/// The payment, locked until the transaction ends, if it can be refunded (it succeeded);
+/// else why not.
+async fn lock_refundable(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Error> {
+    let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
     )))
     .bind(id)
     .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(Refund::Missing);
+    .await?;
+    Ok(match row {
+        None => Refund::Missing,
+        Some(row) if row.status != "succeeded" => Refund::NotRefundable(row.status),
+        Some(row) => Refund::Payment(row),
+    })
+}
+
+/// Records that a succeeded payment's refund was asked for (kept if it already was): the
+/// payment, or why it cannot be refunded.
+pub async fn ask_refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Error> {
+    let row = match lock_refundable(tx, id).await? {
+        Refund::Payment(row) => row,
+        not_refundable => return Ok(not_refundable),
     };
-    if row.status != "succeeded" {
-        return Ok(Refund::NotRefundable(row.status));
+    sqlx::query(
+        "UPDATE payments SET refund_asked_at = coalesce(refund_asked_at, now()) WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Refund::Payment(row))
+}
+
+/// Forgets a refund asked for that orders refused: the payment stays succeeded.
+pub async fn give_up_refund(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payments SET refund_asked_at = NULL WHERE id = $1 AND status = 'succeeded'",
+    )
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Refunds asked for before `before` and not yet carried out or given up, oldest first.
+pub async fn refunds_asked(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments
+         WHERE status = 'succeeded' AND refund_asked_at IS NOT NULL AND refund_asked_at < $1
+         ORDER BY refund_asked_at LIMIT $2"
+    )))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Refunds a succeeded payment in full and writes `PaymentRefunded`; only once its order has
+/// agreed (`refunds`).
+pub async fn refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Error> {
+    if let not_refundable @ (Refund::Missing | Refund::NotRefundable(_)) =
+        lock_refundable(tx, id).await?
+    {
+        return Ok(not_refundable);
     }
     let row: PaymentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE payments SET status = 'refunded', refunded_at = now() WHERE id = $1 RETURNING {PAYMENT_COLUMNS}"
@@ -331,5 +387,5 @@ pub async fn refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Err
         amount: Money::new(row.amount, &row.currency),
     };
     outbox::enqueue(&mut *tx, &event, SERVICE, Some(row.order_id.to_string())).await?;
-    Ok(Refund::Done(row))
+    Ok(Refund::Payment(row))
 }

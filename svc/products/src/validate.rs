@@ -33,10 +33,13 @@ pub fn description(description: &str) -> Option<String> {
 /// Problems of a price, as (field, message): the amount and the currency separately.
 pub fn price(field: &str, price: &Money) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if price.amount < 0 {
+    if !(0..=Money::MAX_PRICE).contains(&price.amount) {
         problems.push((
             format!("{field}.amount"),
-            "must not be negative (minor units, e.g. 1999 for 19.99)".to_owned(),
+            format!(
+                "must be 0 to {} (minor units, e.g. 1999 for 19.99)",
+                Money::MAX_PRICE
+            ),
         ));
     }
     if !Money::valid_currency(&price.currency) {

@@ -1,3 +1,4 @@
+use contracts::money::Money;
 use platform::testing::{INTERNAL_TOKEN, expect_problem};
 use reqwest::{Method, Response};
 use serde_json::{Value, json};
@@ -153,6 +154,16 @@ async fn creating_a_product_refuses_malformed_invalid_and_oversized_input() {
     )
     .await;
     assert_eq!(fields(&negative), ["price.amount"]);
+    // A price an order's total could not be added up with.
+    let too_dear = expect_problem(
+        shop.try_create_product(with(
+            json!({"price": {"amount": Money::MAX_PRICE + 1, "currency": "EUR"}}),
+        ))
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(fields(&too_dear), ["price.amount"]);
     for currency in ["eur", "EURO", "E1R", ""] {
         let p = expect_problem(
             shop.try_create_product(with(
@@ -354,6 +365,14 @@ async fn paths_updates_categories_and_lookups_refuse_bad_input() {
     .await;
     let now = shop.get_json(&product_path).await;
     assert_eq!(now["version"], 1, "no refused update changed the product");
+    let dearest = shop
+        .patch_product(
+            id,
+            Some("*"),
+            json!({"price": {"amount": Money::MAX_PRICE, "currency": "EUR"}}),
+        )
+        .await;
+    assert_eq!(dearest.status(), 200, "the highest price is taken");
 
     // Categories.
     let post_category = |body: Value| {

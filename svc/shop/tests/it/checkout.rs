@@ -148,6 +148,29 @@ async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
 }
 
 #[tokio::test]
+async fn a_backlog_of_expired_sessions_is_closed_in_one_sweep() {
+    let saga = Saga::start().await;
+    // The sweep is run here, and what it writes is left in the outbox: nothing else acts on
+    // these sessions, whose orders do not exist.
+    saga.kill_tasks("payment");
+    sqlx::query(
+        "INSERT INTO sessions (id, order_id, user_id, amount, currency, lines, status, expires_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 100, 'EUR', '[]', 'open',
+                now() - interval '1 minute'
+         FROM generate_series(1, 250)",
+    )
+    .execute(saga.payment.pool())
+    .await
+    .unwrap();
+    assert_eq!(saga.payment.expire_sessions().await.unwrap(), 250);
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE status = 'open'")
+        .fetch_one(saga.payment.pool())
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+}
+
+#[tokio::test]
 async fn twenty_customers_race_for_the_last_five_units_and_exactly_five_orders_are_paid() {
     let saga = Saga::start().await;
     let last = saga.product(100, 5).await;
@@ -282,6 +305,30 @@ async fn checkout_refuses_bad_requests_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(eves["items"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_cart_with_nothing_to_pay_is_refused_at_checkout_and_nothing_is_held() {
+    let saga = Saga::start().await;
+    let (_, fay) = saga.customer();
+    let sample = saga.product(0, 5).await;
+    saga.add_to_cart(&fay, sample, 2).await;
+    let problem = expect_problem(saga.checkout(&fay, "free").await, 422).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("total is 0 EUR"),
+        "{problem}"
+    );
+    assert_eq!(saga.stock(sample).await["reserved"], 0, "nothing reserved");
+    let orders: Value = saga
+        .send("orders", Method::GET, "/api/v1/orders", &fay)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(orders["items"], serde_json::json!([]), "no order written");
 }
 
 #[tokio::test]
@@ -770,6 +817,107 @@ async fn an_admin_refunds_once_and_customers_cannot_see_each_others_payments() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(saga.stock(mug).await["on_hand"], 5, "restocked once");
+}
+
+/// The payment of `order`, as its customer sees it.
+async fn payment_of(saga: &Saga, token: &str, order: &str) -> Value {
+    let payments = saga.payments(token).await;
+    payments["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["order_id"] == order)
+        .unwrap_or_else(|| panic!("a payment of {order}: {payments}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn a_shipped_order_is_not_refunded_and_a_refund_left_unsettled_is_settled_by_the_sweep() {
+    let saga = Saga::start().await;
+    let (_, jo) = saga.customer();
+    let admin = saga.admin();
+    let mug = saga.product(1250, 5).await;
+    let shipped = saga.buy(&jo, mug, "k1").await;
+    saga.wait_for_status(&jo, &shipped, "PAID").await;
+    let ship = saga
+        .send(
+            "orders",
+            Method::POST,
+            &format!("/api/v1/orders/{shipped}/ship"),
+            &saga.manager,
+        )
+        .await;
+    assert_eq!(ship.status(), 200);
+    saga.wait_for_stock(mug, 4, "the shipped mug is deducted")
+        .await;
+    let shipped_payment = payment_of(&saga, &jo, &shipped).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refund = |payment: &str| {
+        saga.call(
+            "payment",
+            Method::POST,
+            &format!("/api/v1/payments/{payment}/refund"),
+            &admin,
+        )
+        .send()
+    };
+    let refused = expect_problem(refund(&shipped_payment).await.unwrap(), 409).await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("SHIPPED"),
+        "{refused}"
+    );
+    assert_eq!(order_status(&saga, &jo, &shipped).await, "SHIPPED");
+    assert_eq!(
+        payment_of(&saga, &jo, &shipped).await["status"],
+        "succeeded"
+    );
+
+    // A refund asked for by a payment instance that stopped before it asked orders.
+    let paid = saga.buy(&jo, mug, "k2").await;
+    saga.wait_for_status(&jo, &paid, "PAID").await;
+    saga.wait_for_stock(mug, 3, "the second mug is deducted")
+        .await;
+    let paid_payment = payment_of(&saga, &jo, &paid).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for payment in [&paid_payment, &shipped_payment] {
+        sqlx::query(
+            "UPDATE payments SET refund_asked_at = now() - interval '1 minute' WHERE id = $1::uuid",
+        )
+        .bind(payment)
+        .execute(saga.payment.pool())
+        .await
+        .unwrap();
+    }
+    saga.payment.settle_refunds_asked().await.unwrap();
+    saga.wait_for_status(&jo, &paid, "REFUNDED").await;
+    saga.eventually("the unshipped order's payment is refunded", || async {
+        payment_of(&saga, &jo, &paid).await["status"] == "refunded"
+    })
+    .await;
+    saga.wait_for_stock(mug, 4, "the unshipped mug is back on hand")
+        .await;
+    let left: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT refund_asked_at FROM payments WHERE id = $1::uuid")
+            .bind(&shipped_payment)
+            .fetch_one(saga.payment.pool())
+            .await
+            .unwrap();
+    assert_eq!(left, None, "the shipped order's refund is given up");
+    assert_eq!(
+        payment_of(&saga, &jo, &shipped).await["status"],
+        "succeeded"
+    );
+    assert_eq!(order_status(&saga, &jo, &shipped).await, "SHIPPED");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        saga.stock(mug).await["on_hand"],
+        4,
+        "restocked once, the shipped mug not"
+    );
 }
 
 #[tokio::test]
