@@ -31,8 +31,8 @@ impl Payment {
         };
         tx.commit().await?;
         self.settle_refund(&asked).await.map_err(|err| match err {
-            Unsettled::Refused(problem) => problem,
-            Unsettled::OrdersUnreachable(err) => {
+            Unsettled::Refused(problem) | Unsettled::Failed(problem) => problem,
+            Unsettled::Waiting(err) => {
                 tracing::warn!(error = %err, payment = %asked.id, "refund waits for orders");
                 Problem::unavailable(
                     "orders could not be asked whether the order may be refunded; the refund \
@@ -41,7 +41,6 @@ impl Payment {
                     5,
                 )
             }
-            Unsettled::Failed(problem) => problem,
         })
     }
 
@@ -61,20 +60,27 @@ impl Payment {
             .await;
         match agreed {
             Ok(_) => {}
+            // Orders' decision is final: a shipped, delivered or cancelled order never becomes
+            // refundable again.
             Err(CallError::Status {
-                status: 404 | 409,
-                body,
-                ..
+                status: 409, body, ..
             }) => {
+                let why = refusal_detail(&body);
+                tracing::warn!(payment = %asked.id, order = %asked.order_id, reason = %why, "refund given up: orders refused it");
                 store::give_up_refund(&self.base.pool, asked.id)
                     .await
                     .map_err(|e| Unsettled::Failed(e.into()))?;
                 return Err(Unsettled::Refused(Problem::conflict(format!(
-                    "the order does not allow a refund: {}",
-                    refusal_detail(&body)
+                    "the order does not allow a refund: {why}"
                 ))));
             }
-            Err(err) => return Err(Unsettled::OrdersUnreachable(err)),
+            Err(err @ (CallError::Unavailable { .. } | CallError::Timeout { .. })) => {
+                return Err(Unsettled::Waiting(err));
+            }
+            // Anything else (an orders instance without this route, 404, during a rolling
+            // deploy; a credential it refuses) is not an answer about the order: the refund
+            // stays asked for, and the sweep asks again.
+            Err(err) => return Err(Unsettled::Failed(Problem::internal(err))),
         }
         let carried_out = async {
             let mut tx = self.base.pool.begin().await?;
@@ -101,20 +107,23 @@ impl Payment {
         }
     }
 
-    /// Settles refunds asked for and left unsettled by their requests; returns how many were
-    /// settled (carried out or given up).
+    /// Settles refunds asked for and left unsettled by their requests (each taken up again
+    /// at most once per `LEFT_TO_ITS_REQUEST`, by one instance); returns how many were settled
+    /// (carried out or given up).
     pub async fn settle_refunds_asked(&self) -> Result<usize, Problem> {
-        let asked =
-            store::refunds_asked(&self.base.pool, Utc::now() - LEFT_TO_ITS_REQUEST, 100).await?;
+        let claimed =
+            store::claim_refunds_asked(&self.base.pool, Utc::now() - LEFT_TO_ITS_REQUEST, 100)
+                .await?;
         let mut settled = 0;
-        for payment in &asked {
+        for payment in &claimed {
             match self.settle_refund(payment).await {
                 Ok(_) | Err(Unsettled::Refused(_)) => settled += 1,
-                Err(Unsettled::OrdersUnreachable(err)) => {
-                    tracing::warn!(error = %err, payment = %payment.id, "refund still waits for orders");
+                Err(Unsettled::Waiting(err)) => {
+                    tracing::warn!(error = %err, payment = %payment.id, "refunds still wait for orders");
                     break;
                 }
-                Err(Unsettled::Failed(problem)) => return Err(problem),
+                // Logged where it was made; the others are not held up by it.
+                Err(Unsettled::Failed(_)) => {}
             }
         }
         Ok(settled)
@@ -125,9 +134,10 @@ impl Payment {
 enum Unsettled {
     /// Orders or the payment's state refused it: it is given up.
     Refused(Problem),
-    /// Orders did not answer: it stays asked for.
-    OrdersUnreachable(CallError),
-    /// Payment's own database failed: it stays asked for.
+    /// Orders could not be reached: it stays asked for.
+    Waiting(CallError),
+    /// Orders answered something other than yes or no, or payment's own database failed: it
+    /// stays asked for.
     Failed(Problem),
 }
 

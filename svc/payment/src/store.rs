@@ -349,16 +349,21 @@ pub async fn give_up_refund(db: impl PgExecutor<'_>, id: Uuid) -> Result<(), sql
     Ok(())
 }
 
-/// Refunds asked for before `before` and not yet carried out or given up, oldest first.
-pub async fn refunds_asked(
+/// Claims refunds asked for before `before` and not yet carried out or given up, oldest
+/// first: each is marked asked now, so that no instance takes it up again before `before`
+/// comes round again (another instance's sweep skips those being claimed).
+pub async fn claim_refunds_asked(
     db: impl PgExecutor<'_>,
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<PaymentRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments
-         WHERE status = 'succeeded' AND refund_asked_at IS NOT NULL AND refund_asked_at < $1
-         ORDER BY refund_asked_at LIMIT $2"
+        "UPDATE payments SET refund_asked_at = now()
+         WHERE id IN (SELECT id FROM payments
+                      WHERE status = 'succeeded' AND refund_asked_at IS NOT NULL
+                        AND refund_asked_at < $1
+                      ORDER BY refund_asked_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING {PAYMENT_COLUMNS}"
     )))
     .bind(before)
     .bind(limit)

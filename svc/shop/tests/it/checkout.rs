@@ -376,6 +376,12 @@ async fn provider_callbacks_recorded_long_ago_are_deleted_and_a_resend_still_cha
         saga.add_to_cart(&erin, mug, 1).await;
         let order: Value = saga.checkout(&erin, key).await.json().await.unwrap();
         saga.pay(&order, "4242 4242 4242 4242").await;
+        // Else the paid order's line, removed from the cart once cart hears of the payment,
+        // could be the one the next order put back.
+        saga.eventually("the cart is emptied", || async {
+            saga.cart_lines(&erin).await == 0
+        })
+        .await;
     }
     let pool = saga.payment.pool();
     // Paid one after the other: the first callback is the first payment's.
@@ -839,6 +845,10 @@ async fn a_shipped_order_is_not_refunded_and_a_refund_left_unsettled_is_settled_
     let mug = saga.product(1250, 5).await;
     let shipped = saga.buy(&jo, mug, "k1").await;
     saga.wait_for_status(&jo, &shipped, "PAID").await;
+    saga.eventually("the cart is emptied", || async {
+        saga.cart_lines(&jo).await == 0
+    })
+    .await;
     let ship = saga
         .send(
             "orders",
@@ -877,6 +887,10 @@ async fn a_shipped_order_is_not_refunded_and_a_refund_left_unsettled_is_settled_
     // A refund asked for by a payment instance that stopped before it asked orders.
     let paid = saga.buy(&jo, mug, "k2").await;
     saga.wait_for_status(&jo, &paid, "PAID").await;
+    saga.eventually("the cart is emptied", || async {
+        saga.cart_lines(&jo).await == 0
+    })
+    .await;
     saga.wait_for_stock(mug, 3, "the second mug is deducted")
         .await;
     let paid_payment = payment_of(&saga, &jo, &paid).await["id"]
@@ -918,6 +932,39 @@ async fn a_shipped_order_is_not_refunded_and_a_refund_left_unsettled_is_settled_
         4,
         "restocked once, the shipped mug not"
     );
+
+    // Orders down when the refund is asked for: 503, and the sweep carries it out later.
+    let third = saga.buy(&jo, mug, "k3").await;
+    saga.wait_for_status(&jo, &third, "PAID").await;
+    saga.wait_for_stock(mug, 3, "the third mug is deducted")
+        .await;
+    let third_payment = payment_of(&saga, &jo, &third).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let orders = saga.hide("orders").await;
+    let waiting = expect_problem(refund(&third_payment).await.unwrap(), 503).await;
+    assert!(
+        waiting["detail"]
+            .as_str()
+            .unwrap()
+            .contains("goes ahead by itself"),
+        "{waiting}"
+    );
+    assert_eq!(payment_of(&saga, &jo, &third).await["status"], "succeeded");
+    saga.show("orders", &orders).await;
+    sqlx::query(
+        "UPDATE payments SET refund_asked_at = refund_asked_at - interval '1 minute' WHERE id = $1::uuid",
+    )
+    .bind(&third_payment)
+    .execute(saga.payment.pool())
+    .await
+    .unwrap();
+    saga.payment.settle_refunds_asked().await.unwrap();
+    saga.wait_for_status(&jo, &third, "REFUNDED").await;
+    saga.wait_for_stock(mug, 4, "the third mug is back on hand")
+        .await;
+    assert_eq!(payment_of(&saga, &jo, &third).await["status"], "refunded");
 }
 
 #[tokio::test]

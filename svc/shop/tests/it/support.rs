@@ -58,6 +58,8 @@ pub struct Saga {
     pub gateway: String,
     pub payment: payment::Payment,
     pub orders: orders::Orders,
+    /// Where the services find each other.
+    discovery: Arc<dyn Discovery>,
     /// Each service's background tasks (relay, consumers, sweepers), kept so that a test can
     /// kill and restart them.
     tasks: std::sync::Mutex<std::collections::HashMap<&'static str, RunningTasks>>,
@@ -179,6 +181,7 @@ impl Saga {
             tasks: std::sync::Mutex::new(tasks),
             payment: payment_state,
             orders: orders_state,
+            discovery: discovery.clone(),
             redis: platform::redis::Redis::connect(&redis_url, &prefix).unwrap(),
             smtp,
             stop,
@@ -514,6 +517,27 @@ impl Saga {
             .query_async(&mut *conn)
             .await
             .unwrap()
+    }
+
+    /// Takes `service`'s instances out of discovery, as when they are down: the other
+    /// services can no longer reach it. Returns what [`Saga::show`] puts back.
+    pub async fn hide(&self, service: &str) -> Vec<platform::discovery::Instance> {
+        let instances = self.discovery.resolve(service).await.unwrap();
+        for instance in &instances {
+            self.discovery.deregister(&instance.id).await.unwrap();
+        }
+        instances
+    }
+
+    /// Registers `instances` of `service` again.
+    pub async fn show(&self, service: &str, instances: &[platform::discovery::Instance]) {
+        for instance in instances {
+            let registration = platform::discovery::Registration {
+                id: instance.id.clone(),
+                ..platform::discovery::Registration::new(service, &instance.address, instance.port)
+            };
+            self.discovery.register(&registration).await.unwrap();
+        }
     }
 
     /// Starts a service's background tasks again, as a restarted process does.
