@@ -1,14 +1,18 @@
 # MicroMart gateway: the public entry point: routing, CORS, rate limits, circuit breakers.
 #
-#   nomad job run -var bin_dir=/opt/micromart/bin jobs/gateway.nomad.hcl
+#   nomad job run -var bin_dir=/opt/micromart/releases/<release> jobs/gateway.nomad.hcl
 #
 # Config: Consul KV under micromart/shared/ and micromart/gateway/ (consul/kv.json, imported
 # with `consul kv import`), rendered into the environment by the template below. Secrets: the
 # Nomad variable nomad/jobs/gateway. See jobs/README.md.
 
+# A directory per release: a new path is what changes the job, so that Nomad rolls the new
+# binaries out one allocation at a time behind the health check, and what auto_revert goes
+# back to. Binaries replaced in place under the same path change nothing Nomad sees: the
+# running tasks go on with the old ones until they happen to restart, unchecked.
 variable "bin_dir" {
   type        = string
-  description = "Directory holding the release binaries (cargo build --release)."
+  description = "Directory holding this release's binaries (cargo build --release), one per release."
   default     = "/opt/micromart/bin"
 }
 
@@ -86,6 +90,11 @@ job "gateway" {
 
     task "gateway" {
       driver = "raw_exec"
+
+      # A stopping service answers what it has in flight for up to 10 s (a checkout makes up
+      # to four calls), then stops its background tasks and relays its outbox once more;
+      # Nomad's default of 5 s would kill it midway.
+      kill_timeout = "20s"
 
       config {
         command = "${var.bin_dir}/gateway"

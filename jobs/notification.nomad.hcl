@@ -1,14 +1,18 @@
 # MicroMart notification: email and SMS delivery.
 #
-#   nomad job run -var bin_dir=/opt/micromart/bin jobs/notification.nomad.hcl
+#   nomad job run -var bin_dir=/opt/micromart/releases/<release> jobs/notification.nomad.hcl
 #
 # Config: Consul KV under micromart/shared/ and micromart/notification/ (consul/kv.json, imported
 # with `consul kv import`), rendered into the environment by the template below. Secrets: the
 # Nomad variable nomad/jobs/notification. See jobs/README.md.
 
+# A directory per release: a new path is what changes the job, so that Nomad rolls the new
+# binaries out one allocation at a time behind the health check, and what auto_revert goes
+# back to. Binaries replaced in place under the same path change nothing Nomad sees: the
+# running tasks go on with the old ones until they happen to restart, unchecked.
 variable "bin_dir" {
   type        = string
-  description = "Directory holding the release binaries (cargo build --release)."
+  description = "Directory holding this release's binaries (cargo build --release), one per release."
   default     = "/opt/micromart/bin"
 }
 
@@ -87,6 +91,11 @@ job "notification" {
     task "notification" {
       driver = "raw_exec"
 
+      # A stopping service answers what it has in flight for up to 10 s (a checkout makes up
+      # to four calls), then stops its background tasks and relays its outbox once more;
+      # Nomad's default of 5 s would kill it midway.
+      kill_timeout = "20s"
+
       config {
         command = "${var.bin_dir}/notification"
       }
@@ -123,6 +132,7 @@ job "notification" {
           MICROMART_NOTIFICATION_DATABASE_URL={{ key "micromart/notification/database_url" | toJSON }}
           MICROMART_NOTIFICATION_SMTP_HOST={{ key "micromart/notification/smtp_host" | toJSON }}
           MICROMART_NOTIFICATION_SMTP_PORT={{ key "micromart/notification/smtp_port" | toJSON }}
+          MICROMART_NOTIFICATION_CALL_TIMEOUT_MS={{ key "micromart/notification/call_timeout_ms" | toJSON }}
           MICROMART_NOTIFICATION_SMTP_TLS={{ key "micromart/notification/smtp_tls" | toJSON }}
           MICROMART_NOTIFICATION_MAIL_FROM={{ key "micromart/notification/mail_from" | toJSON }}
           MICROMART_NOTIFICATION_SMS_URL={{ key "micromart/notification/sms_url" | toJSON }}
@@ -137,17 +147,19 @@ job "notification" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/notification, items: internal_token, smtp_username, smtp_password, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
+      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
+      # secret (Postgres would refuse the password with it).
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/notification" }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
-          MICROMART_NOTIFICATION_SMTP_USERNAME={{ .smtp_username | toJSON }}
-          MICROMART_NOTIFICATION_SMTP_PASSWORD={{ .smtp_password | toJSON }}
-          PGPASSWORD={{ .pgpassword | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
+          MICROMART_NOTIFICATION_SMTP_USERNAME={{ .smtp_username | trimSpace | toJSON }}
+          MICROMART_NOTIFICATION_SMTP_PASSWORD={{ .smtp_password | trimSpace | toJSON }}
+          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
           {{ end }}
         EOT
       }

@@ -1,14 +1,18 @@
 # MicroMart payment: payment sessions and the provider webhook.
 #
-#   nomad job run -var bin_dir=/opt/micromart/bin jobs/payment.nomad.hcl
+#   nomad job run -var bin_dir=/opt/micromart/releases/<release> jobs/payment.nomad.hcl
 #
 # Config: Consul KV under micromart/shared/ and micromart/payment/ (consul/kv.json, imported
 # with `consul kv import`), rendered into the environment by the template below. Secrets: the
 # Nomad variable nomad/jobs/payment. See jobs/README.md.
 
+# A directory per release: a new path is what changes the job, so that Nomad rolls the new
+# binaries out one allocation at a time behind the health check, and what auto_revert goes
+# back to. Binaries replaced in place under the same path change nothing Nomad sees: the
+# running tasks go on with the old ones until they happen to restart, unchecked.
 variable "bin_dir" {
   type        = string
-  description = "Directory holding the release binaries (cargo build --release)."
+  description = "Directory holding this release's binaries (cargo build --release), one per release."
   default     = "/opt/micromart/bin"
 }
 
@@ -87,6 +91,11 @@ job "payment" {
     task "payment" {
       driver = "raw_exec"
 
+      # A stopping service answers what it has in flight for up to 10 s (a checkout makes up
+      # to four calls), then stops its background tasks and relays its outbox once more;
+      # Nomad's default of 5 s would kill it midway.
+      kill_timeout = "20s"
+
       config {
         command = "${var.bin_dir}/payment"
       }
@@ -123,6 +132,7 @@ job "payment" {
           MICROMART_PAYMENT_DATABASE_URL={{ key "micromart/payment/database_url" | toJSON }}
           MICROMART_PAYMENT_SESSION_TTL_SECONDS={{ key "micromart/payment/session_ttl_seconds" | toJSON }}
           MICROMART_PAYMENT_SESSION_SWEEP_INTERVAL_MS={{ key "micromart/payment/session_sweep_interval_ms" | toJSON }}
+          MICROMART_PAYMENT_CALL_TIMEOUT_MS={{ key "micromart/payment/call_timeout_ms" | toJSON }}
           MICROMART_PAYMENT_PUBLIC_BASE_URL={{ key "micromart/payment/public_base_url" | toJSON }}
         EOT
       }
@@ -130,16 +140,18 @@ job "payment" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/payment, items: internal_token, webhook_secret, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
+      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
+      # secret (Postgres would refuse the password with it).
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/payment" }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
-          MICROMART_PAYMENT_WEBHOOK_SECRET={{ .webhook_secret | toJSON }}
-          PGPASSWORD={{ .pgpassword | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
+          MICROMART_PAYMENT_WEBHOOK_SECRET={{ .webhook_secret | trimSpace | toJSON }}
+          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
           {{ end }}
         EOT
       }

@@ -1,14 +1,18 @@
 # MicroMart products: the catalogue.
 #
-#   nomad job run -var bin_dir=/opt/micromart/bin jobs/products.nomad.hcl
+#   nomad job run -var bin_dir=/opt/micromart/releases/<release> jobs/products.nomad.hcl
 #
 # Config: Consul KV under micromart/shared/ and micromart/products/ (consul/kv.json, imported
 # with `consul kv import`), rendered into the environment by the template below. Secrets: the
 # Nomad variable nomad/jobs/products. See jobs/README.md.
 
+# A directory per release: a new path is what changes the job, so that Nomad rolls the new
+# binaries out one allocation at a time behind the health check, and what auto_revert goes
+# back to. Binaries replaced in place under the same path change nothing Nomad sees: the
+# running tasks go on with the old ones until they happen to restart, unchecked.
 variable "bin_dir" {
   type        = string
-  description = "Directory holding the release binaries (cargo build --release)."
+  description = "Directory holding this release's binaries (cargo build --release), one per release."
   default     = "/opt/micromart/bin"
 }
 
@@ -87,6 +91,11 @@ job "products" {
     task "products" {
       driver = "raw_exec"
 
+      # A stopping service answers what it has in flight for up to 10 s (a checkout makes up
+      # to four calls), then stops its background tasks and relays its outbox once more;
+      # Nomad's default of 5 s would kill it midway.
+      kill_timeout = "20s"
+
       config {
         command = "${var.bin_dir}/products"
       }
@@ -130,15 +139,17 @@ job "products" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/products, items: internal_token, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
+      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
+      # secret (Postgres would refuse the password with it).
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/products" }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
-          PGPASSWORD={{ .pgpassword | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
+          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
           {{ end }}
         EOT
       }

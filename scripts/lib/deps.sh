@@ -59,7 +59,19 @@ SQL
 }
 
 ensure_redis() {
-  if ! command -v redis-server >/dev/null; then apt_install redis-server; fi
+  if ! command -v redis-server >/dev/null; then
+    apt_install redis-server
+    # Debian's package starts a Redis of its own that keeps no append-only file: the shop's
+    # streams would not survive its restart. Installed here, it is set to keep one (and to
+    # keep doing so after a reboot); one found running is only checked (redis_keeps_streams).
+    if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+      log "making the Redis just installed keep an append-only file"
+      redis-cli -h 127.0.0.1 -p 6379 CONFIG SET appendonly yes >/dev/null
+      redis-cli -h 127.0.0.1 -p 6379 CONFIG SET appendfsync always >/dev/null
+      redis-cli -h 127.0.0.1 -p 6379 CONFIG REWRITE >/dev/null \
+        || echo "warning: Redis could not write its config; the append-only file is kept until it restarts" >&2
+    fi
+  fi
   if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     log "starting Redis"
     mkdir -p "$MICROMART_HOME/redis"
@@ -101,4 +113,15 @@ ensure_redocly() {
     npm install --prefix "$dir" --silent --no-audit --no-fund "@redocly/cli@$REDOCLY_VERSION" >/dev/null
   fi
   REDOCLY="$dir/node_modules/.bin/redocly"
+}
+
+# Warns when the Redis at 127.0.0.1:6379 keeps no append-only file: events relayed to its
+# streams and not yet consumed would be lost if it restarted (the outboxes keep only what is
+# not yet relayed). A Redis this script did not start or install is left as it is.
+redis_keeps_streams() {
+  local aof
+  aof=$(redis-cli -h 127.0.0.1 -p 6379 CONFIG GET appendonly 2>/dev/null | sed -n 2p)
+  if [ "$aof" != "yes" ]; then
+    echo "warning: the Redis at 127.0.0.1:6379 keeps no append-only file (appendonly $aof): events not yet consumed are lost if it restarts; 'redis-cli CONFIG SET appendonly yes' keeps them" >&2
+  fi
 }
