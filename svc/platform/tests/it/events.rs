@@ -689,6 +689,15 @@ async fn a_stream_is_trimmed_only_past_what_every_group_acknowledged() {
     let Some(Trim::Trimmed { floor, removed }) = relay.trim_once().await.unwrap() else {
         panic!("every group exists, so the stream is trimmed");
     };
+    // audit: 50 entries never delivered, 50 delivered and unacknowledged.
+    let rendered = platform::metrics::handle().render();
+    for (gauge, value) in [("stream_consumer_lag", 50), ("stream_consumer_pending", 50)] {
+        let line = rendered
+            .lines()
+            .find(|l| l.starts_with(&format!("{gauge}{{")) && l.contains("group=\"audit\""))
+            .unwrap_or_else(|| panic!("{gauge} of audit in {rendered}"));
+        assert!(line.ends_with(&format!(" {value}")), "{line}");
+    }
     assert_eq!(
         floor,
         EntryId::parse(&all[200]).unwrap(),
