@@ -405,7 +405,7 @@ impl Payment {
         let mut tx = self.base.pool.begin().await?;
         let applied = store::apply_provider_event(&mut tx, &event).await?;
         tx.commit().await?;
-        if applied == Applied::Recorded {
+        if matches!(applied, Applied::Recorded | Applied::RefundedLate) {
             self.relay.wake();
         }
         if applied == Applied::UnknownSession {

@@ -66,14 +66,25 @@ pub fn closed(s: &SessionRow) -> String {
 }
 
 pub fn result(s: &SessionRow, payment: Option<&PaymentRow>) -> String {
+    // "12.50 EUR by visa ending 4242"
+    let paid = |p: &PaymentRow| {
+        format!(
+            "{} by {} ending {}",
+            amount(s).replace("&amp;", "&"),
+            p.card_brand.as_deref().unwrap_or("card"),
+            p.card_last4.as_deref().unwrap_or("????")
+        )
+    };
     match payment {
+        Some(p) if p.status == "refunded" => message(
+            "Payment refunded",
+            &format!("Your payment of {} was refunded in full.", paid(p)),
+        ),
         Some(p) if p.status != "failed" => message(
             "Thank you!",
             &format!(
-                "Your payment of {} by {} ending {} was received. A confirmation is on its way.",
-                amount(s).replace("&amp;", "&"),
-                p.card_brand.as_deref().unwrap_or("card"),
-                p.card_last4.as_deref().unwrap_or("????")
+                "Your payment of {} was received. A confirmation is on its way.",
+                paid(p)
             ),
         ),
         Some(p) => message(

@@ -151,6 +151,9 @@ pub enum Applied {
     Recorded,
     /// The session was no longer open (paid, failed, expired or cancelled): nothing changed.
     NotOpen(String),
+    /// The provider took the money for a session that had expired or been cancelled
+    /// meanwhile: the payment was recorded as refunded at once, and `PaymentRefunded` written.
+    RefundedLate,
     UnknownSession,
     /// The callback id was seen before: nothing changed.
     Replay,
@@ -163,6 +166,66 @@ pub enum Applied {
 /// refused before this).
 pub fn old_webhook_events(keep: std::time::Duration) -> OwnRows {
     OwnRows::aged("webhook_events", "id", "received_at", keep)
+}
+
+/// Writes one of an order's payment events to the outbox, correlated by the order.
+async fn publish<E: contracts::events::Event>(
+    tx: &mut PgConnection,
+    event: &E,
+    order: Uuid,
+) -> Result<(), sqlx::Error> {
+    outbox::enqueue(tx, event, SERVICE, Some(order.to_string())).await?;
+    Ok(())
+}
+
+/// Records the session's payment as the provider's callback reports it, with `status`
+/// (`refunded` at once: `refund_late_charge`); returns its id.
+async fn record_payment(
+    tx: &mut PgConnection,
+    session: &SessionRow,
+    event: &ProviderEvent,
+    status: &str,
+) -> Result<Uuid, sqlx::Error> {
+    let payment_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO payments (id, session_id, order_id, user_id, amount, currency, status, card_brand, card_last4, failure_reason, refunded_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $7 = 'refunded' THEN now() END)",
+    )
+    .bind(payment_id)
+    .bind(session.id)
+    .bind(session.order_id)
+    .bind(session.user_id)
+    .bind(session.amount)
+    .bind(&session.currency)
+    .bind(status)
+    .bind(&event.card_brand)
+    .bind(&event.card_last4)
+    .bind(&event.reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(payment_id)
+}
+
+/// Records a charge the provider made for a session that had closed meanwhile (the customer
+/// paid as it expired, or as its order was cancelled): nothing is sold for it, so it is
+/// recorded as refunded, with `PaymentRefunded` and no `PaymentSucceeded` (no order is
+/// confirmed, no stock taken; notification tells the customer of the refund). Dropped, the
+/// customer would have paid for nothing, and nobody would know.
+async fn refund_late_charge(
+    tx: &mut PgConnection,
+    session: &SessionRow,
+    event: &ProviderEvent,
+) -> Result<(), sqlx::Error> {
+    tracing::warn!(session = %session.id, order_id = %session.order_id, status = %session.status, "a closed session was charged; refunding the payment");
+    let payment_id = record_payment(tx, session, event, "refunded").await?;
+    let refunded = PaymentRefunded {
+        payment_id,
+        order_id: session.order_id,
+        user_id: session.user_id,
+        amount: Money::new(session.amount, &session.currency),
+    };
+    publish(&mut *tx, &refunded, session.order_id).await?;
+    Ok(())
 }
 
 /// Applies a provider callback: at most one charge per session, whatever arrives twice.
@@ -182,28 +245,19 @@ pub async fn apply_provider_event(
     let Some(session) = session_for_update(tx, event.session_id).await? else {
         return Ok(Applied::UnknownSession);
     };
+    let succeeded = event.kind == "payment.succeeded";
     if session.status != "open" {
+        let charged_late = succeeded
+            && matches!(session.status.as_str(), "expired" | "cancelled")
+            && payment_of_session(&mut *tx, session.id).await?.is_none();
+        if charged_late {
+            refund_late_charge(tx, &session, event).await?;
+            return Ok(Applied::RefundedLate);
+        }
         return Ok(Applied::NotOpen(session.status));
     }
-    let succeeded = event.kind == "payment.succeeded";
-    let payment_id = Uuid::now_v7();
     let status = if succeeded { "succeeded" } else { "failed" };
-    sqlx::query(
-        "INSERT INTO payments (id, session_id, order_id, user_id, amount, currency, status, card_brand, card_last4, failure_reason)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(payment_id)
-    .bind(session.id)
-    .bind(session.order_id)
-    .bind(session.user_id)
-    .bind(session.amount)
-    .bind(&session.currency)
-    .bind(status)
-    .bind(&event.card_brand)
-    .bind(&event.card_last4)
-    .bind(&event.reason)
-    .execute(&mut *tx)
-    .await?;
+    let payment_id = record_payment(tx, &session, event, status).await?;
     sqlx::query("UPDATE sessions SET status = $2 WHERE id = $1")
         .bind(session.id)
         .bind(status)
@@ -225,13 +279,7 @@ pub async fn apply_provider_event(
                 })
                 .collect(),
         };
-        outbox::enqueue(
-            &mut *tx,
-            &event,
-            SERVICE,
-            Some(session.order_id.to_string()),
-        )
-        .await?;
+        publish(&mut *tx, &event, session.order_id).await?;
     } else {
         let event = PaymentFailed {
             payment_id,
@@ -242,13 +290,7 @@ pub async fn apply_provider_event(
                 .clone()
                 .unwrap_or_else(|| "payment failed".into()),
         };
-        outbox::enqueue(
-            &mut *tx,
-            &event,
-            SERVICE,
-            Some(session.order_id.to_string()),
-        )
-        .await?;
+        publish(&mut *tx, &event, session.order_id).await?;
     }
     Ok(Applied::Recorded)
 }
@@ -270,7 +312,7 @@ pub async fn expire_sessions(tx: &mut PgConnection, limit: i64) -> Result<usize,
             order_id: *order,
             user_id: *user,
         };
-        outbox::enqueue(&mut *tx, &event, SERVICE, Some(order.to_string())).await?;
+        publish(&mut *tx, &event, *order).await?;
     }
     Ok(expired.len())
 }
@@ -391,6 +433,6 @@ pub async fn refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Err
         user_id: row.user_id,
         amount: Money::new(row.amount, &row.currency),
     };
-    outbox::enqueue(&mut *tx, &event, SERVICE, Some(row.order_id.to_string())).await?;
+    publish(&mut *tx, &event, row.order_id).await?;
     Ok(Refund::Payment(row))
 }

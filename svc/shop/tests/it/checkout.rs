@@ -148,6 +148,81 @@ async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
 }
 
 #[tokio::test]
+async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
+    let saga = Saga::start().await;
+    let (email, kim) = saga.registered_customer("kim").await;
+    let tea = saga.product(499, 3).await;
+    saga.add_to_cart(&kim, tea, 2).await;
+    let placed: Value = saga.checkout(&kim, "k").await.json().await.unwrap();
+    let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
+    let session = placed["payment_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(saga.payment.pool())
+        .await
+        .unwrap();
+    assert_eq!(saga.payment.expire_sessions().await.unwrap(), 1);
+    saga.wait_for_status(&kim, &order_id, "CANCELLED").await;
+    saga.wait_for_stock(tea, 3, "the stock is released").await;
+
+    // The provider charged the card as the session expired; its callback comes after.
+    let (signature, body) = saga.paid_callback("evt-late", &session);
+    let applied = saga
+        .payment
+        .receive_webhook(&signature, &body)
+        .await
+        .unwrap();
+    assert_eq!(applied, payment::store::Applied::RefundedLate);
+    let payment = payment_of(&saga, &kim, &order_id).await;
+    assert_eq!(payment["status"], "refunded", "{payment}");
+    saga.eventually("the customer is told of the refund", || async {
+        saga.emails_about(&email, &order_id)
+            .iter()
+            .any(|subject| subject.contains("Refund"))
+    })
+    .await;
+    assert_eq!(order_status(&saga, &kim, &order_id).await, "CANCELLED");
+    // Its resend, and another callback of the same session, change nothing more.
+    let (signature, body) = saga.paid_callback("evt-late", &session);
+    let resent = saga
+        .payment
+        .receive_webhook(&signature, &body)
+        .await
+        .unwrap();
+    assert_eq!(resent, payment::store::Applied::Replay);
+    let (signature, body) = saga.paid_callback("evt-later", &session);
+    let again = saga
+        .payment
+        .receive_webhook(&signature, &body)
+        .await
+        .unwrap();
+    assert_eq!(again, payment::store::Applied::NotOpen("expired".into()));
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(saga.payment.pool())
+        .await
+        .unwrap();
+    assert_eq!(payments, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let subjects = saga.emails_about(&email, &order_id);
+    assert_eq!(subjects.len(), 2, "expired, then refunded: {subjects:?}");
+    assert!(
+        !subjects.iter().any(|subject| subject.contains("confirmed")),
+        "no order is confirmed: {subjects:?}"
+    );
+    let stock = saga.stock(tea).await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(3), Some(0)),
+        "no stock taken for it"
+    );
+}
+
+#[tokio::test]
 async fn a_backlog_of_expired_sessions_is_closed_in_one_sweep() {
     let saga = Saga::start().await;
     // The sweep is run here, and what it writes is left in the outbox: nothing else acts on
@@ -417,19 +492,7 @@ async fn provider_callbacks_recorded_long_ago_are_deleted_and_a_resend_still_cha
     assert_eq!(kept, 1);
 
     // The provider sends the deleted callback again: its session is closed, so nothing changes.
-    let resend = serde_json::to_vec(&json!({
-        "id": old_callback,
-        "type": "payment.succeeded",
-        "session_id": old_session,
-        "card_brand": "visa",
-        "card_last4": "4242",
-    }))
-    .unwrap();
-    let signature = payment::provider::sign(
-        crate::support::WEBHOOK_SECRET,
-        chrono::Utc::now().timestamp(),
-        &resend,
-    );
+    let (signature, resend) = saga.paid_callback(&old_callback, &old_session.to_string());
     let applied = saga
         .payment
         .receive_webhook(&signature, &resend)
