@@ -132,6 +132,7 @@ job "inventory" {
           MICROMART_INVENTORY_DATABASE_URL={{ key "micromart/inventory/database_url" | toJSON }}
           MICROMART_INVENTORY_LOW_STOCK_THRESHOLD={{ key "micromart/inventory/low_stock_threshold" | toJSON }}
           MICROMART_INVENTORY_RESERVATION_SWEEP_INTERVAL_MS={{ key "micromart/inventory/reservation_sweep_interval_ms" | toJSON }}
+          MICROMART_INVENTORY_CALL_TIMEOUT_MS={{ key "micromart/inventory/call_timeout_ms" | toJSON }}
           MICROMART_INVENTORY_MAX_RESERVATION_SECONDS={{ key "micromart/inventory/max_reservation_seconds" | toJSON }}
         EOT
       }
@@ -139,17 +140,15 @@ job "inventory" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/inventory, items: internal_token, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
-      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
-      # secret (Postgres would refuse the password with it).
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/inventory" }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
-          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
           {{ end }}
         EOT
       }

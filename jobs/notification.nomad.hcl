@@ -147,19 +147,17 @@ job "notification" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/notification, items: internal_token, smtp_username, smtp_password, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
-      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
-      # secret (Postgres would refuse the password with it).
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/notification" }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
-          MICROMART_NOTIFICATION_SMTP_USERNAME={{ .smtp_username | trimSpace | toJSON }}
-          MICROMART_NOTIFICATION_SMTP_PASSWORD={{ .smtp_password | trimSpace | toJSON }}
-          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
+          MICROMART_NOTIFICATION_SMTP_USERNAME={{ .smtp_username | toJSON }}
+          MICROMART_NOTIFICATION_SMTP_PASSWORD={{ .smtp_password | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
           {{ end }}
         EOT
       }

@@ -140,18 +140,16 @@ job "payment" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/payment, items: internal_token, webhook_secret, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
-      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
-      # secret (Postgres would refuse the password with it).
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/payment" }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
-          MICROMART_PAYMENT_WEBHOOK_SECRET={{ .webhook_secret | trimSpace | toJSON }}
-          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
+          MICROMART_PAYMENT_WEBHOOK_SECRET={{ .webhook_secret | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
           {{ end }}
         EOT
       }

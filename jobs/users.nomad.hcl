@@ -149,18 +149,16 @@ job "users" {
       # Secrets: never in this file nor in Consul KV. They come from the Nomad variable
       # nomad/jobs/users, items: jwt_signing_key, internal_token, pgpassword.
       # The operator puts them (jobs/README.md); the Vagrantfile generates them inside the
-      # VM. Rendered under secrets/, which the alloc filesystem API does not serve. Trimmed:
-      # a file made with `openssl rand ... > file` ends in a newline that is not part of the
-      # secret (Postgres would refuse the password with it).
+      # VM. Rendered under secrets/, which the alloc filesystem API does not serve.
       template {
         destination = "secrets/secrets.env"
         env         = true
         change_mode = "restart"
         data        = <<-EOT
           {{ with nomadVar "nomad/jobs/users" }}
-          MICROMART_USERS_JWT_SIGNING_KEY={{ .jwt_signing_key | trimSpace | toJSON }}
-          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | trimSpace | toJSON }}
-          PGPASSWORD={{ .pgpassword | trimSpace | toJSON }}
+          MICROMART_USERS_JWT_SIGNING_KEY={{ .jwt_signing_key | toJSON }}
+          MICROMART_SHARED_INTERNAL_TOKEN={{ .internal_token | toJSON }}
+          PGPASSWORD={{ .pgpassword | toJSON }}
           {{ end }}
         EOT
       }

@@ -111,7 +111,7 @@ pub fn render(job: &JobSpec, seed_keys: &[String]) -> String {
         let lines: Vec<String> = job
             .secrets
             .iter()
-            .map(|(item, env)| format!("          {env}={{{{ .{item} | trimSpace | toJSON }}}}"))
+            .map(|(item, env)| format!("          {env}={{{{ .{item} | toJSON }}}}"))
             .collect();
         SECRETS_TEMPLATE
             .replace("@SECRET_ITEMS@", &items.join(", "))

@@ -64,12 +64,14 @@ ensure_redis() {
     # Debian's package starts a Redis of its own that keeps no append-only file: the shop's
     # streams would not survive its restart. Installed here, it is set to keep one (and to
     # keep doing so after a reboot); one found running is only checked (redis_keeps_streams).
-    if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    # Only the package's own (its config file is Debian's), not one that happened to start
+    # meanwhile elsewhere (a container, say). -e: redis-cli exits 0 on an error reply without it.
+    if redis-cli -h 127.0.0.1 -p 6379 INFO server 2>/dev/null | grep -q '^config_file:/etc/redis/redis.conf'; then
       log "making the Redis just installed keep an append-only file"
-      redis-cli -h 127.0.0.1 -p 6379 CONFIG SET appendonly yes >/dev/null
-      redis-cli -h 127.0.0.1 -p 6379 CONFIG SET appendfsync always >/dev/null
-      redis-cli -h 127.0.0.1 -p 6379 CONFIG REWRITE >/dev/null \
-        || echo "warning: Redis could not write its config; the append-only file is kept until it restarts" >&2
+      redis-cli -e -h 127.0.0.1 -p 6379 CONFIG SET appendonly yes >/dev/null
+      redis-cli -e -h 127.0.0.1 -p 6379 CONFIG SET appendfsync always >/dev/null
+      redis-cli -e -h 127.0.0.1 -p 6379 CONFIG REWRITE >/dev/null \
+        || echo "warning: Redis could not write its config; it keeps an append-only file only until it restarts" >&2
     fi
   fi
   if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then

@@ -44,9 +44,11 @@ impl EventHandler for PaymentEvents {
             .await?;
         } else if let Some(e) = payload::<PaymentRefunded>(event) {
             let order = e?.order_id;
-            // Only a succeeded payment is refunded, but its event may come second (it failed
-            // once and waits for a retry): the order is paid as of now, and the payment's
-            // event, when it comes, finds it moved on.
+            // A refunded payment succeeded, but its event may come second (it failed once and
+            // waits for a retry): the order is paid as of now, and the payment's event, when
+            // it comes, finds it moved on. (A charge refunded because its session had closed
+            // has no success: its order is CANCELLED by then, unless this consumer has yet to
+            // apply the expiry, an open point.)
             store::transition(
                 tx,
                 order,
@@ -55,9 +57,11 @@ impl EventHandler for PaymentEvents {
                 "payment succeeded (its refund told first)",
             )
             .await?;
-            // Orders agrees to each refund before payment makes it (`internal_refund`), so the
-            // order is REFUNDED already; SHIPPED and DELIVERED are for refunds made before
-            // payment asked: the money is back with the customer, and the order says so.
+            // Orders agrees to each admin's refund before payment makes it (`internal_refund`),
+            // so the order is REFUNDED already; SHIPPED and DELIVERED are for refunds made
+            // before payment asked: the money is back with the customer, and the order says so.
+            // Payment also refunds, unasked, a payment whose order was cancelled or whose
+            // session had closed: the order is CANCELLED by then (or soon, and stays so).
             store::transition(
                 tx,
                 order,

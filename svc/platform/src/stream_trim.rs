@@ -58,13 +58,12 @@ pub async fn trim_acknowledged(
     };
     for group in &info.groups {
         // How far behind each group is, for operators: entries not yet delivered to it (Redis
-        // 7's lag; absent when Redis cannot tell, after a deletion say) and entries delivered
+        // 7's lag; NaN when Redis cannot tell, after a deletion say) and entries delivered
         // and not yet acknowledged.
         let labels = [("stream", stream.to_owned()), ("group", group.name.clone())];
         metrics::gauge!("stream_consumer_pending", &labels).set(group.pending as f64);
-        if let Some(lag) = group.lag {
-            metrics::gauge!("stream_consumer_lag", &labels).set(lag as f64);
-        }
+        metrics::gauge!("stream_consumer_lag", &labels)
+            .set(group.lag.map_or(f64::NAN, |lag| lag as f64));
     }
     let missing: Vec<String> = groups
         .iter()
