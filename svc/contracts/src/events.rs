@@ -152,6 +152,11 @@ pub struct PaymentRefunded {
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub amount: crate::money::Money,
+    /// The provider charged after the payment session had closed (expired, or its order
+    /// cancelled), and the charge was refunded at once: no `PaymentSucceeded` comes for it, and
+    /// the order was never paid. Absent (false) in events of earlier versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub charged_after_close: bool,
 }
 impl Event for PaymentRefunded {
     const TYPE: &'static str = "PaymentRefunded";

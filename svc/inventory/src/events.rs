@@ -32,7 +32,20 @@ impl EventHandler for StockEvents {
         } else if let Some(e) = payload::<OrderCancelled>(event) {
             store::finish_reservation(tx, e?.order_id, false, "order cancelled").await?;
         } else if let Some(e) = payload::<PaymentRefunded>(event) {
-            store::restock(tx, e?.order_id).await?;
+            let e = e?;
+            if e.charged_after_close {
+                // Never paid: nothing was sold, so the reservation is released, if this
+                // consumer has not yet applied the session's expiry or the cancellation.
+                store::finish_reservation(
+                    tx,
+                    e.order_id,
+                    false,
+                    "charged after its session closed; refunded",
+                )
+                .await?;
+            } else {
+                store::restock(tx, e.order_id).await?;
+            }
         }
         Ok(())
     }

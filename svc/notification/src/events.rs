@@ -231,11 +231,12 @@ impl Notifier {
                 ),
                 sms: None,
             },
+            // The provider may charge as the session closes; payment then refunds at once.
             Incoming::PaymentExpired(e) => Notice {
                 address: None,
                 subject: format!("Your MicroMart order {} expired", short(e.order_id)),
                 body: format!(
-                    "{hello}\n\nwe did not receive a payment for your order {} in time, so it was cancelled and nothing was charged.{SIGN_OFF}",
+                    "{hello}\n\nwe did not receive a payment for your order {} in time, so it was cancelled. If a payment for it went through all the same, it is refunded in full, and we will write to you when it is.{SIGN_OFF}",
                     e.order_id
                 ),
                 sms: None,

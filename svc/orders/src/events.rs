@@ -43,12 +43,24 @@ impl EventHandler for PaymentEvents {
             )
             .await?;
         } else if let Some(e) = payload::<PaymentRefunded>(event) {
-            let order = e?.order_id;
+            let e = e?;
+            let order = e.order_id;
+            if e.charged_after_close {
+                // Never paid: the order is cancelled, if this consumer has not yet applied the
+                // session's expiry or the cancellation.
+                store::transition(
+                    tx,
+                    order,
+                    &["PENDING"],
+                    "CANCELLED",
+                    "payment expired (charged after its session closed; refunded)",
+                )
+                .await?;
+                return Ok(());
+            }
             // A refunded payment succeeded, but its event may come second (it failed once and
             // waits for a retry): the order is paid as of now, and the payment's event, when
-            // it comes, finds it moved on. (A charge refunded because its session had closed
-            // has no success: its order is CANCELLED by then, unless this consumer has yet to
-            // apply the expiry, an open point.)
+            // it comes, finds it moved on.
             store::transition(
                 tx,
                 order,
@@ -60,8 +72,8 @@ impl EventHandler for PaymentEvents {
             // Orders agrees to each admin's refund before payment makes it (`internal_refund`),
             // so the order is REFUNDED already; SHIPPED and DELIVERED are for refunds made
             // before payment asked: the money is back with the customer, and the order says so.
-            // Payment also refunds, unasked, a payment whose order was cancelled or whose
-            // session had closed: the order is CANCELLED by then (or soon, and stays so).
+            // Payment also refunds, unasked, a payment whose order was cancelled: the order is
+            // CANCELLED, and stays so.
             store::transition(
                 tx,
                 order,

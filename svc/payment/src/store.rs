@@ -223,6 +223,7 @@ async fn refund_late_charge(
         order_id: session.order_id,
         user_id: session.user_id,
         amount: Money::new(session.amount, &session.currency),
+        charged_after_close: true,
     };
     publish(&mut *tx, &refunded, session.order_id).await?;
     Ok(())
@@ -432,6 +433,7 @@ pub async fn refund(tx: &mut PgConnection, id: Uuid) -> Result<Refund, sqlx::Err
         order_id: row.order_id,
         user_id: row.user_id,
         amount: Money::new(row.amount, &row.currency),
+        charged_after_close: false,
     };
     publish(&mut *tx, &event, row.order_id).await?;
     Ok(Refund::Payment(row))

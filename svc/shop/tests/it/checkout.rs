@@ -147,13 +147,10 @@ async fn an_expired_session_cancels_the_order_and_releases_the_stock() {
     saga.expect_one_email(&email, &order_id, "expired").await;
 }
 
-#[tokio::test]
-async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
-    let saga = Saga::start().await;
-    let (email, kim) = saga.registered_customer("kim").await;
-    let tea = saga.product(499, 3).await;
-    saga.add_to_cart(&kim, tea, 2).await;
-    let placed: Value = saga.checkout(&kim, "k").await.json().await.unwrap();
+/// Checks out 2 of `product`: the order's id and its payment session's.
+async fn order_of_two(saga: &Saga, token: &str, product: Uuid) -> (String, String) {
+    saga.add_to_cart(token, product, 2).await;
+    let placed: Value = saga.checkout(token, "k").await.json().await.unwrap();
     let order_id = placed["order"]["id"].as_str().unwrap().to_owned();
     let session = placed["payment_url"]
         .as_str()
@@ -162,6 +159,15 @@ async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
         .next()
         .unwrap()
         .to_owned();
+    (order_id, session)
+}
+
+#[tokio::test]
+async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
+    let saga = Saga::start().await;
+    let (email, kim) = saga.registered_customer("kim").await;
+    let tea = saga.product(499, 3).await;
+    let (order_id, session) = order_of_two(&saga, &kim, tea).await;
     sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
         .execute(saga.payment.pool())
         .await
@@ -171,12 +177,7 @@ async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
     saga.wait_for_stock(tea, 3, "the stock is released").await;
 
     // The provider charged the card as the session expired; its callback comes after.
-    let (signature, body) = saga.paid_callback("evt-late", &session);
-    let applied = saga
-        .payment
-        .receive_webhook(&signature, &body)
-        .await
-        .unwrap();
+    let applied = saga.provider_reports_paid("evt-late", &session).await;
     assert_eq!(applied, payment::store::Applied::RefundedLate);
     let payment = payment_of(&saga, &kim, &order_id).await;
     assert_eq!(payment["status"], "refunded", "{payment}");
@@ -188,19 +189,9 @@ async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
     .await;
     assert_eq!(order_status(&saga, &kim, &order_id).await, "CANCELLED");
     // Its resend, and another callback of the same session, change nothing more.
-    let (signature, body) = saga.paid_callback("evt-late", &session);
-    let resent = saga
-        .payment
-        .receive_webhook(&signature, &body)
-        .await
-        .unwrap();
+    let resent = saga.provider_reports_paid("evt-late", &session).await;
     assert_eq!(resent, payment::store::Applied::Replay);
-    let (signature, body) = saga.paid_callback("evt-later", &session);
-    let again = saga
-        .payment
-        .receive_webhook(&signature, &body)
-        .await
-        .unwrap();
+    let again = saga.provider_reports_paid("evt-later", &session).await;
     assert_eq!(again, payment::store::Applied::NotOpen("expired".into()));
     let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
         .fetch_one(saga.payment.pool())
@@ -219,6 +210,39 @@ async fn a_charge_for_a_session_that_expired_meanwhile_is_refunded_at_once() {
         (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
         (Some(3), Some(0)),
         "no stock taken for it"
+    );
+}
+
+#[tokio::test]
+async fn a_late_charge_refunded_before_its_expiry_is_applied_leaves_the_order_cancelled() {
+    let saga = Saga::claiming_quickly().await;
+    let (_, lee) = saga.customer();
+    let tea = saga.product(499, 3).await;
+    let (order_id, session) = order_of_two(&saga, &lee, tea).await;
+    saga.kill_tasks("orders");
+    saga.kill_tasks("inventory");
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(saga.payment.pool())
+        .await
+        .unwrap();
+    assert_eq!(saga.payment.expire_sessions().await.unwrap(), 1);
+    let applied = saga.provider_reports_paid("evt-late", &session).await;
+    assert_eq!(applied, payment::store::Applied::RefundedLate);
+    // An instance of orders and one of inventory each took the expiry and died before
+    // handling it: the refund comes to the restarted ones first.
+    saga.second_payment_event_first().await;
+    saga.wait_for_status(&lee, &order_id, "CANCELLED").await;
+    saga.wait_for_stock(tea, 3, "the stock is released").await;
+    saga.payment_events_all_handled().await;
+    assert_eq!(
+        saga.history(&lee, &order_id).await,
+        ["PENDING", "CANCELLED"],
+        "never paid"
+    );
+    let stock = saga.stock(tea).await;
+    assert_eq!(
+        (stock["on_hand"].as_i64(), stock["reserved"].as_i64()),
+        (Some(3), Some(0))
     );
 }
 
@@ -492,12 +516,9 @@ async fn provider_callbacks_recorded_long_ago_are_deleted_and_a_resend_still_cha
     assert_eq!(kept, 1);
 
     // The provider sends the deleted callback again: its session is closed, so nothing changes.
-    let (signature, resend) = saga.paid_callback(&old_callback, &old_session.to_string());
     let applied = saga
-        .payment
-        .receive_webhook(&signature, &resend)
-        .await
-        .unwrap();
+        .provider_reports_paid(&old_callback, &old_session.to_string())
+        .await;
     assert_eq!(
         applied,
         payment::store::Applied::NotOpen("succeeded".into())
@@ -685,12 +706,7 @@ async fn an_order_paid_after_its_reservation_lapsed_still_takes_its_stock() {
 
 #[tokio::test]
 async fn a_refund_whose_event_overtakes_its_payment_event_still_refunds_and_restocks() {
-    // Entries an instance took and then died with are claimed once idle this long.
-    let saga = Saga::start_with(
-        platform::testing::redis_url(),
-        &[("stream_claim_idle_ms", "500")],
-    )
-    .await;
+    let saga = Saga::claiming_quickly().await;
     let (_, hal) = saga.customer();
     let admin = saga.admin();
     let mug = saga.product(1250, 5).await;
@@ -711,17 +727,9 @@ async fn a_refund_whose_event_overtakes_its_payment_event_still_refunds_and_rest
         .await
         .unwrap();
     assert_eq!(refunded.status(), 200);
-    let stream = "payment.events";
-    saga.eventually("both payment events are published", || async {
-        saga.stream_length(stream).await >= 2
-    })
-    .await;
     // An instance of orders and one of inventory each took the payment's event and died
     // before handling it: the refund's comes to the restarted ones first.
-    saga.take_and_drop_next_event("orders", stream).await;
-    saga.take_and_drop_next_event("inventory", stream).await;
-    saga.restart_tasks("orders");
-    saga.restart_tasks("inventory");
+    saga.second_payment_event_first().await;
     saga.wait_for_status(&hal, &order_id, "REFUNDED").await;
     saga.wait_for_stock(mug, 5, "the refunded units are back on hand")
         .await;
@@ -729,14 +737,7 @@ async fn a_refund_whose_event_overtakes_its_payment_event_still_refunds_and_rest
         saga.history(&hal, &order_id).await,
         ["PENDING", "PAID", "REFUNDED"]
     );
-    saga.eventually(
-        "the dead instances' entries are claimed and handled",
-        || async {
-            saga.pending_entries("orders", stream).await == 0
-                && saga.pending_entries("inventory", stream).await == 0
-        },
-    )
-    .await;
+    saga.payment_events_all_handled().await;
     // The payment's own event, handled last, changed nothing.
     assert_eq!(order_status(&saga, &hal, &order_id).await, "REFUNDED");
     let stock = saga.stock(mug).await;

@@ -101,6 +101,15 @@ impl Saga {
         .await
     }
 
+    /// A saga whose consumers claim an entry a dead instance took once it is idle 0.5 s.
+    pub async fn claiming_quickly() -> Self {
+        Self::start_with(
+            platform::testing::redis_url(),
+            &[("stream_claim_idle_ms", "500")],
+        )
+        .await
+    }
+
     /// A saga with `overrides` of every service's settings.
     pub async fn start_with(redis_url: String, overrides: &[(&str, &str)]) -> Self {
         let turn = RUNNING
@@ -519,9 +528,9 @@ impl Saga {
             .unwrap()
     }
 
-    /// A provider callback that `session` was paid, as the provider signs it now: (the
-    /// signature header's value, the body).
-    pub fn paid_callback(&self, id: &str, session: &str) -> (String, Vec<u8>) {
+    /// The provider's callback `id`, that `session` was paid, signed now and delivered to
+    /// payment: what payment made of it.
+    pub async fn provider_reports_paid(&self, id: &str, session: &str) -> payment::store::Applied {
         let body = serde_json::to_vec(&json!({
             "id": id,
             "type": "payment.succeeded",
@@ -532,7 +541,10 @@ impl Saga {
         .unwrap();
         let signature =
             payment::provider::sign(WEBHOOK_SECRET, chrono::Utc::now().timestamp(), &body);
-        (signature, body)
+        self.payment
+            .receive_webhook(&signature, &body)
+            .await
+            .unwrap()
     }
 
     /// Takes `service`'s instances out of discovery, as when they are down: the other
@@ -554,6 +566,34 @@ impl Saga {
             };
             self.discovery.register(&registration).await.unwrap();
         }
+    }
+
+    /// With orders' and inventory's consumers stopped (`kill_tasks`) and two payment events
+    /// published: an instance of each took the first and died before handling it, and they
+    /// restart, so the second reaches them first (the first is claimed once idle).
+    pub async fn second_payment_event_first(&self) {
+        let stream = "payment.events";
+        self.eventually("both payment events are published", || async {
+            self.stream_length(stream).await >= 2
+        })
+        .await;
+        for service in ["orders", "inventory"] {
+            self.take_and_drop_next_event(service, stream).await;
+            self.restart_tasks(service);
+        }
+    }
+
+    /// Waits until orders' and inventory's groups have no entry of `payment.events` left
+    /// unacknowledged.
+    pub async fn payment_events_all_handled(&self) {
+        self.eventually(
+            "the dead instances' entries are claimed and handled",
+            || async {
+                self.pending_entries("orders", "payment.events").await == 0
+                    && self.pending_entries("inventory", "payment.events").await == 0
+            },
+        )
+        .await;
     }
 
     /// Starts a service's background tasks again, as a restarted process does.
