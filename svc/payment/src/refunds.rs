@@ -70,9 +70,7 @@ impl Payment {
                 store::give_up_refund(&self.base.pool, asked.id)
                     .await
                     .map_err(|e| Unsettled::Failed(e.into()))?;
-                return Err(Unsettled::Refused(Problem::conflict(format!(
-                    "the order does not allow a refund: {why}"
-                ))));
+                return Err(Unsettled::Refused(Problem::conflict(why)));
             }
             Err(err @ (CallError::Unavailable { .. } | CallError::Timeout { .. })) => {
                 return Err(Unsettled::Waiting(err));
