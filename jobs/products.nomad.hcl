@@ -124,6 +124,9 @@ job "products" {
           MICROMART_SHARED_ADVERTISE_ADDRESS={{ key "micromart/shared/advertise_address" | toJSON }}
           MICROMART_SHARED_SELF_REGISTER={{ key "micromart/shared/self_register" | toJSON }}
           MICROMART_SHARED_SHUTDOWN_GRACE_MS={{ key "micromart/shared/shutdown_grace_ms" | toJSON }}
+          MICROMART_SHARED_DATABASE_MAX_CONNECTIONS={{ key "micromart/shared/database_max_connections" | toJSON }}
+          MICROMART_SHARED_MAX_BODY_BYTES={{ key "micromart/shared/max_body_bytes" | toJSON }}
+          MICROMART_SHARED_CALL_TIMEOUT_MS={{ key "micromart/shared/call_timeout_ms" | toJSON }}
           MICROMART_SHARED_STREAM_CLAIM_IDLE_MS={{ key "micromart/shared/stream_claim_idle_ms" | toJSON }}
           MICROMART_SHARED_STREAM_MAX_DELIVERIES={{ key "micromart/shared/stream_max_deliveries" | toJSON }}
           MICROMART_SHARED_OUTBOX_KEEP_RELAYED_SECONDS={{ key "micromart/shared/outbox_keep_relayed_seconds" | toJSON }}
