@@ -3,6 +3,14 @@
 use platform::boot::{self, Environment};
 use platform::config::Settings;
 
+// jemalloc rather than glibc's malloc: each password hash takes 19 MiB in a blocking thread,
+// and glibc keeps such memory in that thread's arena after the hash ends, so users' resident
+// memory would grow with the blocking threads that ever hashed rather than stay near the four
+// hashes at once it allows (passwords::MAX_HASHING; 128 MB in jobs/). As the shop and the
+// gateway.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     platform::boot::init_process();
