@@ -77,6 +77,16 @@ impl Incoming {
         parsed.map(Some)
     }
 
+    /// The order this event says was cancelled (by its customer, or its payment session
+    /// expiring), if it says so.
+    fn cancelled_order(&self) -> Option<Uuid> {
+        match self {
+            Incoming::PaymentExpired(e) => Some(e.order_id),
+            Incoming::Cancelled(e) => Some(e.order_id),
+            _ => None,
+        }
+    }
+
     fn user_id(&self) -> Uuid {
         match self {
             Incoming::Registered(e) => e.user_id,
@@ -290,6 +300,14 @@ impl EventHandler for Notifier {
             return Ok(());
         };
         let user_id = incoming.user_id();
+        // A customer who cancels while payment's consumer is behind also gets the session's
+        // expiry: one notice of the cancellation is enough.
+        if let Some(order) = incoming.cancelled_order()
+            && !store::first_cancellation(&mut *tx, order).await?
+        {
+            tracing::info!(event = %event.id, order_id = %order, "a second notice of an order's cancellation: not told");
+            return Ok(());
+        }
         match &incoming {
             Incoming::Refunded(e) => {
                 store::record_refund(&mut *tx, e.order_id).await?;

@@ -223,9 +223,8 @@ impl Notification {
 
     /// What retention deletes of notification's own tables.
     pub fn expired_rows(&self) -> Vec<OwnRows> {
-        vec![store::old_refunds(
-            self.base.config.retention.applied_events,
-        )]
+        let keep = self.base.config.retention.applied_events;
+        vec![store::old_refunds(keep), store::old_cancellations(keep)]
     }
 
     /// Tries every message due now once (sent, or retried later, or failed for good);

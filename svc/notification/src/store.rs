@@ -55,6 +55,22 @@ pub fn old_refunds(keep: std::time::Duration) -> OwnRows {
     OwnRows::aged("refunded_orders", "order_id", "created_at", keep)
 }
 
+/// Records that the customer is told `order` was cancelled; false if they already were.
+pub async fn first_cancellation(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
+    let recorded =
+        sqlx::query("INSERT INTO cancelled_orders (order_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(order)
+            .execute(tx)
+            .await?;
+    Ok(recorded.rows_affected() == 1)
+}
+
+/// Cancellations told more than `keep` ago, pruned as refunds told are: a second notice of
+/// one comes later only when it waited for a retry, or as a dead letter replayed.
+pub fn old_cancellations(keep: std::time::Duration) -> OwnRows {
+    OwnRows::aged("cancelled_orders", "order_id", "created_at", keep)
+}
+
 /// Whether the customer has been told of `order`'s refund.
 pub async fn is_refunded(tx: &mut PgConnection, order: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refunded_orders WHERE order_id = $1)")

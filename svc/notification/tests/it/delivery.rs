@@ -245,9 +245,10 @@ async fn every_payment_and_order_outcome_and_a_password_reset_email_the_customer
             charged_after_close: false,
         })
         .await;
+    // Another order: one order's expiry and cancellation are told once (see below).
     svc.producer
         .publish(&OrderCancelled {
-            order_id: order,
+            order_id: Uuid::now_v7(),
             user_id: user.user_id,
             reason: "cancelled by the customer".into(),
         })
@@ -299,6 +300,46 @@ async fn every_payment_and_order_outcome_and_a_password_reset_email_the_customer
             "OrderCancelled"
         ]
     );
+}
+
+#[tokio::test]
+async fn an_order_cancelled_and_then_expired_is_told_once_whichever_comes_first() {
+    let smtp = SmtpServer::start().await;
+    let svc = Service::start(Options {
+        smtp_port: Some(smtp.port),
+        ..Options::default()
+    })
+    .await;
+    let user = registered("Finn", None);
+    svc.producer.publish(&user).await;
+    // v4: two v7 ids made in the same millisecond share the 8 digits a subject shows.
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let cancelled = |order| OrderCancelled {
+        order_id: order,
+        user_id: user.user_id,
+        reason: "cancelled by the customer".into(),
+    };
+    let expired = |order| PaymentExpired {
+        payment_id: Uuid::now_v7(),
+        order_id: order,
+        user_id: user.user_id,
+    };
+    svc.producer.publish(&cancelled(first)).await;
+    svc.producer.publish(&expired(first)).await;
+    svc.producer.publish(&expired(second)).await;
+    svc.producer.publish(&cancelled(second)).await;
+    assert_eq!(svc.consume().await, 5);
+    assert_eq!(
+        svc.send_due().await,
+        3,
+        "the welcome and one notice per order"
+    );
+    let subjects = subjects_to(&smtp, &user.email);
+    for order in [first, second] {
+        let short = &order.simple().to_string()[..8];
+        let told = subjects.iter().filter(|s| s.contains(short)).count();
+        assert_eq!(told, 1, "{order}: {subjects:?}");
+    }
 }
 
 #[tokio::test]
@@ -546,7 +587,7 @@ async fn refunds_told_longer_ago_than_applied_events_are_kept_are_forgotten_and_
     let pruned = platform::retention::prune_own(pool, &svc.notification.expired_rows())
         .await
         .unwrap();
-    assert_eq!(pruned, [("refunded_orders", 1)]);
+    assert_eq!(pruned, [("refunded_orders", 1), ("cancelled_orders", 0)]);
     let kept: Vec<Uuid> = sqlx::query_scalar("SELECT order_id FROM refunded_orders")
         .fetch_all(pool)
         .await
