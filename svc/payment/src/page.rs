@@ -12,9 +12,10 @@ fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The amount as the customer reads it (`contracts::money::Money`'s text), escaped.
-fn amount(s: &SessionRow) -> String {
-    escape(&Money::new(s.amount, &s.currency).to_string())
+/// The amount as the customer reads it (`contracts::money::Money`'s text); the form escapes
+/// it, and `message` escapes the texts it is put in.
+fn amount_text(s: &SessionRow) -> String {
+    Money::new(s.amount, &s.currency).to_string()
 }
 
 fn layout(title: &str, body: &str) -> String {
@@ -49,7 +50,7 @@ pub fn form(s: &SessionRow, error: Option<&str>) -> String {
              <button type=\"submit\">Pay {amount}</button></form>\
              <p><small>Sandbox: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined.</small></p>",
             order = s.order_id,
-            amount = amount(s),
+            amount = escape(&amount_text(s)),
             id = s.id,
         ),
     )
@@ -70,7 +71,7 @@ pub fn result(s: &SessionRow, payment: Option<&PaymentRow>) -> String {
     let paid = |p: &PaymentRow| {
         format!(
             "{} by {} ending {}",
-            amount(s).replace("&amp;", "&"),
+            amount_text(s),
             p.card_brand.as_deref().unwrap_or("card"),
             p.card_last4.as_deref().unwrap_or("????")
         )
